@@ -120,6 +120,11 @@ def _line_for(path: Path_, positions: Dict[Path_, int]) -> Optional[int]:
     return None
 
 
+def parse_path(text: str) -> Path_:
+    """`groups[1].commands[0]` -> ("groups", 1, "commands", 0): the inverse of format_path."""
+    return tuple(int(part) if part.isdigit() else part for part in re.findall(r"[^.\[\]]+", text))
+
+
 @lru_cache(maxsize=None)
 def _all_field_names() -> Tuple[str, ...]:
     names: set[str] = set()
@@ -165,11 +170,11 @@ _HINTS = {
 
 
 def _field_named_in(message: str, data: Any) -> Path_:
-    """For a whole-configuration error, the first top-level field it names that the data has."""
-    if isinstance(data, dict):
-        for name in re.findall(r"`([a-z_]+)`", message):
-            if name in data:
-                return (name,)
+    """For a whole-configuration error, the top-level field it names (one the file has first)."""
+    names = [n for n in re.findall(r"`([a-z_]+)`", message) if n in TaskConfiguration.model_fields]
+    present = [n for n in names if isinstance(data, dict) and n in data]
+    if present or names:
+        return ((present or names)[0],)
     return ()
 
 
@@ -261,7 +266,9 @@ def parse_configuration(
         else:
             message = f"unknown configuration type `{kind}`; dstack-ray runs `type: task`"
         raise ConfigurationError(message, path="type", file=file, line=line)
-    return validate_model(TaskConfiguration, data, positions, file)
+    cfg = validate_model(TaskConfiguration, data, positions, file)
+    cfg.set_source(file, positions or {})
+    return cfg
 
 
 def _read_text(path: Path) -> str:

@@ -6,9 +6,9 @@ import enum
 import re
 from collections import Counter
 from pathlib import PurePosixPath
-from typing import Any, List, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 from typing_extensions import Annotated
 
 from dstack_ray.config.common import CoreModel
@@ -141,6 +141,25 @@ class TaskConfiguration(ProfileParams):
         Optional[List[NodeGroup]],
         Field(description="Node groups for heterogeneous multi-node tasks (not with `nodes`)"),
     ] = None
+
+    # Where the configuration was read from, so later checks can name file and line.
+    _source_file: Optional[str] = PrivateAttr(default=None)
+    _source_lines: Dict[Tuple[Union[str, int], ...], int] = PrivateAttr(default_factory=dict)
+
+    def set_source(self, file: Optional[str], lines: Dict[Tuple[Union[str, int], ...], int]) -> None:
+        self._source_file = file
+        self._source_lines = dict(lines)
+
+    @property
+    def source_file(self) -> Optional[str]:
+        return self._source_file
+
+    def source_line(self, path: Tuple[Union[str, int], ...]) -> Optional[int]:
+        """The YAML line of `path`, or of its nearest parent present in the file."""
+        for end in range(len(path), 0, -1):
+            if path[:end] in self._source_lines:
+                return self._source_lines[path[:end]]
+        return None
 
     @model_validator(mode="before")
     @classmethod

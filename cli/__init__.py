@@ -1,0 +1,1 @@
+"""The `dstack-ray` command line (installed as the `dstack_ray_cli` package)."""

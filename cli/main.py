@@ -1,0 +1,62 @@
+"""Entry point of the `dstack-ray` command: sub-commands and the error boundary."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+
+from dstack_ray.config import ConfigurationError
+from dstack_ray_cli import config_cmd
+from dstack_ray_cli.console import CLIError, err_console, print_error
+
+app = typer.Typer(
+    name="dstack-ray",
+    help="Run dstack tasks (.dstack.yml) on Ray clusters.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(config_cmd.app, name="config")
+
+
+def main() -> None:
+    """Run the CLI; every error a user can cause ends as one readable line, never a traceback.
+
+    Usage errors are click's (standalone mode); our own errors propagate here.
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        app()
+    except ConfigurationError as e:
+        print_configuration_error(e)
+        sys.exit(1)
+    except CLIError as e:
+        print_error(e.message, e.hint)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("Interrupted")
+        sys.exit(130)
+    except Exception as e:
+        if os.environ.get("DSTACK_RAY_DEBUG", "") not in ("", "0"):
+            raise
+        print_error(
+            f"unexpected {type(e).__name__}: {e}",
+            "this is a bug in dstack-ray; rerun with DSTACK_RAY_DEBUG=1 to see where it happened",
+        )
+        sys.exit(2)
+
+
+def print_configuration_error(e: ConfigurationError) -> None:
+    if len(e.issues) == 1:
+        err_console.print("[red]Error:[/] ", end="")
+        err_console.print(str(e), markup=False)
+        return
+    err_console.print(f"[red]Error:[/] {len(e.issues)} problems in the configuration")
+    err_console.print(str(e), markup=False)
+
+
+if __name__ == "__main__":
+    main()
