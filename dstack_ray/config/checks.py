@@ -8,7 +8,7 @@ from pathlib import PurePosixPath
 from typing import List, Optional
 
 from dstack_ray.config.errors import ConfigIssue, ConfigurationError
-from dstack_ray.config.gpus import AcceleratorVendor, CPUArchitecture, vendors_of
+from dstack_ray.config.gpus import AcceleratorVendor, CPUArchitecture, requested_gpu_vendors
 from dstack_ray.config.loader import parse_path
 from dstack_ray.config.interpolate import check_groups_refs, contains_groups_ref
 from dstack_ray.config.profiles import ProfileRetry
@@ -30,7 +30,7 @@ def inferred_gpu_vendor(gpu: Optional[GPUSpec], image: Optional[str], docker: Op
         return AcceleratorVendor.NVIDIA if image is None and not docker else None
     vendors = set()
     for name in gpu.name:
-        found = vendors_of(name)
+        found = requested_gpu_vendors(name)
         if not found:
             return None
         vendors |= found
@@ -43,7 +43,7 @@ def _vendors_needing_image(gpu: Optional[GPUSpec], image: Optional[str], docker:
     if gpu.vendor is not None:
         vendors = {gpu.vendor}
     else:
-        vendors = set().union(*(vendors_of(n) for n in gpu.name or []))
+        vendors = set().union(*(requested_gpu_vendors(n) for n in gpu.name or []))
     return vendors & _NEED_IMAGE
 
 

@@ -28,6 +28,10 @@ _RANGE_RE = re.compile(r"(\d+)(?:-(\d+))?(?:/(\d+))?$")
 _NAME_RE = re.compile(r"([a-z]+)(?:-([a-z]+))?", re.IGNORECASE)
 _LAST_RE = re.compile(r"last", re.IGNORECASE)
 _SEPARATOR = re.compile(r" *, *")
+# APScheduler raises this one before validating the range, so without "Error validating ...".
+_MIN_ABOVE_MAX = "The minimum value in a range must not be higher than the maximum"
+# APScheduler compiles the fields in this order, so a text with several errors reports the first.
+_VALIDATION_ORDER = ("month", "day", "day_of_week", "hour", "minute")
 
 
 @dataclass(frozen=True)
@@ -89,9 +93,12 @@ def _expand(field: str, expr: str) -> tuple[set[int], bool]:
         if last is None and step is None:
             last = first
         if last is not None and first > last:
+            raise ValueError(_MIN_ABOVE_MAX)
+        # APScheduler checks the step against the whole field first, then the bounds.
+        if step and step > high - low:
             raise ValueError(
-                f"Error validating expression {expr!r}: the minimum value in a range must not be"
-                " higher than the maximum"
+                f"Error validating expression {expr!r}: the step value ({step}) is higher than"
+                f" the total range of the expression ({high - low})"
             )
         if first < low:
             raise ValueError(
@@ -125,10 +132,7 @@ def _expand(field: str, expr: str) -> tuple[set[int], bool]:
                 values.append(names.index(name.lower()) + offset)
             first, last = values[0], values[-1]
             if first > last:
-                raise ValueError(
-                    f"Error validating expression {expr!r}: the minimum value in a range must"
-                    " not be higher than the maximum"
-                )
+                raise ValueError(_MIN_ABOVE_MAX)
             return set(range(first, last + 1)), False
     raise ValueError(f'Unrecognized expression "{expr}" for field "{field}"')
 
@@ -145,7 +149,9 @@ def parse_cron(text: str) -> CronExpression:
         )
     expanded: dict[str, set[int]] = {}
     last_day = False
-    for field, value in zip(_FIELDS, values):
+    by_field = dict(zip(_FIELDS, values))
+    for field in _VALIDATION_ORDER:
+        value = by_field[field]
         allowed: set[int] = set()
         for item in _SEPARATOR.split(value.strip()):
             item_values, is_last = _expand(field, item)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Literal, Optional, Union
 
@@ -24,6 +25,8 @@ def parse_duration(value: Union[int, float, str, None]) -> Optional[int]:
     if value is None:
         return None
     if isinstance(value, (int, float)):  # bools included, as in dstack: `true` is 1 second
+        if isinstance(value, float) and not math.isfinite(value):  # YAML `.inf`, `.nan`
+            raise ValueError(f"Cannot parse the duration {value}")
         return int(value)
     if isinstance(value, str):
         try:

@@ -11,7 +11,11 @@ from typing_extensions import Annotated
 from dstack_ray.config.common import CoreModel
 from dstack_ray.config.errors import ConfigurationError
 
-ENV_ITEM_RE = re.compile(r"^([a-zA-Z_][a-zA-Z0-9_]*)(=.*$|$)", re.DOTALL)
+# dstack's pattern. dstack checks it with pydantic's Rust regex engine, where `.` excludes `\n`
+# and `$` is the end of the text, so an item with a line break (e.g. a YAML `- |` block) is
+# rejected. Python's `$` would also match before a final `\n`: ENV_ITEM_FULL_RE uses `\Z`.
+ENV_ITEM_PATTERN = r"^([a-zA-Z_][a-zA-Z0-9_]*)(=.*$|$)"
+ENV_ITEM_FULL_RE = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)(=.*\Z|\Z)")
 
 
 class EnvSentinel(CoreModel):
@@ -25,7 +29,7 @@ class EnvSentinel(CoreModel):
 
 def parse_env_item(item: str) -> Tuple[str, Union[str, EnvSentinel]]:
     """`K=V` -> (K, V); `K=` -> (K, ""); `K` -> (K, EnvSentinel(K))."""
-    if not ENV_ITEM_RE.match(item):
+    if not ENV_ITEM_FULL_RE.match(item):
         raise ValueError(
             f"Invalid environment variable `{item}`: use KEY=VALUE, or KEY alone to take the value"
             " from your environment; KEY starts with a letter or _ and has letters, digits and _"
@@ -37,7 +41,7 @@ def parse_env_item(item: str) -> Tuple[str, Union[str, EnvSentinel]]:
 
 
 _EnvInput = Union[
-    List[Annotated[str, Field(pattern=ENV_ITEM_RE.pattern)]],
+    List[Annotated[str, Field(pattern=ENV_ITEM_PATTERN)]],
     Dict[str, Union[str, EnvSentinel]],
 ]
 

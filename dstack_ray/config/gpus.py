@@ -61,6 +61,14 @@ KNOWN_ACCELERATORS: tuple[Accelerator, ...] = (
     _nvidia("RTX4090", 24, (8, 9)), _nvidia("RTX5080", 16, (12, 0)), _nvidia("RTX5090", 32, (12, 0)),
     _nvidia("RTX6000", 24, (7, 5)), _nvidia("RTX4000Ada", 20, (8, 9)),
     _nvidia("RTX6000Ada", 48, (8, 9)), _nvidia("RTXPRO6000", 96, (12, 0)),
+    _nvidia("GB300", 270, (10, 0)), _nvidia("RTX2000Ada", 16, (8, 9)),
+    _nvidia("RTX2060SUPER", 8, (7, 5)), _nvidia("RTX2070SUPER", 8, (7, 5)),
+    _nvidia("RTX2080SUPER", 8, (7, 5)), _nvidia("RTX3050", 6, (8, 6)), _nvidia("RTX3060Ti", 8, (8, 6)),
+    _nvidia("RTX3070Ti", 8, (8, 6)), _nvidia("RTX3080Ti", 12, (8, 6)), _nvidia("RTX3090Ti", 24, (8, 6)),
+    _nvidia("RTX4060", 8, (8, 9)), _nvidia("RTX4070SUPER", 12, (8, 9)), _nvidia("RTX4070Ti", 12, (8, 9)),
+    _nvidia("RTX4070TiSUPER", 16, (8, 9)), _nvidia("RTX4080SUPER", 16, (8, 9)),
+    _nvidia("RTX5060", 8, (12, 0)), _nvidia("RTX5060Ti", 16, (12, 0)), _nvidia("RTX5070", 12, (12, 0)),
+    _nvidia("RTX5070Ti", 16, (12, 0)), _nvidia("RTXPRO4500", 32, (12, 0)),
     *(
         Accelerator(name, AcceleratorVendor.AMD, memory)
         for name, memory in (
@@ -94,6 +102,19 @@ def find_accelerators(name: str) -> list[Accelerator]:
 def vendors_of(name: str) -> set[AcceleratorVendor]:
     """The vendors known to make a GPU of this name; empty when the name is unknown."""
     return {acc.vendor for acc in find_accelerators(name)}
+
+
+def requested_gpu_vendors(name: str) -> set[AcceleratorVendor]:
+    """The vendors of a GPU name written in `resources.gpu`, by dstack's rule
+    (`detect_gpu_vendors_by_gpu_name`): a known GPU name (any case), or a TPU written as
+    `<version>-<cores>` (`v5litepod-8`, `v3-64`); a bare TPU version (`v4`) is unknown there."""
+    vendors = {acc.vendor for acc in find_accelerators(name) if acc.vendor != AcceleratorVendor.GOOGLE}
+    version, _, cores = name.lower().partition("-")
+    if cores.isdigit() and any(
+        acc.vendor == AcceleratorVendor.GOOGLE for acc in find_accelerators(version)
+    ):
+        vendors.add(AcceleratorVendor.GOOGLE)
+    return vendors
 
 
 def canonical_name(name: str) -> str:

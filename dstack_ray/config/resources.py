@@ -302,6 +302,20 @@ class GPUSpec(CoreModel):
                 put("count", token)
         return spec
 
+    def pretty_format(self) -> str:
+        """`H100:80GB:1..2`, `nvidia:1..`, `0..`: name or vendor, memory, count, total, cc."""
+        details = [str(v) for v in (self.memory, self.count, self.total_memory) if v is not None]
+        if self.compute_capability is not None:
+            details.append("{}.{}".format(*self.compute_capability))
+        names = ",".join(self.name) if self.name else ""
+        if names:  # as dstack: `name: [""]` shows no name
+            head = [names]
+        elif self.vendor:
+            head = [self.vendor.value]
+        else:
+            head = []
+        return ":".join(head + details)
+
     @field_validator("name", mode="before", json_schema_input_type=Optional[Union[List[str], str]])
     @classmethod
     def _names(cls, value: Any) -> Any:
@@ -379,15 +393,5 @@ class ResourcesSpec(CoreModel):
         if self.disk:
             parts.append(f"disk={self.disk.size}")
         if self.gpu:
-            gpu = self.gpu
-            details = [str(v) for v in (gpu.memory, gpu.count, gpu.total_memory) if v is not None]
-            if gpu.compute_capability is not None:
-                details.append("{}.{}".format(*gpu.compute_capability))
-            if gpu.name:
-                head = [",".join(gpu.name)]
-            elif gpu.vendor:
-                head = [gpu.vendor.value]
-            else:
-                head = []
-            parts.append("gpu=" + ":".join(head + details))
+            parts.append(f"gpu={self.gpu.pretty_format()}")
         return " ".join(parts)

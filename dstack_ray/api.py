@@ -1,0 +1,353 @@
+"""The public Python API: `Client` submits and finds runs, `Run` follows one.
+
+The CLI is built only on this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+from dstack_ray.config import ConfigurationError, TaskConfiguration, load_configuration, parse_configuration
+from dstack_ray.config.checks import check_submittable
+from dstack_ray.config.env import EnvSentinel
+from dstack_ray.config.interpolate import interpolate
+from dstack_ray.plan.cluster import ClusterView
+from dstack_ray.plan.planner import RunPlan, build_plan
+from dstack_ray.runtime.models import JobRecord, RunRecord, RunSpec, RunStatus, RunTerminationReason
+from dstack_ray.runtime.settings import CONTROLLER_NAME, NAMESPACE, RuntimeSettings
+
+logger = logging.getLogger(__name__)
+
+ConfigurationInput = Union[str, os.PathLike, TaskConfiguration, Mapping[str, Any]]
+
+
+class DstackRayError(Exception):
+    """An error a user can act on (run not found, cluster unreachable, run active...)."""
+
+    def __init__(self, message: str, hint: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class LogLine(str):
+    """A line of a run's output; `.time` is when the node agent read it, `.rank` its node."""
+
+    time: datetime
+    rank: int
+
+    def __new__(cls, text: str, time: datetime, rank: int) -> "LogLine":
+        line = super().__new__(cls, text)
+        line.time = time
+        line.rank = rank
+        return line
+
+
+def _parse_log(data: bytes, rank: int) -> List[LogLine]:
+    lines = []
+    for raw in data.split(b"\n")[:-1]:
+        stamp, _, text = raw.partition(b" ")
+        try:
+            at = datetime.strptime(stamp.decode(), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+        except ValueError:
+            at, text = datetime.now(timezone.utc), raw
+        lines.append(LogLine(text.decode("utf-8", errors="replace"), at, rank))
+    return lines
+
+
+def _connect(address: Optional[str]) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        from dstack_ray import local_head
+
+        head = local_head.status() or local_head.start()
+        address = head.address
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    try:
+        ray.init(
+            address=address,
+            namespace=NAMESPACE,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            configure_logging=False,
+        )
+    except ConnectionError as e:
+        raise DstackRayError(
+            f"cannot connect to the Ray cluster at {address}: {e}",
+            hint="check the address (`--address` or RAY_ADDRESS), or unset it to use the local head",
+        ) from None
+
+
+class Client:
+    """Submits dstack tasks to a Ray cluster and finds their runs.
+
+    `address`: a Ray address (`host:port`, `auto`, `ray://...`). Without it, an existing
+    `ray.init` connection is reused, else $RAY_ADDRESS, else the embedded local head
+    (`dstack-ray server start`), which is started when it is not running.
+    """
+
+    def __init__(self, address: Optional[str] = None, settings: Optional[RuntimeSettings] = None) -> None:
+        _connect(address)
+        self._settings = settings or RuntimeSettings()
+        self._controller = self._controller_handle()
+
+    def _controller_handle(self) -> Any:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from dstack_ray.runtime.controller import Controller
+
+        try:
+            return ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+        except ValueError:
+            pass
+        head = next((n for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})), None)
+        options: Dict[str, Any] = dict(name=CONTROLLER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True)
+        if head is not None:
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=head["NodeID"], soft=False)
+        controller = Controller.options(**options).remote(self._settings.model_dump())
+        self._call(controller.ping)
+        return controller
+
+    def _call(self, method: Any, *args: Any, timeout: Optional[float] = 120) -> Any:
+        import ray
+
+        from dstack_ray.runtime.controller import ControllerError
+
+        try:
+            return ray.get(method.remote(*args), timeout=timeout)
+        except ray.exceptions.RayTaskError as e:
+            cause = e.as_instanceof_cause()
+            if isinstance(cause, ControllerError):
+                raise DstackRayError(str(cause.args[0]) if cause.args else str(cause)) from None
+            raise
+        except ray.exceptions.GetTimeoutError:
+            raise DstackRayError(
+                "the dstack-ray controller did not answer in time",
+                hint="check the cluster with `ray status`; the controller may be restarting",
+            ) from None
+
+    # -- configurations and plans ---------------------------------------------------------------
+
+    @staticmethod
+    def load(configuration: ConfigurationInput, profile: Optional[str] = None, no_profile: Optional[bool] = None) -> TaskConfiguration:
+        """A configuration from a path, a dict or a TaskConfiguration (as is)."""
+        if isinstance(configuration, TaskConfiguration):
+            return configuration
+        if isinstance(configuration, Mapping):
+            return parse_configuration(dict(configuration))
+        return load_configuration(configuration, profile=profile, no_profile=no_profile)
+
+    def cluster_view(self) -> ClusterView:
+        return ClusterView.model_validate(self._call(self._controller.cluster_view))
+
+    def plan(self, cfg: TaskConfiguration) -> RunPlan:
+        return build_plan(cfg, self.cluster_view())
+
+    @staticmethod
+    def prepare(
+        cfg: TaskConfiguration,
+        name: Optional[str] = None,
+        env: Optional[Mapping[str, str]] = None,
+        args: Sequence[str] = (),
+        environ: Optional[Mapping[str, str]] = None,
+    ) -> TaskConfiguration:
+        """The configuration as it will run: name and env overrides applied, required env taken
+        from `environ` (default: this process), `${{ run.args }}` substituted in commands."""
+        environ = os.environ if environ is None else environ
+        updates: Dict[str, Any] = {}
+        if name:
+            updates["name"] = name
+        merged = dict(cfg.env.root)
+        for key, value in (env or {}).items():
+            merged[key] = value
+        resolved = {k: (environ[k] if isinstance(v, EnvSentinel) and k in environ else v) for k, v in merged.items()}
+        missing = sorted(k for k, v in resolved.items() if isinstance(v, EnvSentinel))
+        if missing:
+            raise ConfigurationError(
+                f"Environment variable{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+                f" {'are' if len(missing) > 1 else 'is'} not set",
+                path="env",
+                file=cfg.source_file,
+                line=cfg.source_line(("env",)),
+                hint="export them, or pass `-e NAME=VALUE`",
+            )
+        updates["env"] = resolved
+        namespaces = {"run": {"args": shlex.join(list(args))}}
+        interpolate_in = lambda text: interpolate(text, namespaces, skip=("groups", "secrets"))  # noqa: E731
+        if cfg.groups is None:
+            updates["commands"] = [interpolate_in(c) for c in cfg.commands]
+        else:
+            updates["groups"] = [g.model_copy(update={"commands": [interpolate_in(c) for c in g.commands]}) for g in cfg.groups]
+        if cfg.registry_auth is not None:
+            env_ns = {"env": dict(environ)}
+            updates["registry_auth"] = cfg.registry_auth.model_copy(
+                update={
+                    "username": interpolate(cfg.registry_auth.username, env_ns, skip=("secrets",)),
+                    "password": interpolate(cfg.registry_auth.password, env_ns, skip=("secrets",)),
+                }
+            )
+        prepared = TaskConfiguration.model_validate({**cfg.model_dump(), **{k: v for k, v in updates.items()}})
+        prepared.set_source(cfg.source_file, cfg._source_lines)
+        check_submittable(prepared)
+        return prepared
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    def apply(
+        self,
+        configuration: ConfigurationInput,
+        name: Optional[str] = None,
+        env: Optional[Mapping[str, str]] = None,
+        args: Sequence[str] = (),
+        *,
+        replace: bool = False,
+    ) -> "Run":
+        """Submit a task and return its run. With `replace`, an active run of the same name is
+        stopped first (otherwise that is an error)."""
+        cfg = self.prepare(self.load(configuration), name=name, env=env, args=args)
+        if replace and cfg.name:
+            existing = self.find_run(cfg.name)
+            if existing is not None and not existing.status.is_finished():
+                existing.stop()
+                existing.wait(timeout=self._settings.stop_grace_seconds + 60)
+        spec = RunSpec(
+            run_name=cfg.name or "",
+            configuration=cfg.model_dump(mode="json"),
+            configuration_path=cfg.source_file,
+            args=list(args),
+        )
+        record = RunRecord.model_validate(self._call(self._controller.submit, spec.model_dump(mode="json")))
+        return Run(self, record)
+
+    def find_run(self, name: str) -> Optional["Run"]:
+        data = self._call(self._controller.get_run, name)
+        return Run(self, RunRecord.model_validate(data)) if data else None
+
+    def get_run(self, name: str) -> "Run":
+        run = self.find_run(name)
+        if run is None:
+            raise DstackRayError(f"run {name} not found", hint="list runs with `dstack-ray ps -a`")
+        return run
+
+    def list_runs(self, all: bool = True) -> List["Run"]:
+        runs = [Run(self, RunRecord.model_validate(r)) for r in self._call(self._controller.list_runs)]
+        return runs if all else [r for r in runs if not r.status.is_finished()]
+
+
+class Run:
+    """A handle on one run; properties read the last known state (`refresh()` updates it)."""
+
+    def __init__(self, client: Client, record: RunRecord) -> None:
+        self._client = client
+        self._record = record
+
+    def __repr__(self) -> str:
+        return f"Run(name={self.name!r}, status={self.status.value!r})"
+
+    @property
+    def record(self) -> RunRecord:
+        return self._record
+
+    @property
+    def name(self) -> str:
+        return self._record.name
+
+    @property
+    def id(self) -> str:
+        return self._record.id
+
+    @property
+    def status(self) -> RunStatus:
+        return self._record.status
+
+    @property
+    def status_message(self) -> str:
+        return self._record.display_status()
+
+    @property
+    def termination_reason(self) -> Optional[RunTerminationReason]:
+        return self._record.termination_reason
+
+    @property
+    def error(self) -> Optional[str]:
+        return self._record.error
+
+    @property
+    def jobs(self) -> List[JobRecord]:
+        return list(self._record.jobs)
+
+    @property
+    def configuration(self) -> TaskConfiguration:
+        return RunSpec.model_validate(self._record.spec).task()
+
+    def refresh(self) -> "Run":
+        data = self._client._call(self._client._controller.get_run, self.id)
+        if data:
+            self._record = RunRecord.model_validate(data)
+        return self
+
+    def wait_change(self, timeout: float = 10.0) -> "Run":
+        """Block until the run changes (or `timeout` passes)."""
+        data = self._client._call(self._client._controller.wait_run, self.id, self._record.version, timeout, timeout=timeout + 60)
+        if data:
+            self._record = RunRecord.model_validate(data)
+        return self
+
+    def wait(self, timeout: Optional[float] = None) -> RunStatus:
+        """Wait until the run finishes; returns its final status (or the current one on timeout)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.status.is_finished():
+            left = 10.0 if deadline is None else min(10.0, deadline - time.monotonic())
+            if left <= 0:
+                break
+            self.wait_change(left)
+        return self.status
+
+    def stop(self, abort: bool = False) -> "Run":
+        self._record = RunRecord.model_validate(self._client._call(self._client._controller.stop_run, self.id, abort))
+        return self
+
+    def delete(self) -> None:
+        self._client._call(self._client._controller.delete_run, self.id)
+
+    def events(self) -> List[Tuple[datetime, str]]:
+        return [(datetime.fromisoformat(at), msg) for at, msg in self._client._call(self._client._controller.events, self.id)]
+
+    def logs(
+        self,
+        rank: int = 0,
+        follow: bool = False,
+        attempt: Optional[int] = None,
+        since: Optional[datetime] = None,
+    ) -> Iterator[LogLine]:
+        """The output lines of one node (rank) of an attempt (default: the latest).
+
+        With `follow`, keeps yielding new lines until that node has ended and everything it
+        wrote was read.
+        """
+        controller = self._client._controller
+        run_attempt = self._record.attempt if attempt is None else attempt
+        offset = 0
+        while True:
+            data, offset, final = self._client._call(
+                controller.read_logs, self.id, run_attempt, rank, offset, 5.0 if follow else 0.0
+            )
+            for line in _parse_log(data, rank):
+                if since is None or line.time >= since:
+                    yield line
+            if final or (not follow and not data):
+                return
+            if follow and not data:
+                self.refresh()
+                if attempt is None and self._record.attempt != run_attempt and final:
+                    return

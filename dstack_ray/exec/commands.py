@@ -1,0 +1,141 @@
+"""What a node runs and with which environment: dstack's command joining and DSTACK_* variables."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence
+
+# Set by Ray for its worker processes; a user's command must not inherit them (a `ray` call in a
+# task would otherwise attach to the worker's raylet). CUDA_VISIBLE_DEVICES is set explicitly.
+_WORKER_ONLY_PREFIXES = ("RAY_", "__RAY", "DSTACK_RAY_")
+_WORKER_ONLY = {"CUDA_VISIBLE_DEVICES", "PYTHONPATH_RAY", "OMP_NUM_THREADS"}
+
+
+def join_commands(commands: Sequence[str]) -> str:
+    """dstack's rule: strip each, wrap a trailing-`&` command as `{ cmd & }`, join with ` && `."""
+    parts = []
+    for command in commands:
+        command = command.strip()
+        if command.endswith("&"):
+            command = "{ %s }" % command
+        parts.append(command)
+    return " && ".join(parts)
+
+
+def command_argv(shell: str, commands: Sequence[str], entrypoint: Optional[str]) -> List[str]:
+    """The argv dstack would run: `entrypoint + commands` (docker-like) or `shell -i -c joined`.
+
+    With an image and neither commands nor entrypoint the image's own ENTRYPOINT/CMD run, which
+    the container runtime handles: that case returns [].
+    """
+    if entrypoint is not None:
+        return shlex.split(entrypoint) + list(commands)
+    if commands:
+        return [shell, "-i", "-c", join_commands(commands)]
+    return []
+
+
+def mpi_hostfile(ips: Sequence[str], gpus_per_node: Sequence[int]) -> str:
+    """`<ip> slots=<gpus>` per node in rank order, a bare IP for CPU nodes; empty if an IP is unknown."""
+    if any(not ip for ip in ips):
+        return ""
+    lines = [f"{ip} slots={gpus}" if gpus > 0 else ip for ip, gpus in zip(ips, gpus_per_node)]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class ClusterInfo:
+    """What every node of an attempt knows about the others, in rank order."""
+
+    ips: List[str]
+    gpus_per_node: List[int]
+
+    @property
+    def master_ip(self) -> str:
+        return self.ips[0] if self.ips else ""
+
+
+@dataclass
+class JobIdentity:
+    run_name: str
+    run_id: str
+    job_id: str
+    rank: int
+
+
+@dataclass
+class JobPaths:
+    working_dir: str
+    repo_dir: str
+    hostfile: str
+
+
+def dstack_variables(
+    identity: JobIdentity, cluster: ClusterInfo, paths: JobPaths
+) -> Dict[str, str]:
+    """Exactly dstack's system variables for one job."""
+    return {
+        "DSTACK_RUN_NAME": identity.run_name,
+        "DSTACK_RUN_ID": identity.run_id,
+        "DSTACK_JOB_ID": identity.job_id,
+        "DSTACK_NODE_RANK": str(identity.rank),
+        "DSTACK_NODES_NUM": str(len(cluster.ips)),
+        "DSTACK_NODES_IPS": "\n".join(cluster.ips),
+        "DSTACK_MASTER_NODE_IP": cluster.master_ip,
+        "DSTACK_GPUS_PER_NODE": str(cluster.gpus_per_node[identity.rank]),
+        "DSTACK_GPUS_NUM": str(sum(cluster.gpus_per_node)),
+        "DSTACK_MPI_HOSTFILE": paths.hostfile,
+        "DSTACK_WORKING_DIR": paths.working_dir,
+        "DSTACK_REPO_DIR": paths.repo_dir,
+    }
+
+
+def host_base_environment(environ: Mapping[str, str]) -> Dict[str, str]:
+    """The node process environment without what Ray sets for its own workers."""
+    return {
+        key: value
+        for key, value in environ.items()
+        if not key.startswith(_WORKER_ONLY_PREFIXES)
+        and key not in _WORKER_ONLY
+        and not key.startswith("BASH_FUNC_")
+    }
+
+
+def job_environment(
+    base: Mapping[str, str],
+    system: Mapping[str, str],
+    user_env: Mapping[str, str],
+    gpu_ids: Sequence[str],
+    home: Optional[str] = None,
+) -> Dict[str, str]:
+    """Base (image or host) env, then DSTACK_* variables, then the user's `env` (the user wins).
+
+    CUDA_VISIBLE_DEVICES comes from the GPUs Ray assigned; a node without GPUs gets none at all
+    (never the empty string Ray gives CPU-only workers).
+    """
+    env = dict(base)
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    if gpu_ids:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
+    if home:
+        env["HOME"] = home
+    env.update(system)
+    env.update(user_env)
+    return env
+
+
+@dataclass
+class Launch:
+    """Everything a NodeAgent needs to start its command (sent by the Supervisor)."""
+
+    argv: List[str]
+    user_env: Dict[str, str]
+    cluster: ClusterInfo
+    job_id: str
+    extra: Dict[str, str] = field(default_factory=dict)
+
+
+def default_working_dir(root: str, run_name: str, run_id: str) -> str:
+    return os.path.join(root, "runs", f"{run_name}-{run_id[:8]}")

@@ -1,0 +1,181 @@
+"""The process guard: runs one command so that no process of it outlives the run.
+
+Started by a NodeAgent as `python -m dstack_ray.exec.guard [--tty-fd N] COMMAND...` with the
+command's environment as its own. The guard
+- becomes a child subreaper, so every descendant (even ones that daemonize) stays below it;
+- starts the command in a new session on the terminal whose slave end it received as fd N
+  (a pty, like dstack's runner), or on its own stdout/stderr without `--tty-fd`;
+- reads its stdin for orders: `stop <grace-seconds>` (SIGINT to the command's process group,
+  then SIGKILL after the grace period) and `kill`; end of stdin means the agent is gone, and
+  everything is killed at once;
+- when the command exits, kills whatever it left behind and exits with the command's status
+  (128 + N for a command killed by signal N).
+
+It imports nothing heavy so that it starts in a few tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import select
+import signal
+import sys
+import termios
+import time
+from typing import List, Optional
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _become_subreaper() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except OSError:
+        pass  # not Linux: the process group still covers the common cases
+
+
+def _descendants(root: int) -> List[int]:
+    """All live processes below `root`, found through /proc (no psutil needed)."""
+    children: dict[int, List[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command name may contain spaces and parentheses: parse after the last ')'.
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    found: List[int] = []
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def _kill_all(pgid: Optional[int]) -> None:
+    if pgid is not None:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            pass
+    for _ in range(50):  # new children may appear while we kill: repeat until none are left
+        pids = _descendants(os.getpid())
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        _reap()
+        time.sleep(0.02)
+
+
+_exit_statuses: dict[int, int] = {}
+
+
+def _reap() -> None:
+    """Collect every exited child (orphans included), remembering each wait status."""
+    while True:
+        try:
+            pid, wait_status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        _exit_statuses[pid] = wait_status
+
+
+def _spawn(argv: List[str], tty_fd: Optional[int]) -> int:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()
+            if tty_fd is not None:
+                fcntl.ioctl(tty_fd, termios.TIOCSCTTY, 0)
+                for fd in (0, 1, 2):
+                    os.dup2(tty_fd, fd)
+                os.close(tty_fd)
+            else:
+                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
+                signal.signal(sig, signal.SIG_DFL)
+            os.execvpe(argv[0], argv, os.environ)
+        except BaseException as e:  # exec failed: say why on the output the agent reads
+            try:
+                os.write(2, f"dstack-ray: cannot run {argv[0]}: {e}\n".encode())
+            finally:
+                os._exit(127)
+    return pid
+
+
+def _status(wait_status: int) -> int:
+    if os.WIFSIGNALED(wait_status):
+        return 128 + os.WTERMSIG(wait_status)
+    return os.WEXITSTATUS(wait_status)
+
+
+def main(argv: List[str]) -> int:
+    tty_fd: Optional[int] = None
+    if argv[:1] == ["--tty-fd"] and len(argv) > 1:
+        tty_fd, argv = int(argv[1]), argv[2:]
+    if not argv:
+        print("usage: python -m dstack_ray.exec.guard [--tty-fd N] COMMAND [ARGS...]", file=sys.stderr)
+        return 2
+    _become_subreaper()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    child = _spawn(argv, tty_fd)
+    if tty_fd is not None:
+        os.close(tty_fd)
+    pgid = child
+    kill_at: Optional[float] = None
+    orders = b""
+    stdin_open = True
+    while True:
+        _reap()  # the command, and orphans reparented to us
+        if child in _exit_statuses:
+            _kill_all(pgid)
+            return _status(_exit_statuses[child])
+        if kill_at is not None and time.monotonic() >= kill_at:
+            _kill_all(pgid)
+            kill_at = None
+        timeout = 0.2 if kill_at is None else max(0.0, min(0.2, kill_at - time.monotonic()))
+        if not stdin_open:
+            time.sleep(timeout)
+            continue
+        ready, _, _ = select.select([0], [], [], timeout)
+        if not ready:
+            continue
+        chunk = os.read(0, 1024)
+        if not chunk:  # the agent is gone: nobody may be left running
+            stdin_open = False
+            _kill_all(pgid)
+            continue
+        orders += chunk
+        while b"\n" in orders:
+            line, orders = orders.split(b"\n", 1)
+            words = line.decode(errors="replace").split()
+            if not words:
+                continue
+            if words[0] == "stop":
+                grace = float(words[1]) if len(words) > 1 else 10.0
+                try:
+                    os.killpg(pgid, signal.SIGINT)
+                except OSError:
+                    pass
+                kill_at = time.monotonic() + grace
+            elif words[0] == "kill":
+                _kill_all(pgid)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

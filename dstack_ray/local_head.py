@@ -1,0 +1,176 @@
+"""The embedded local Ray head that dstack-ray starts when no cluster address is given.
+
+Like `dstack server`, it outlives the command that started it, so `apply -d` in one shell and
+`ps`/`logs`/`stop` in another reach the same runs. It uses its own ports and temp directory, so a
+user's own Ray on this machine is left alone, and Ray's token authentication stays on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import List, Optional
+
+from dstack_ray.runtime.settings import default_state_dir
+
+GCS_PORT = 6391
+DASHBOARD_PORT = 8265
+CLIENT_PORT = 10002
+AGENT_PORT = 52366
+
+
+class LocalHeadError(Exception):
+    """The local head could not be started or reached; the message says what to do."""
+
+
+@dataclass
+class LocalHead:
+    address: str  # GCS address for ray.init
+    dashboard_url: str
+    temp_dir: str
+    started_at: float
+
+    @property
+    def gcs_port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+
+def _info_file() -> Path:
+    return default_state_dir() / "local-head.json"
+
+
+def _temp_dir() -> str:
+    return os.environ.get("DSTACK_RAY_TEMP_DIR") or f"/tmp/dstack-ray-{os.getuid()}"
+
+
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _free_port(preferred: int) -> int:
+    for port in range(preferred, preferred + 50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise LocalHeadError(f"no free port near {preferred} for the local Ray head")
+
+
+def status() -> Optional[LocalHead]:
+    """The running local head, or None (a stale record is removed)."""
+    path = _info_file()
+    try:
+        head = LocalHead(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    if _port_open(head.gcs_port) and _head_processes(head.temp_dir):
+        return head
+    path.unlink(missing_ok=True)
+    return None
+
+
+def start(num_cpus: Optional[int] = None, num_gpus: Optional[int] = None, timeout: float = 90) -> LocalHead:
+    """Start the local head (or return the running one)."""
+    running = status()
+    if running is not None:
+        return running
+    temp_dir = _temp_dir()
+    gcs_port = _free_port(GCS_PORT)
+    dashboard_port = _free_port(DASHBOARD_PORT)
+    args = [
+        "start",
+        "--head",
+        f"--port={gcs_port}",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard_port}",
+        f"--ray-client-server-port={_free_port(CLIENT_PORT)}",
+        f"--dashboard-agent-listen-port={_free_port(AGENT_PORT)}",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+    ]
+    if num_cpus is not None:
+        args.append(f"--num-cpus={num_cpus}")
+    if num_gpus is not None:
+        args.append(f"--num-gpus={num_gpus}")
+    log = default_state_dir() / "local-head.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.run(
+            [sys.executable, "-c", "from ray.scripts.scripts import main; main()", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+        )
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+        raise LocalHeadError("the local Ray head did not start: " + " | ".join(tail) + f" (full log: {log})")
+    head = LocalHead(
+        address=f"127.0.0.1:{gcs_port}",
+        dashboard_url=f"http://127.0.0.1:{dashboard_port}",
+        temp_dir=temp_dir,
+        started_at=time.time(),
+    )
+    _info_file().write_text(json.dumps(asdict(head)))
+    return head
+
+
+def _head_processes(temp_dir: str) -> List[int]:
+    """PIDs of the Ray processes of the head that uses `temp_dir` (and nothing else)."""
+    marker = temp_dir.encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def stop(timeout: float = 20) -> bool:
+    """Stop the local head's processes (only ours: another Ray on this machine stays up)."""
+    head = status()
+    temp_dir = head.temp_dir if head else _temp_dir()
+    pids = _head_processes(temp_dir)
+    if not pids:
+        _info_file().unlink(missing_ok=True)
+        return False
+    for sig, wait in ((signal.SIGTERM, timeout / 2), (signal.SIGKILL, timeout / 2)):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.time() + wait
+        while time.time() < deadline:
+            pids = [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
+            if not pids:
+                break
+            time.sleep(0.2)
+        if not pids:
+            break
+    _info_file().unlink(missing_ok=True)
+    return True
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return " Z " in Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True

@@ -1,0 +1,245 @@
+"""The NodeAgent: a Ray task that runs one rank of a run inside its placement-group bundle.
+
+It is a task, not an actor, so that Ray reuses warm worker processes: starting a node costs
+milliseconds instead of the ~1 s a new actor process takes (see bench/submit_latency.py). The
+Supervisor talks to it through the SupervisorHost (long-polls for start and stop orders); logs
+go straight to the Controller. The agent reports its node, runs the command under the guard,
+streams every output line, and returns how the command ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import ray
+from pydantic import BaseModel, Field
+
+from dstack_ray.config.interpolate import substitute_groups_ips
+from dstack_ray.exec.commands import (
+    ClusterInfo,
+    JobIdentity,
+    JobPaths,
+    command_argv,
+    dstack_variables,
+    host_base_environment,
+    job_environment,
+    mpi_hostfile,
+)
+from dstack_ray.exec.process import GuardedProcess
+from dstack_ray.runtime.settings import RuntimeSettings
+
+logger = logging.getLogger(__name__)
+
+
+class ExecSpec(BaseModel):
+    """How the commands of a node run (host process or container)."""
+
+    commands: List[str]
+    shell: str
+    entrypoint: Optional[str] = None
+    image: Optional[str] = None
+    working_dir: Optional[str] = None
+    user_env: Dict[str, str] = Field(default_factory=dict)
+    group_sizes: List[int] = Field(default_factory=list)
+
+
+class NodeAssignment(BaseModel):
+    run_id: str
+    run_name: str
+    attempt: int
+    rank: int
+    job_id: str
+    nodes_num: int
+    gpus: int
+    exec: ExecSpec
+    settings: RuntimeSettings
+
+
+class StartOrder(BaseModel):
+    ips: List[str]
+    gpus_per_node: List[int]
+
+
+class NodeOutcome(BaseModel):
+    """How a rank ended, as the agent saw it."""
+
+    exit_code: Optional[int] = None
+    stopped: Optional[str] = None  # the stop order that ended it, if any
+    error: Optional[str] = None  # the agent could not run the command (executor error)
+    started: bool = False
+
+
+def _timestamp() -> bytes:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
+
+
+class LogShipper:
+    """Turns output chunks into timestamped lines and sends them, in order, to the Controller.
+
+    Every line is also echoed on this worker's stdout, which the Ray dashboard shows. A chunk is
+    sent as soon as the previous send finished and the flush interval passed, so the first line
+    of a run goes out at once.
+    """
+
+    MAX_PARTIAL = 64 * 1024
+
+    def __init__(self, controller: Any, run_id: str, attempt: int, rank: int, settings: RuntimeSettings) -> None:
+        self._controller = controller
+        self._key = (run_id, attempt, rank)
+        self._interval = settings.log_flush_interval
+        self._chunk = settings.log_chunk_bytes
+        self._partial = b""
+        self._pending = bytearray()
+        self._offset = 0
+        self._closed = False
+        self._cond = threading.Condition()
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._ship, name="dstack-logs", daemon=True)
+        self._thread.start()
+
+    def write(self, chunk: bytes) -> None:
+        data = self._partial + chunk
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) > self.MAX_PARTIAL:
+            lines.append(self._partial)
+            self._partial = b""
+        self._add(lines)
+
+    def _add(self, lines: List[bytes]) -> None:
+        if not lines:
+            return
+        stamp = _timestamp()
+        formatted = b"".join(stamp + b" " + line.rstrip(b"\r") + b"\n" for line in lines)
+        try:
+            sys.stdout.buffer.write(b"".join(line + b"\n" for line in lines))
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            pass
+        with self._cond:
+            self._pending += formatted
+            # Back-pressure: a command that writes faster than the head can store waits.
+            while len(self._pending) > 16 * self._chunk and self._error is None:
+                self._cond.wait(0.5)
+            self._cond.notify()
+
+    def _ship(self) -> None:
+        last_send = 0.0
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if not self._pending and self._closed:
+                    return
+                delay = self._interval - (time.monotonic() - last_send)
+                if delay > 0 and not self._closed and len(self._pending) < self._chunk:
+                    self._cond.wait(delay)
+                data = bytes(self._pending[: self._chunk])
+                del self._pending[: len(data)]
+                self._cond.notify_all()
+            self._send(data)
+            last_send = time.monotonic()
+
+    def _send(self, data: bytes) -> None:
+        delay = 0.2
+        while True:
+            try:
+                ray.get(self._controller.append_logs.remote(*self._key, self._offset, data))
+                self._offset += len(data)
+                return
+            except ray.exceptions.RayActorError:
+                time.sleep(delay)  # the Controller is restarting: keep the lines and retry
+                delay = min(delay * 2, 5.0)
+            except Exception as e:  # never lose the command's output silently
+                logger.exception("cannot store logs: %s", e)
+                time.sleep(delay)
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Send the last (partial) line and everything pending, then stop."""
+        if self._partial:
+            self._add([self._partial])
+            self._partial = b""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+
+def _working_dir(spec: ExecSpec, assignment: NodeAssignment) -> Path:
+    if spec.working_dir:
+        path = Path(os.path.expanduser(spec.working_dir))
+    else:
+        root = assignment.settings.resolved_state_dir() / "runs"
+        path = root / f"{assignment.run_name}-{assignment.run_id[:8]}" / f"node-{assignment.rank}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _watch_stop(host: Any, assignment: NodeAssignment, process: GuardedProcess, state: Dict[str, Any]) -> None:
+    """Long-poll the SupervisorHost for a stop order and pass it to the guard."""
+    while process.poll() is None:
+        try:
+            order = ray.get(
+                host.agent_wait_order.remote(assignment.run_id, assignment.attempt, assignment.rank, 30.0)
+            )
+        except ray.exceptions.RayActorError:
+            return  # the host is gone: Ray ends this task too, and the guard kills the command
+        if order is None:
+            continue
+        state["stopped"] = order["reason"]
+        if order.get("abort"):
+            process.kill()
+        else:
+            process.stop(order.get("grace", assignment.settings.stop_grace_seconds))
+        return
+
+
+def run_node(assignment: NodeAssignment, controller: Any, host: Any) -> NodeOutcome:
+    """The body of the NodeAgent task for one rank of one attempt."""
+    key = (assignment.run_id, assignment.attempt, assignment.rank)
+    ip = ray.util.get_node_ip_address()
+    node_id = ray.get_runtime_context().get_node_id()
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    host.agent_ready.remote(*key, ip, node_id, gpu_ids)
+    if assignment.nodes_num == 1:
+        order: Optional[StartOrder] = StartOrder(ips=[ip], gpus_per_node=[assignment.gpus])
+    else:
+        reply = ray.get(host.agent_wait_start.remote(*key))
+        order = StartOrder.model_validate(reply) if reply else None
+    if order is None:
+        return NodeOutcome(stopped="cancelled")
+    spec = assignment.exec
+    shipper = LogShipper(controller, *key, assignment.settings)
+    try:
+        workdir = _working_dir(spec, assignment)
+        hostfile = workdir / ".dstack" / "mpi" / "hostfile"
+        hostfile.parent.mkdir(parents=True, exist_ok=True)
+        hostfile.write_text(mpi_hostfile(order.ips, order.gpus_per_node))
+        groups, start = [], 0
+        for size in spec.group_sizes or [assignment.nodes_num]:
+            groups.append(order.ips[start : start + size])
+            start += size
+        commands = [substitute_groups_ips(c, groups) for c in spec.commands]
+        argv = command_argv(spec.shell, commands, spec.entrypoint)
+        identity = JobIdentity(assignment.run_name, assignment.run_id, assignment.job_id, assignment.rank)
+        paths = JobPaths(working_dir=str(workdir), repo_dir=str(workdir), hostfile=str(hostfile))
+        system = dstack_variables(identity, ClusterInfo(order.ips, order.gpus_per_node), paths)
+        env = job_environment(host_base_environment(os.environ), system, spec.user_env, gpu_ids)
+        process = GuardedProcess(argv, env, str(workdir), shipper.write)
+    except Exception as e:
+        shipper.close()
+        return NodeOutcome(error=f"{type(e).__name__}: {e}")
+    host.agent_running.remote(*key, process.pid)
+    state: Dict[str, Any] = {}
+    watcher = threading.Thread(target=_watch_stop, args=(host, assignment, process, state), daemon=True)
+    watcher.start()
+    code = process.wait()
+    shipper.close()
+    return NodeOutcome(exit_code=code, stopped=state.get("stopped"), started=True)

@@ -1,0 +1,312 @@
+"""The Controller: one detached actor per cluster, on the head node.
+
+It owns the store (runs, jobs, events, logs), answers clients, queues runs and hands them to
+the SupervisorHost, and watches that host: if it is lost, the runs it supervised are handed to
+its successor, which applies their retry policy. Restarted by Ray after a crash, it reloads
+everything from the store; running runs are not disturbed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import defaultdict
+from typing import Any, Dict, List, Optional, Tuple
+
+import ray
+
+from dstack_ray.plan.cluster import live_cluster_view
+from dstack_ray.runtime.models import (
+    JobRecord,
+    JobStatus,
+    RunRecord,
+    RunSpec,
+    RunStatus,
+    RunTerminationReason,
+)
+from dstack_ray.runtime.names import generate_run_name
+from dstack_ray.runtime.settings import NAMESPACE, SUPERVISOR_NAME, RuntimeSettings
+from dstack_ray.store import LogGap, LogStore, Store, utcnow
+
+logger = logging.getLogger(__name__)
+
+HOST_PING_INTERVAL = 1.0
+LOG_READ_LIMIT = 4 << 20
+
+
+class ControllerError(Exception):
+    """A request the Controller refuses; the message is for the user."""
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=10000)
+class Controller:
+    def __init__(self, settings: Dict[str, Any]) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        self.settings = RuntimeSettings.model_validate(settings)
+        state_dir = self.settings.resolved_state_dir()
+        self.settings.state_dir = str(state_dir)
+        self.store = Store(state_dir / "state.db")
+        self.logs = LogStore(state_dir / "logs")
+        self.runs: Dict[str, RunRecord] = {r.id: r for r in self.store.load_runs()}
+        self.conditions: Dict[str, asyncio.Condition] = {}
+        self.log_events: Dict[Tuple[str, int, int], asyncio.Event] = defaultdict(asyncio.Event)
+        self.handed: Dict[str, str] = {}  # run id -> incarnation of the host supervising it
+        self.host: Any = None
+        self.host_incarnation: Optional[str] = None
+        self.background: Optional[asyncio.Task] = None
+        logger.info("controller started with %d runs in %s", len(self.runs), state_dir)
+
+    def __repr__(self) -> str:
+        return "DstackController"
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def ping(self) -> Dict[str, Any]:
+        await self._ensure_background()
+        return {"state_dir": self.settings.state_dir, "host": self.host_incarnation}
+
+    async def _ensure_background(self) -> None:
+        if self.background is None or self.background.done():
+            await self._connect_host()
+            self.background = asyncio.ensure_future(self._watch_host())
+
+    async def _connect_host(self) -> None:
+        self.host = _supervisor_host_options(self.settings).remote(self.settings.model_dump())
+        incarnation = await self.host.ping.remote()
+        await self._adopt(incarnation)
+
+    async def _adopt(self, incarnation: str) -> None:
+        """Make sure every active run is supervised by this host incarnation."""
+        previous = self.host_incarnation
+        self.host_incarnation = incarnation
+        supervised = set(await self.host.active_runs.remote())
+        for run in list(self.runs.values()):
+            if run.status.is_finished() or run.id in supervised:
+                if run.id in supervised:
+                    self.handed[run.id] = incarnation
+                continue
+            if run.status == RunStatus.PENDING and run.next_trigger_at and not run.jobs:
+                continue  # waiting for its schedule
+            lost = any(j.status not in (JobStatus.SUBMITTED,) for j in run.jobs)
+            if previous is not None or lost:
+                logger.warning("run %s lost its supervisor; handing it over", run.name)
+            await self._hand_over(run, resume_lost=lost)
+
+    async def _watch_host(self) -> None:
+        while True:
+            await asyncio.sleep(HOST_PING_INTERVAL)
+            try:
+                incarnation = await asyncio.wait_for(self.host.ping.remote(), timeout=30)
+            except Exception as e:  # restarting: ping again
+                logger.warning("supervisor host unreachable: %s", e)
+                continue
+            if incarnation != self.host_incarnation:
+                logger.warning("supervisor host restarted")
+                try:
+                    await self._adopt(incarnation)
+                except Exception:
+                    logger.exception("cannot hand runs to the restarted supervisor host")
+
+    async def _hand_over(self, run: RunRecord, resume_lost: bool = False) -> None:
+        self.handed[run.id] = self.host_incarnation or ""
+        await self.host.start_run.remote(run.model_dump(mode="json"), resume_lost)
+
+    # -- runs -------------------------------------------------------------------------------------
+
+    def _find(self, name_or_id: str) -> Optional[RunRecord]:
+        if name_or_id in self.runs:
+            return self.runs[name_or_id]
+        named = [r for r in self.runs.values() if r.name == name_or_id]
+        return max(named, key=lambda r: r.submitted_at) if named else None
+
+    def _require(self, name: str) -> RunRecord:
+        run = self._find(name)
+        if run is None:
+            raise ControllerError(f"run {name} not found")
+        return run
+
+    async def _changed(self, run: RunRecord) -> None:
+        run.version += 1
+        self.store.save_run(run)
+        condition = self.conditions.setdefault(run.id, asyncio.Condition())
+        async with condition:
+            condition.notify_all()
+
+    async def submit(self, spec: Dict[str, Any], replace: bool = False) -> Dict[str, Any]:
+        await self._ensure_background()
+        run_spec = RunSpec.model_validate(spec)
+        name = run_spec.run_name or generate_run_name({r.name for r in self.runs.values()})
+        existing = self._find(name)
+        if existing is not None:
+            if not existing.status.is_finished():
+                raise ControllerError(f"run {name} is active ({existing.status.value}); stop it first")
+            self._delete(existing)
+        run_spec.run_name = name
+        cfg = run_spec.task()
+        now = utcnow()
+        run = RunRecord(
+            id=uuid.uuid4().hex,
+            name=name,
+            status=RunStatus.SUBMITTED,
+            status_message=RunStatus.SUBMITTED.value,
+            submitted_at=now,
+            last_processed_at=now,
+            priority=cfg.priority or 0,
+            spec=run_spec.model_dump(mode="json"),
+        )
+        run.jobs = [
+            JobRecord(run_id=run.id, attempt=0, rank=rank, group=group, submitted_at=now)
+            for rank, group in enumerate(g.name or str(i) for i, g in enumerate(cfg.node_groups) for _ in range(g.nodes))
+        ]
+        self.runs[run.id] = run
+        self.store.save_jobs(run.jobs)
+        self.store.add_event(run.id, f"submitted ({cfg.nodes_num} node(s))")
+        await self._changed(run)
+        await self._hand_over(run)
+        return run.model_dump(mode="json")
+
+    async def report_run(self, run_id: str, changes: Dict[str, Any], jobs: List[Dict[str, Any]], event: Optional[str]) -> None:
+        """Called by Supervisors: merge run fields, replace the attempt's jobs, record the event."""
+        run = self.runs.get(run_id)
+        if run is None:
+            return
+        merged = {**run.model_dump(mode="json"), **changes}
+        updated = RunRecord.model_validate(merged)
+        updated.jobs = [JobRecord.model_validate(j) for j in jobs]
+        updated.version = run.version
+        self.runs[run_id] = updated
+        self.store.save_jobs(updated.jobs)
+        if event:
+            self.store.add_event(run_id, event)
+        if updated.status.is_finished():
+            self.handed.pop(run_id, None)
+            for job in updated.jobs:
+                self.log_events[(run_id, job.attempt, job.rank)].set()
+        await self._changed(updated)
+
+    async def get_run(self, name: str) -> Optional[Dict[str, Any]]:
+        run = self._find(name)
+        return run.model_dump(mode="json") if run else None
+
+    async def list_runs(self) -> List[Dict[str, Any]]:
+        return [r.model_dump(mode="json") for r in sorted(self.runs.values(), key=lambda r: r.submitted_at)]
+
+    async def wait_run(self, run_id: str, version: int, timeout: float) -> Optional[Dict[str, Any]]:
+        """Long-poll: the run once its version passes `version`, or after `timeout` seconds."""
+        run = self.runs.get(run_id)
+        if run is None:
+            return None
+        condition = self.conditions.setdefault(run_id, asyncio.Condition())
+        async with condition:
+            try:
+                await asyncio.wait_for(
+                    condition.wait_for(lambda: self.runs[run_id].version > version), timeout
+                )
+            except asyncio.TimeoutError:
+                pass
+        return self.runs[run_id].model_dump(mode="json")
+
+    async def stop_run(self, name: str, abort: bool = False) -> Dict[str, Any]:
+        run = self._require(name)
+        if run.status.is_finished():
+            return run.model_dump(mode="json")
+        stopped = False
+        if self.handed.get(run.id):
+            stopped = await self.host.stop_run.remote(run.id, abort)
+        if not stopped:  # not (or no longer) supervised: end it here
+            reason = RunTerminationReason.ABORTED_BY_USER if abort else RunTerminationReason.STOPPED_BY_USER
+            job_reason = reason.to_job_reason()
+            for job in run.jobs:
+                if not job.status.is_finished():
+                    job.status, job.termination_reason, job.finished_at = job_reason.to_status(), job_reason, utcnow()
+            run.status, run.termination_reason = reason.to_status(), reason
+            run.status_message, run.finished_at = run.status.value, utcnow()
+            self.store.save_jobs(run.jobs)
+            self.store.add_event(run.id, f"run {run.status.value} ({reason.value})")
+            await self._changed(run)
+        else:
+            self.store.add_event(run.id, "abort requested" if abort else "stop requested")
+        return run.model_dump(mode="json")
+
+    def _delete(self, run: RunRecord) -> None:
+        self.store.mark_deleted(run.id)
+        self.runs.pop(run.id, None)
+
+    async def delete_run(self, name: str) -> None:
+        run = self._require(name)
+        if not run.status.is_finished():
+            raise ControllerError(f"run {name} is active ({run.status.value}); stop it before deleting")
+        self._delete(run)
+
+    async def events(self, name: str) -> List[Tuple[str, str]]:
+        run = self._require(name)
+        return [(at.isoformat(), message) for at, message in self.store.events(run.id)]
+
+    async def jobs_history(self, name: str) -> List[Dict[str, Any]]:
+        run = self._require(name)
+        return [j.model_dump(mode="json") for j in self.store.load_jobs(run.id)]
+
+    async def cluster_view(self) -> Dict[str, Any]:
+        return live_cluster_view().model_dump(mode="json")
+
+    # -- logs -------------------------------------------------------------------------------------
+
+    async def append_logs(self, run_id: str, attempt: int, rank: int, offset: int, data: bytes) -> int:
+        try:
+            size = self.logs.append(run_id, attempt, rank, offset, data)
+        except LogGap as e:
+            logger.error("%s", e)
+            raise
+        event = self.log_events[(run_id, attempt, rank)]
+        event.set()
+        return size
+
+    async def read_logs(
+        self, run_id: str, attempt: int, rank: int, offset: int, wait: float = 0.0
+    ) -> Tuple[bytes, int, bool]:
+        """Log bytes from `offset`; with `wait`, block up to that long for new lines.
+
+        Returns (data, next offset, final): final once the job ended and everything was read.
+        """
+        key = (run_id, attempt, rank)
+        data, next_offset = self.logs.read(run_id, attempt, rank, offset, LOG_READ_LIMIT)
+        if not data and wait > 0 and not self._log_final(key):
+            event = self.log_events[key]
+            event.clear()
+            data, next_offset = self.logs.read(run_id, attempt, rank, offset, LOG_READ_LIMIT)
+            if not data:
+                try:
+                    await asyncio.wait_for(event.wait(), timeout=wait)
+                except asyncio.TimeoutError:
+                    pass
+                data, next_offset = self.logs.read(run_id, attempt, rank, offset, LOG_READ_LIMIT)
+        final = not data and self._log_final(key)
+        return data, next_offset, final
+
+    def _log_final(self, key: Tuple[str, int, int]) -> bool:
+        run = self.runs.get(key[0])
+        if run is None:
+            return True
+        if run.status.is_finished():
+            return True
+        if key[1] < run.attempt:
+            return True
+        return any(j.rank == key[2] and j.attempt == key[1] and j.status.is_finished() for j in run.jobs)
+
+
+def _supervisor_host_options(settings: RuntimeSettings) -> Any:
+    """The SupervisorHost actor: detached, named, on the Controller's (head) node."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from dstack_ray.runtime.supervisor import SupervisorHost
+
+    return SupervisorHost.options(
+        name=SUPERVISOR_NAME,
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(
+            node_id=ray.get_runtime_context().get_node_id(), soft=False
+        ),
+    )

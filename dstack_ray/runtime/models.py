@@ -1,0 +1,219 @@
+"""Run and job records, statuses and termination reasons, with dstack's values and mappings."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any, Dict, List, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dstack_ray.config.profiles import RetryEvent
+
+
+class RunStatus(str, enum.Enum):
+    PENDING = "pending"
+    SUBMITTED = "submitted"
+    PROVISIONING = "provisioning"
+    RUNNING = "running"
+    TERMINATING = "terminating"
+    TERMINATED = "terminated"
+    FAILED = "failed"
+    DONE = "done"
+
+    def is_finished(self) -> bool:
+        return self in (RunStatus.TERMINATED, RunStatus.FAILED, RunStatus.DONE)
+
+
+class JobStatus(str, enum.Enum):
+    SUBMITTED = "submitted"
+    PROVISIONING = "provisioning"
+    PULLING = "pulling"
+    RUNNING = "running"
+    TERMINATING = "terminating"
+    TERMINATED = "terminated"
+    ABORTED = "aborted"
+    FAILED = "failed"
+    DONE = "done"
+
+    def is_finished(self) -> bool:
+        return self in (JobStatus.TERMINATED, JobStatus.ABORTED, JobStatus.FAILED, JobStatus.DONE)
+
+
+class RunTerminationReason(str, enum.Enum):
+    ALL_JOBS_DONE = "all_jobs_done"
+    JOB_FAILED = "job_failed"
+    RETRY_LIMIT_EXCEEDED = "retry_limit_exceeded"
+    STOPPED_BY_USER = "stopped_by_user"
+    ABORTED_BY_USER = "aborted_by_user"
+    SERVER_ERROR = "server_error"
+
+    def to_status(self) -> RunStatus:
+        return {
+            RunTerminationReason.ALL_JOBS_DONE: RunStatus.DONE,
+            RunTerminationReason.STOPPED_BY_USER: RunStatus.TERMINATED,
+            RunTerminationReason.ABORTED_BY_USER: RunStatus.TERMINATED,
+        }.get(self, RunStatus.FAILED)
+
+    def to_job_reason(self) -> "JobTerminationReason":
+        """The reason given to jobs still active when the run ends for this reason."""
+        return {
+            RunTerminationReason.ALL_JOBS_DONE: JobTerminationReason.DONE_BY_RUNNER,
+            RunTerminationReason.STOPPED_BY_USER: JobTerminationReason.TERMINATED_BY_USER,
+            RunTerminationReason.ABORTED_BY_USER: JobTerminationReason.ABORTED_BY_USER,
+        }.get(self, JobTerminationReason.TERMINATED_BY_SERVER)
+
+    def to_error(self) -> Optional[str]:
+        return {
+            RunTerminationReason.RETRY_LIMIT_EXCEEDED: "retry limit exceeded",
+            RunTerminationReason.SERVER_ERROR: "server error",
+        }.get(self)
+
+
+class JobTerminationReason(str, enum.Enum):
+    FAILED_TO_START_DUE_TO_NO_CAPACITY = "failed_to_start_due_to_no_capacity"
+    INTERRUPTED_BY_NO_CAPACITY = "interrupted_by_no_capacity"
+    INSTANCE_UNREACHABLE = "instance_unreachable"
+    TERMINATED_BY_USER = "terminated_by_user"
+    DONE_BY_RUNNER = "done_by_runner"
+    ABORTED_BY_USER = "aborted_by_user"
+    TERMINATED_BY_SERVER = "terminated_by_server"
+    TERMINATED_DUE_TO_UTILIZATION_POLICY = "terminated_due_to_utilization_policy"
+    CONTAINER_EXITED_WITH_ERROR = "container_exited_with_error"
+    CREATING_CONTAINER_ERROR = "creating_container_error"
+    EXECUTOR_ERROR = "executor_error"
+    MAX_DURATION_EXCEEDED = "max_duration_exceeded"
+
+    def to_status(self) -> JobStatus:
+        return {
+            JobTerminationReason.TERMINATED_BY_USER: JobStatus.TERMINATED,
+            JobTerminationReason.DONE_BY_RUNNER: JobStatus.DONE,
+            JobTerminationReason.ABORTED_BY_USER: JobStatus.ABORTED,
+            JobTerminationReason.TERMINATED_BY_SERVER: JobStatus.TERMINATED,
+            JobTerminationReason.TERMINATED_DUE_TO_UTILIZATION_POLICY: JobStatus.TERMINATED,
+            JobTerminationReason.MAX_DURATION_EXCEEDED: JobStatus.TERMINATED,
+        }.get(self, JobStatus.FAILED)
+
+    def to_retry_event(self) -> Optional[RetryEvent]:
+        """dstack's mapping: capacity reasons explicitly; any other failure is an `error`."""
+        explicit = {
+            JobTerminationReason.FAILED_TO_START_DUE_TO_NO_CAPACITY: RetryEvent.NO_CAPACITY,
+            JobTerminationReason.INTERRUPTED_BY_NO_CAPACITY: RetryEvent.INTERRUPTION,
+        }
+        if self in explicit:
+            return explicit[self]
+        return RetryEvent.ERROR if self.to_status() == JobStatus.FAILED else None
+
+    def to_error(self) -> Optional[str]:
+        return {
+            JobTerminationReason.INSTANCE_UNREACHABLE: "instance unreachable",
+            JobTerminationReason.TERMINATED_DUE_TO_UTILIZATION_POLICY: "utilization policy",
+            JobTerminationReason.CREATING_CONTAINER_ERROR: "runner error",
+            JobTerminationReason.EXECUTOR_ERROR: "executor error",
+            JobTerminationReason.MAX_DURATION_EXCEEDED: "max duration exceeded",
+        }.get(self)
+
+
+def job_status_message(status: JobStatus, reason: Optional[JobTerminationReason], exit_code: Optional[int]) -> str:
+    """What `ps` shows for a job, exactly as dstack words it."""
+    if status == JobStatus.DONE:
+        return "exited (0)"
+    if status == JobStatus.FAILED:
+        if reason == JobTerminationReason.CONTAINER_EXITED_WITH_ERROR:
+            return f"exited ({exit_code})"
+        if reason == JobTerminationReason.FAILED_TO_START_DUE_TO_NO_CAPACITY:
+            return "no capacity"
+        if reason == JobTerminationReason.INTERRUPTED_BY_NO_CAPACITY:
+            return "interrupted"
+        return "error"
+    if status == JobStatus.TERMINATED and reason == JobTerminationReason.TERMINATED_BY_USER:
+        return "stopped"
+    if status == JobStatus.ABORTED or (
+        status == JobStatus.TERMINATED and reason == JobTerminationReason.ABORTED_BY_USER
+    ):
+        return "aborted"
+    return status.value
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class JobRecord(Model):
+    """One node (rank) of one attempt of a run."""
+
+    run_id: str
+    attempt: int
+    rank: int
+    group: str = "0"
+    status: JobStatus = JobStatus.SUBMITTED
+    termination_reason: Optional[JobTerminationReason] = None
+    termination_message: Optional[str] = None
+    exit_code: Optional[int] = None
+    node_ip: Optional[str] = None
+    node_id: Optional[str] = None
+    gpu_ids: List[str] = Field(default_factory=list)
+    submitted_at: datetime
+    started_at: Optional[datetime] = None
+    finished_at: Optional[datetime] = None
+
+    @property
+    def status_message(self) -> str:
+        return job_status_message(self.status, self.termination_reason, self.exit_code)
+
+    @property
+    def error(self) -> Optional[str]:
+        if self.termination_reason is None:
+            return None
+        return self.termination_reason.to_error()
+
+
+class RunRecord(Model):
+    """A run as the Controller stores and serves it."""
+
+    id: str
+    name: str
+    status: RunStatus
+    termination_reason: Optional[RunTerminationReason] = None
+    status_message: str = ""
+    wait_reason: Optional[str] = None  # why a pending/submitted/provisioning run waits
+    submitted_at: datetime
+    last_processed_at: datetime
+    finished_at: Optional[datetime] = None
+    priority: int = 0
+    attempt: int = 0
+    next_trigger_at: Optional[datetime] = None
+    version: int = 0
+    spec: Dict[str, Any] = Field(default_factory=dict)  # RunSpec dump (secrets stored, never shown)
+    jobs: List[JobRecord] = Field(default_factory=list)  # the latest attempt's jobs, by rank
+
+    @property
+    def error(self) -> Optional[str]:
+        if self.termination_reason is not None and self.termination_reason.to_error():
+            return self.termination_reason.to_error()
+        for job in self.jobs:
+            if job.error:
+                return job.error
+        return None
+
+    def display_status(self) -> str:
+        """`ps`'s STATUS: the deciding job's message for a finished run, else the run's own."""
+        if self.status.is_finished() and self.jobs:
+            failed = [j for j in self.jobs if j.status in (JobStatus.FAILED,)]
+            return (failed[0] if failed else self.jobs[0]).status_message
+        return self.status_message or self.status.value
+
+
+class RunSpec(Model):
+    """What a client submits: the configuration as it will run (env resolved, args substituted)."""
+
+    run_name: str
+    configuration: Dict[str, Any]  # TaskConfiguration.model_dump(mode="json")
+    configuration_path: Optional[str] = None
+    args: List[str] = Field(default_factory=list)
+    archives: List[Dict[str, Any]] = Field(default_factory=list)  # files/repo shipped with the run
+
+    def task(self):
+        from dstack_ray.config.task import TaskConfiguration
+
+        return TaskConfiguration.model_validate(self.configuration)

@@ -1,0 +1,621 @@
+"""The Supervisor of each run: placement, node agents, lifecycle, stop, retries.
+
+One `RunSupervisor` per run does all state transitions of that run. They live in one detached
+`SupervisorHost` actor (an asyncio process for many runs; one process per run would cost ~1 s
+and ~80 MB per run, see bench/). The host is separate from the Controller so that a Controller
+restart leaves running runs untouched. Node agents are tasks owned by the host: if the host
+dies, Ray ends them, the guards kill the commands, and the Controller resubmits or fails the
+runs per their retry policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Dict, List, Optional, Tuple
+
+import ray
+from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from dstack_ray.config.profiles import RetryEvent, StartupOrder, StopCriteria, effective_retry
+from dstack_ray.config.task import TaskConfiguration
+from dstack_ray.plan.cluster import live_cluster_view
+from dstack_ray.plan.planner import NodeBundle, RunPlan, build_plan
+from dstack_ray.runtime.agent import ExecSpec, NodeAssignment, NodeOutcome, run_node
+from dstack_ray.runtime.models import (
+    JobRecord,
+    JobStatus,
+    JobTerminationReason,
+    RunRecord,
+    RunSpec,
+    RunStatus,
+    RunTerminationReason,
+)
+from dstack_ray.runtime.retry import backoff, decide
+from dstack_ray.runtime.settings import CONTROLLER_NAME, NAMESPACE, RuntimeSettings
+from dstack_ray.store.db import utcnow
+
+logger = logging.getLogger(__name__)
+
+Key = Tuple[str, int, int]  # run id, attempt, rank
+
+# Job reasons that end a run as failed unless retried; the first one decides the run.
+_FAILURE_REASONS = {
+    JobTerminationReason.FAILED_TO_START_DUE_TO_NO_CAPACITY,
+    JobTerminationReason.INTERRUPTED_BY_NO_CAPACITY,
+    JobTerminationReason.CONTAINER_EXITED_WITH_ERROR,
+    JobTerminationReason.CREATING_CONTAINER_ERROR,
+    JobTerminationReason.EXECUTOR_ERROR,
+    JobTerminationReason.INSTANCE_UNREACHABLE,
+    JobTerminationReason.MAX_DURATION_EXCEEDED,
+    JobTerminationReason.TERMINATED_DUE_TO_UTILIZATION_POLICY,
+}
+
+
+@dataclass
+class AgentSlot:
+    """The rendezvous between a Supervisor and one node agent task."""
+
+    ready: "asyncio.Future[Dict[str, Any]]"
+    running: "asyncio.Future[int]"
+    start: "asyncio.Future[Optional[Dict[str, Any]]]"
+    orders: "asyncio.Queue[Dict[str, Any]]" = field(default_factory=asyncio.Queue)
+
+
+class StopRequest(Exception):
+    """Raised inside an attempt when the user stops the run."""
+
+
+class RunSupervisor:
+    def __init__(self, host: "SupervisorHost", run: RunRecord, resume_lost: bool) -> None:
+        self.host = host
+        self.run = run
+        self.spec = RunSpec.model_validate(run.spec)
+        self.cfg: TaskConfiguration = self.spec.task()
+        self.settings = host.settings
+        self.retry = effective_retry(self.cfg)
+        self.resume_lost = resume_lost
+        self.stop_requested: Optional[RunTerminationReason] = None
+        self.stop_event = asyncio.Event()
+        self.jobs: List[JobRecord] = list(run.jobs)
+        self.stop_reasons: Dict[int, JobTerminationReason] = {}
+        self.last_provisioned_at: Optional[datetime] = None
+        self.task: Optional[asyncio.Task] = None
+
+    # -- reporting ----------------------------------------------------------------------------
+
+    async def report(self, event: Optional[str] = None, **fields: Any) -> None:
+        """Persist run fields and the current attempt's jobs in the Controller."""
+        for name, value in fields.items():
+            setattr(self.run, name, value)
+        self.run.last_processed_at = utcnow()
+        changes = self.run.model_dump(mode="json", include={*fields, "last_processed_at"})
+        jobs = [j.model_dump(mode="json") for j in self.jobs]
+        await self.host.call_controller("report_run", self.run.id, changes, jobs, event)
+
+    async def set_jobs(self, **fields: Any) -> None:
+        for job in self.jobs:
+            if not job.status.is_finished():
+                for name, value in fields.items():
+                    setattr(job, name, value)
+        await self.report()
+
+    # -- main loop ----------------------------------------------------------------------------
+
+    async def main(self) -> None:
+        try:
+            if self.resume_lost:
+                await self._fail_lost_attempt()
+                if await self._finish_or_retry():
+                    return
+            while True:
+                if self.stop_requested:
+                    await self._finish(self.stop_requested)
+                    return
+                await self._attempt()
+                if await self._finish_or_retry():
+                    return
+        except Exception as e:  # a bug here must not leave the run hanging as "running"
+            logger.exception("supervisor of %s failed", self.run.name)
+            for job in self.jobs:
+                if not job.status.is_finished():
+                    job.status = JobStatus.FAILED
+                    job.termination_reason = JobTerminationReason.EXECUTOR_ERROR
+                    job.termination_message = f"supervisor error: {e}"
+                    job.finished_at = utcnow()
+            await self._finish(RunTerminationReason.SERVER_ERROR, f"supervisor error: {e}")
+        finally:
+            self.host.forget(self.run.id)
+
+    async def _fail_lost_attempt(self) -> None:
+        for job in self.jobs:
+            if not job.status.is_finished():
+                job.status = JobStatus.FAILED
+                job.termination_reason = JobTerminationReason.INTERRUPTED_BY_NO_CAPACITY
+                job.termination_message = "the supervisor of this run was lost"
+                job.finished_at = utcnow()
+            if job.started_at:
+                self.last_provisioned_at = max(self.last_provisioned_at or job.started_at, job.started_at)
+        await self.report(event="the supervisor was lost; the attempt was interrupted")
+
+    async def _finish_or_retry(self) -> bool:
+        """After an attempt: end the run, or wait out the backoff before the next attempt."""
+        reasons = [j.termination_reason for j in self.jobs if j.termination_reason in _FAILURE_REASONS]
+        if self.stop_requested:
+            await self._finish(self.stop_requested)
+            return True
+        if not reasons:
+            await self._finish(RunTerminationReason.ALL_JOBS_DONE)
+            return True
+        started = self.run.next_trigger_at or self.run.submitted_at
+        decision = decide(self.retry, reasons, utcnow(), started, self.last_provisioned_at)
+        if not decision.retry:
+            reason = RunTerminationReason.RETRY_LIMIT_EXCEEDED if decision.limit_exceeded else RunTerminationReason.JOB_FAILED
+            await self._finish(reason)
+            return True
+        resubmission = self.run.attempt + 1
+        delay = backoff(self.settings.retry_delays, resubmission)
+        await self.report(
+            event=f"attempt {self.run.attempt} failed ({decision.event.value}); retrying in {delay:g}s",
+            status=RunStatus.PENDING,
+            status_message="retrying" if decision.event == RetryEvent.NO_CAPACITY else RunStatus.PENDING.value,
+            wait_reason=f"retrying in {delay:g}s after {decision.event.value}",
+        )
+        try:
+            await asyncio.wait_for(self.stop_event.wait(), timeout=delay)
+        except asyncio.TimeoutError:
+            pass
+        return False
+
+    async def _finish(self, reason: RunTerminationReason, message: Optional[str] = None) -> None:
+        job_reason = reason.to_job_reason()
+        for job in self.jobs:
+            if not job.status.is_finished():
+                job.status = job_reason.to_status()
+                job.termination_reason = job_reason
+                job.finished_at = utcnow()
+        status = reason.to_status()
+        await self.report(
+            event=message or f"run {status.value} ({reason.value})",
+            status=status,
+            termination_reason=reason,
+            status_message=status.value,
+            wait_reason=None,
+            finished_at=utcnow(),
+        )
+
+    # -- one attempt ----------------------------------------------------------------------------
+
+    def _new_jobs(self) -> List[JobRecord]:
+        now = utcnow()
+        groups = [g.name or str(i) for i, g in enumerate(self.cfg.node_groups) for _ in range(g.nodes)]
+        return [
+            JobRecord(run_id=self.run.id, attempt=self.run.attempt, rank=rank, group=groups[rank], submitted_at=now)
+            for rank in range(self.cfg.nodes_num)
+        ]
+
+    async def _attempt(self) -> None:
+        if self.jobs and any(j.status != JobStatus.SUBMITTED for j in self.jobs):
+            self.run.attempt += 1
+        self.stop_reasons = {}
+        self.jobs = self._new_jobs()
+        cluster = await asyncio.get_running_loop().run_in_executor(None, live_cluster_view)
+        plan = build_plan(self.cfg, cluster)
+        if plan.no_capacity and not cluster.autoscaling:
+            await self._no_capacity(plan.no_capacity)
+            return
+        for job in self.jobs:
+            job.status = JobStatus.PROVISIONING
+        await self.report(
+            event=f"attempt {self.run.attempt}: placing {plan.nodes_num} node(s)",
+            status=RunStatus.PROVISIONING,
+            status_message=RunStatus.PROVISIONING.value,
+            attempt=self.run.attempt,
+            wait_reason="waiting for the autoscaler" if plan.needs_new_nodes else "waiting for resources",
+        )
+        pg = placement_group(
+            [b.resources for b in plan.bundles],
+            strategy=plan.strategy,
+            name=f"dstack:{self.run.name}:pg",
+            bundle_label_selector=[b.label_selector for b in plan.bundles] if plan.bundles[0].label_selector else None,
+        )
+        try:
+            placed = await self._wait_placement(pg, cluster.autoscaling)
+            if placed:
+                await self._run_nodes(pg, plan)
+        finally:
+            remove_placement_group(pg)
+
+    async def _no_capacity(self, why: str) -> None:
+        for job in self.jobs:
+            job.status = JobStatus.FAILED
+            job.termination_reason = JobTerminationReason.FAILED_TO_START_DUE_TO_NO_CAPACITY
+            job.termination_message = why
+            job.finished_at = utcnow()
+        await self.report(event=f"no capacity: {why}", wait_reason=None, attempt=self.run.attempt)
+
+    async def _wait_placement(self, pg: Any, autoscaling: bool) -> bool:
+        """Wait until the bundles are reserved; False on stop or no capacity."""
+        ready = asyncio.ensure_future(pg.ready())
+        stop = asyncio.ensure_future(self.stop_event.wait())
+        try:
+            return await self._placement_loop(pg, ready, stop, autoscaling)
+        finally:
+            stop.cancel()
+            if not ready.done():
+                ready.cancel()
+
+    async def _placement_loop(self, pg: Any, ready: "asyncio.Future", stop: "asyncio.Future", autoscaling: bool) -> bool:
+        waited = 0.0
+        interval = 0.05
+        while True:
+            done, _ = await asyncio.wait([ready, stop], timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+            if ready in done:
+                return True
+            if stop in done:
+                return False
+            waited += interval
+            interval = min(interval * 2, 1.0)
+            state = placement_group_table(pg).get("stats", {}).get("scheduling_state")
+            if state == "INFEASIBLE" and not autoscaling:
+                cluster = await asyncio.get_running_loop().run_in_executor(None, live_cluster_view)
+                replanned = build_plan(self.cfg, cluster)
+                if replanned.no_capacity:
+                    await self._no_capacity(replanned.no_capacity)
+                    return False
+            if autoscaling and waited > self.settings.provisioning_timeout:
+                await self._no_capacity(f"the autoscaler added no node for it within {self.settings.provisioning_timeout:g}s")
+                return False
+
+    async def _run_nodes(self, pg: Any, plan: RunPlan) -> None:
+        run_id, attempt = self.run.id, self.run.attempt
+        slots = {b.rank: self.host.open_slot((run_id, attempt, b.rank)) for b in plan.bundles}
+        refs = {}
+        exec_spec = self._exec_spec()
+        for bundle in plan.bundles:
+            job = self.jobs[bundle.rank]
+            assignment = NodeAssignment(
+                run_id=run_id,
+                run_name=self.run.name,
+                attempt=attempt,
+                rank=bundle.rank,
+                job_id=str(uuid.uuid4()),
+                nodes_num=plan.nodes_num,
+                gpus=bundle.gpus,
+                exec=exec_spec[bundle.group_index],
+                settings=self.settings,
+            )
+            refs[bundle.rank] = self._launch(pg, bundle, assignment)
+            job.status = JobStatus.PROVISIONING
+        outcomes: Dict[int, "asyncio.Future"] = {rank: asyncio.ensure_future(self._outcome(ref)) for rank, ref in refs.items()}
+        try:
+            await self._start_nodes(plan, slots, outcomes)
+            await self._watch(plan, slots, outcomes)
+        finally:
+            for rank, slot in slots.items():
+                if not slot.start.done():
+                    slot.start.set_result(None)
+            await self._drain(refs, outcomes)
+            for rank in slots:
+                self.host.close_slot((run_id, attempt, rank))
+
+    def _launch(self, pg: Any, bundle: NodeBundle, assignment: NodeAssignment) -> Any:
+        resources = {k: v for k, v in bundle.resources.items() if k not in ("CPU", "GPU", "memory")}
+        return _node_agent().options(
+            name=f"dstack:{self.run.name}:node-{bundle.rank}",
+            num_cpus=bundle.resources["CPU"],
+            num_gpus=bundle.gpus,
+            memory=bundle.memory_bytes or None,
+            resources=resources or None,
+            max_retries=0,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                placement_group=pg, placement_group_bundle_index=bundle.rank
+            ),
+        ).remote(assignment, self.host.controller, self.host.self_handle)
+
+    def _exec_spec(self) -> List[ExecSpec]:
+        sizes = [g.nodes for g in self.cfg.node_groups]
+        env = {k: v for k, v in self.cfg.env.items() if isinstance(v, str)}
+        return [
+            ExecSpec(
+                commands=list(group.commands),
+                shell=self.cfg.effective_shell,
+                entrypoint=self.cfg.entrypoint,
+                image=self.cfg.image,
+                working_dir=self.cfg.working_dir,
+                user_env=env,
+                group_sizes=sizes,
+            )
+            for group in self.cfg.node_groups
+        ]
+
+    @staticmethod
+    async def _outcome(ref: Any) -> Tuple[Optional[NodeOutcome], Optional[BaseException]]:
+        try:
+            return await ref, None
+        except Exception as e:  # the task died with its worker or node
+            return None, e
+
+    async def _start_nodes(self, plan: RunPlan, slots: Dict[int, AgentSlot], outcomes: Dict[int, "asyncio.Future"]) -> None:
+        """Collect every node's IP, then release the commands in `startup_order`."""
+        stop = asyncio.ensure_future(self.stop_event.wait())
+        try:
+            await self._collect_nodes(slots, outcomes, stop)
+            if plan.nodes_num > 1 and not stop.done() and not any(f.done() for f in outcomes.values()):
+                await self._release(plan, slots, outcomes, stop)
+        finally:
+            stop.cancel()
+
+    async def _collect_nodes(self, slots: Dict[int, AgentSlot], outcomes: Dict[int, "asyncio.Future"], stop: "asyncio.Future") -> None:
+        pending = {rank: asyncio.ensure_future(asyncio.shield(slot.ready)) for rank, slot in slots.items()}
+        deadline = asyncio.get_running_loop().time() + self.settings.agent_start_timeout
+        while pending:
+            if stop.done() or any(f.done() for f in outcomes.values()):
+                return  # a node ended before all started: _watch handles it
+            timeout = deadline - asyncio.get_running_loop().time()
+            if timeout <= 0:
+                for rank in pending:
+                    self.stop_reasons.setdefault(rank, JobTerminationReason.EXECUTOR_ERROR)
+                await self._stop_all(JobTerminationReason.TERMINATED_BY_SERVER, slots)
+                for rank in pending:
+                    self._mark(rank, JobStatus.FAILED, JobTerminationReason.EXECUTOR_ERROR, "the node agent did not start in time")
+                return
+            await asyncio.wait(
+                list(pending.values()) + list(outcomes.values()) + [stop],
+                timeout=min(timeout, 1.0),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            for rank, fut in list(pending.items()):
+                if fut.done():
+                    info = fut.result()
+                    job = self.jobs[rank]
+                    job.node_ip, job.node_id, job.gpu_ids = info["ip"], info["node_id"], info["gpu_ids"]
+                    del pending[rank]
+            await self.report()
+
+    async def _release(self, plan: RunPlan, slots: Dict[int, AgentSlot], outcomes: Dict[int, "asyncio.Future"], stop: "asyncio.Future") -> None:
+        """Give every node the cluster's IPs, in the order `startup_order` asks for."""
+        ips = [self.jobs[r].node_ip or "" for r in range(plan.nodes_num)]
+        order = {"ips": ips, "gpus_per_node": plan.gpus_per_node()}
+        startup = self.cfg.startup_order or StartupOrder.ANY
+        master, workers = [0], list(range(1, plan.nodes_num))
+        if startup == StartupOrder.ANY:
+            first, second = master + workers, []
+        elif startup == StartupOrder.MASTER_FIRST:
+            first, second = master, workers
+        else:
+            first, second = workers, master
+        for rank in first:
+            slots[rank].start.set_result(order)
+        if second:
+            await self.report(event=f"waiting for {'the master' if startup == StartupOrder.MASTER_FIRST else 'the workers'} to run ({startup.value})")
+            waits = [asyncio.shield(slots[r].running) for r in first]
+            while not all(w.done() for w in waits):
+                if stop.done() or any(f.done() for f in outcomes.values()):
+                    return
+                await asyncio.wait(list(waits) + list(outcomes.values()) + [stop], return_when=asyncio.FIRST_COMPLETED)
+            for rank in second:
+                slots[rank].start.set_result(order)
+
+    async def _watch(self, plan: RunPlan, slots: Dict[int, AgentSlot], outcomes: Dict[int, "asyncio.Future"]) -> None:
+        """Until every node ended: running states, stops, max_duration, fail-fast, master-done."""
+        running_watch = {rank: asyncio.ensure_future(asyncio.shield(slot.running)) for rank, slot in slots.items()}
+        max_duration = self.cfg.max_duration if isinstance(self.cfg.max_duration, int) else None
+        deadline: Optional[float] = None
+        loop = asyncio.get_running_loop()
+        stop_wait = asyncio.ensure_future(self.stop_event.wait())
+        stopping = False
+        remaining = dict(outcomes)
+        while remaining:
+            waitables = list(remaining.values()) + [f for f in running_watch.values() if not f.done()]
+            if not stopping:
+                waitables.append(stop_wait)
+            timeout = None if deadline is None else max(0.0, deadline - loop.time())
+            done, _ = await asyncio.wait(waitables, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            changed = False
+            for rank, fut in list(running_watch.items()):
+                if fut.done() and not fut.cancelled():
+                    del running_watch[rank]
+                    job = self.jobs[rank]
+                    if not job.status.is_finished() and job.status != JobStatus.TERMINATING:
+                        job.status = JobStatus.RUNNING
+                        job.started_at = utcnow()
+                        self.last_provisioned_at = job.started_at
+                        changed = True
+                    if max_duration is not None and deadline is None:
+                        deadline = loop.time() + max_duration
+            if changed and self.run.status != RunStatus.RUNNING and any(j.status == JobStatus.RUNNING for j in self.jobs):
+                await self.report(status=RunStatus.RUNNING, status_message=RunStatus.RUNNING.value, wait_reason=None)
+            elif changed:
+                await self.report()
+            if self.stop_requested and not stopping:
+                stopping = True
+                abort = self.stop_requested == RunTerminationReason.ABORTED_BY_USER
+                await self._stop_all(self.stop_requested.to_job_reason(), slots, abort=abort)
+                await self.report(status=RunStatus.TERMINATING, status_message=RunStatus.TERMINATING.value)
+            if deadline is not None and loop.time() >= deadline and not stopping:
+                stopping = True
+                deadline = None
+                await self._stop_all(JobTerminationReason.MAX_DURATION_EXCEEDED, slots)
+                await self.report(event=f"max_duration {max_duration}s exceeded", status=RunStatus.TERMINATING, status_message=RunStatus.TERMINATING.value)
+            for rank, fut in list(remaining.items()):
+                if not fut.done():
+                    continue
+                del remaining[rank]
+                self._record_outcome(rank, *fut.result())
+                job = self.jobs[rank]
+                await self.report(event=f"node {rank} {job.status_message}")
+                if stopping:
+                    continue
+                if job.status == JobStatus.DONE and rank == 0 and self.cfg.stop_criteria == StopCriteria.MASTER_DONE and remaining:
+                    stopping = True
+                    await self._stop_all(JobTerminationReason.DONE_BY_RUNNER, slots)
+                    await self.report(event="the master is done (stop_criteria: master-done)", status=RunStatus.TERMINATING, status_message=RunStatus.TERMINATING.value)
+                elif job.status != JobStatus.DONE and remaining:
+                    stopping = True
+                    await self._stop_all(JobTerminationReason.TERMINATED_BY_SERVER, slots)
+                    await self.report(status=RunStatus.TERMINATING, status_message=RunStatus.TERMINATING.value)
+        stop_wait.cancel()
+
+    def _record_outcome(self, rank: int, outcome: Optional[NodeOutcome], error: Optional[BaseException]) -> None:
+        job = self.jobs[rank]
+        intended = self.stop_reasons.get(rank)
+        if outcome is None:
+            if intended is not None:
+                self._mark(rank, intended.to_status(), intended, None)
+            else:
+                text = str(error).strip().splitlines()[0] if error else "the node agent was lost"
+                self._mark(rank, JobStatus.FAILED, JobTerminationReason.INTERRUPTED_BY_NO_CAPACITY, text[:500])
+            return
+        job.exit_code = outcome.exit_code
+        if outcome.error:
+            self._mark(rank, JobStatus.FAILED, JobTerminationReason.EXECUTOR_ERROR, outcome.error)
+        elif intended is not None:
+            self._mark(rank, intended.to_status(), intended, None)
+        elif outcome.exit_code == 0:
+            self._mark(rank, JobStatus.DONE, JobTerminationReason.DONE_BY_RUNNER, None)
+        else:
+            self._mark(rank, JobStatus.FAILED, JobTerminationReason.CONTAINER_EXITED_WITH_ERROR, f"exit status {outcome.exit_code}")
+
+    def _mark(self, rank: int, status: JobStatus, reason: JobTerminationReason, message: Optional[str]) -> None:
+        job = self.jobs[rank]
+        job.status = status
+        job.termination_reason = reason
+        job.termination_message = message
+        job.finished_at = utcnow()
+
+    async def _stop_all(self, reason: JobTerminationReason, slots: Dict[int, AgentSlot], abort: bool = False) -> None:
+        """Order every unfinished node to stop; SIGINT, then SIGKILL after the grace period."""
+        for rank, slot in slots.items():
+            job = self.jobs[rank]
+            if job.status.is_finished():
+                continue
+            self.stop_reasons.setdefault(rank, reason)
+            job.status = JobStatus.TERMINATING
+            if not slot.start.done():
+                slot.start.set_result(None)  # never started: it just returns
+            slot.orders.put_nowait(
+                {"reason": reason.value, "abort": abort, "grace": self.settings.stop_grace_seconds}
+            )
+
+    async def _drain(self, refs: Dict[int, Any], outcomes: Dict[int, "asyncio.Future"]) -> None:
+        """Make sure no node task outlives the attempt."""
+        grace = self.settings.stop_grace_seconds + 10
+        pending = [f for f in outcomes.values() if not f.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=grace)
+        for rank, fut in outcomes.items():
+            if not fut.done():
+                ray.cancel(refs[rank], force=True)
+        pending = [f for f in outcomes.values() if not f.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def request_stop(self, abort: bool) -> None:
+        self.stop_requested = RunTerminationReason.ABORTED_BY_USER if abort else RunTerminationReason.STOPPED_BY_USER
+        self.stop_event.set()
+
+
+_NODE_AGENT: Any = None
+
+
+def _node_agent() -> Any:
+    """The NodeAgent remote function, registered once per process."""
+    global _NODE_AGENT
+    if _NODE_AGENT is None:
+        _NODE_AGENT = ray.remote(run_node)
+    return _NODE_AGENT
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=10000)
+class SupervisorHost:
+    """Hosts the RunSupervisors and the rendezvous points of their node agents."""
+
+    def __init__(self, settings: Dict[str, Any]) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        self.settings = RuntimeSettings.model_validate(settings)
+        self.incarnation = uuid.uuid4().hex
+        self.controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+        self.self_handle = ray.get_runtime_context().current_actor
+        self.supervisors: Dict[str, RunSupervisor] = {}
+        self.slots: Dict[Key, AgentSlot] = {}
+
+    def __repr__(self) -> str:
+        return "DstackSupervisor"
+
+    async def ping(self) -> str:
+        return self.incarnation
+
+    async def call_controller(self, method: str, *args: Any) -> Any:
+        delay = 0.2
+        while True:
+            try:
+                return await getattr(self.controller, method).remote(*args)
+            except ray.exceptions.RayActorError:
+                await asyncio.sleep(delay)  # the Controller restarts: try again
+                delay = min(delay * 2, 5.0)
+
+    async def start_run(self, run: Dict[str, Any], resume_lost: bool = False) -> None:
+        record = RunRecord.model_validate(run)
+        if record.id in self.supervisors:
+            return
+        supervisor = RunSupervisor(self, record, resume_lost)
+        self.supervisors[record.id] = supervisor
+        supervisor.task = asyncio.ensure_future(supervisor.main())
+
+    async def stop_run(self, run_id: str, abort: bool) -> bool:
+        supervisor = self.supervisors.get(run_id)
+        if supervisor is None:
+            return False
+        supervisor.request_stop(abort)
+        return True
+
+    async def active_runs(self) -> List[str]:
+        return list(self.supervisors)
+
+    def forget(self, run_id: str) -> None:
+        self.supervisors.pop(run_id, None)
+
+    # -- node agent rendezvous --------------------------------------------------------------------
+
+    def open_slot(self, key: Key) -> AgentSlot:
+        loop = asyncio.get_running_loop()
+        slot = AgentSlot(ready=loop.create_future(), running=loop.create_future(), start=loop.create_future())
+        self.slots[key] = slot
+        return slot
+
+    def close_slot(self, key: Key) -> None:
+        slot = self.slots.pop(key, None)
+        if slot is not None:
+            slot.orders.put_nowait({"reason": "closed", "abort": True})
+
+    async def agent_ready(self, run_id: str, attempt: int, rank: int, ip: str, node_id: str, gpu_ids: List[str]) -> None:
+        slot = self.slots.get((run_id, attempt, rank))
+        if slot is not None and not slot.ready.done():
+            slot.ready.set_result({"ip": ip, "node_id": node_id, "gpu_ids": gpu_ids})
+
+    async def agent_wait_start(self, run_id: str, attempt: int, rank: int) -> Optional[Dict[str, Any]]:
+        slot = self.slots.get((run_id, attempt, rank))
+        if slot is None:
+            return None
+        return await asyncio.shield(slot.start)
+
+    async def agent_running(self, run_id: str, attempt: int, rank: int, pid: int) -> None:
+        slot = self.slots.get((run_id, attempt, rank))
+        if slot is not None and not slot.running.done():
+            slot.running.set_result(pid)
+
+    async def agent_wait_order(self, run_id: str, attempt: int, rank: int, timeout: float) -> Optional[Dict[str, Any]]:
+        slot = self.slots.get((run_id, attempt, rank))
+        if slot is None:
+            return {"reason": "closed", "abort": True}
+        try:
+            return await asyncio.wait_for(slot.orders.get(), timeout=timeout)
+        except asyncio.TimeoutError:
+            return None
