@@ -11,6 +11,8 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 from typing_extensions import Annotated
 
+from dstack_ray.config.errors import short_repr
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION_RE = re.compile(r"(\d+) *([smhdw])$")
 _UNITS_DESC = sorted(_UNITS.items(), key=lambda item: -item[1])
@@ -26,7 +28,7 @@ def parse_duration(value: Union[int, float, str, None]) -> Optional[int]:
         return None
     if isinstance(value, (int, float)):  # bools included, as in dstack: `true` is 1 second
         if isinstance(value, float) and not math.isfinite(value):  # YAML `.inf`, `.nan`
-            raise ValueError(f"Cannot parse the duration {value}")
+            raise ValueError(f"Cannot parse the duration {short_repr(value)}")
         return int(value)
     if isinstance(value, str):
         try:
@@ -40,7 +42,7 @@ def parse_duration(value: Union[int, float, str, None]) -> Optional[int]:
                 " of s, m, h, d, w (e.g. 90, 30m, 2h)"
             )
         return int(match.group(1)) * _UNITS[match.group(2)]
-    raise ValueError(f"Cannot parse the duration {value}")
+    raise ValueError(f"Cannot parse the duration {short_repr(value)}")
 
 
 def parse_off_duration(value: Any) -> Union[Literal["off"], int, None]:

@@ -9,7 +9,7 @@ from pydantic import ConfigDict, Field, RootModel, field_validator
 from typing_extensions import Annotated
 
 from dstack_ray.config.common import CoreModel
-from dstack_ray.config.errors import ConfigurationError
+from dstack_ray.config.errors import ConfigurationError, short_repr
 
 # dstack's pattern. dstack checks it with pydantic's Rust regex engine, where `.` excludes `\n`
 # and `$` is the end of the text, so an item with a line break (e.g. a YAML `- |` block) is
@@ -61,7 +61,7 @@ class Env(RootModel[Dict[str, Union[str, EnvSentinel]]]):
         parsed: Dict[str, Union[str, EnvSentinel]] = {}
         for item in value:
             if not isinstance(item, str):
-                raise ValueError(f"Invalid environment variable {item!r}: use KEY=VALUE or KEY")
+                raise ValueError(f"Invalid environment variable {short_repr(item)}: use KEY=VALUE or KEY")
             key, val = parse_env_item(item)
             if key in parsed:
                 raise ValueError(f"Duplicate environment variable: {item}")

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel = 3
+_SHORT.maxstring = _SHORT.maxother = 80
+
+
+def short_repr(value: Any) -> str:
+    """`repr(value)` cut short, for messages about arbitrary input: YAML aliases can make a few
+    lines of text into a structure whose full repr takes minutes and gigabytes."""
+    return _SHORT.repr(value)
 
 
 @dataclass(frozen=True)

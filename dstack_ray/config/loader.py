@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar, Union
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from dstack_ray.config.errors import ConfigIssue, ConfigurationError
+from dstack_ray.config.errors import ConfigIssue, ConfigurationError, short_repr
 from dstack_ray.config.profiles import PROFILE_FIELDS, Profile, ProfilesConfig
 from dstack_ray.config.resources import ResourcesSpec
 from dstack_ray.config.task import TaskConfiguration
@@ -28,8 +28,19 @@ M = TypeVar("M", bound=BaseModel)
 # ---- YAML with positions ------------------------------------------------------------------
 
 
-def _positions(node: yaml.Node, data: Any, path: Path_, out: Dict[Path_, int]) -> None:
-    """Record the 1-based line of every key and list item, keyed by its path in `data`."""
+def _positions(
+    node: yaml.Node, data: Any, path: Path_, out: Dict[Path_, int], seen: Optional[set] = None
+) -> None:
+    """Record the 1-based line of every key and list item, keyed by its path in `data`.
+
+    A node reached again through an alias (`*name`) is not walked again: that would never end
+    for a recursive alias (`a: &x [*x]`) and take exponentially long for nested ones.
+    """
+    seen = set() if seen is None else seen
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        if id(node) in seen:
+            return
+        seen.add(id(node))
     if isinstance(node, yaml.MappingNode) and isinstance(data, dict):
         constructor = yaml.SafeLoader("")
         for key_node, value_node in node.value:
@@ -40,11 +51,11 @@ def _positions(node: yaml.Node, data: Any, path: Path_, out: Dict[Path_, int]) -
             if not isinstance(key, (str, int)) or key not in data:
                 continue
             out[path + (key,)] = key_node.start_mark.line + 1
-            _positions(value_node, data[key], path + (key,), out)
+            _positions(value_node, data[key], path + (key,), out, seen)
     elif isinstance(node, yaml.SequenceNode) and isinstance(data, list):
         for index, (item_node, item) in enumerate(zip(node.value, data)):
             out[path + (index,)] = item_node.start_mark.line + 1
-            _positions(item_node, item, path + (index,), out)
+            _positions(item_node, item, path + (index,), out, seen)
 
 
 def read_yaml(text: str, file: Optional[str] = None) -> Tuple[Any, Dict[Path_, int]]:
@@ -60,6 +71,10 @@ def read_yaml(text: str, file: Optional[str] = None) -> Tuple[Any, Dict[Path_, i
             file=file,
             line=mark.line + 1 if mark else None,
             hint="check the indentation and quoting around this line",
+        ) from None
+    except RecursionError:  # PyYAML parses nested collections recursively
+        raise ConfigurationError(
+            "invalid YAML: the document is nested too deeply", file=file
         ) from None
     positions: Dict[Path_, int] = {}
     if node is not None:
@@ -208,7 +223,7 @@ def _issues_from(
             hint = _unknown_field_hint(path)
         elif len(types) == len(errors) and len(errors) > 1:
             expected = sorted({_TYPE_NAMES[e["type"]] for e in errors})
-            message = f"invalid value {errors[0].get('input')!r}; expected {' or '.join(expected)}"
+            message = f"invalid value {short_repr(errors[0].get('input'))}; expected {' or '.join(expected)}"
         elif errors[0]["type"] in ("model_type", "dict_type") and errors[0].get("input") is None:
             message = "no value given; write the value after the key or remove the key"
         else:

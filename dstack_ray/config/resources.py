@@ -21,6 +21,7 @@ from pydantic_core import CoreSchema, core_schema
 from typing_extensions import Annotated
 
 from dstack_ray.config.common import CoreModel
+from dstack_ray.config.errors import short_repr
 from dstack_ray.config.gpus import AcceleratorVendor, CPUArchitecture
 
 logger = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ class Memory(float):
                 raise ValueError(
                     f"Invalid memory size: {value}. Use a number of GB or a unit: 512MB, 16GB, 1TB"
                 ) from None
-        raise ValueError(f"Invalid memory size: {value}")
+        raise ValueError(f"Invalid memory size: {short_repr(value)}")
 
     def __repr__(self) -> str:
         return f"{self:g}GB"
@@ -159,7 +160,7 @@ class ComputeCapability(Tuple[int, int]):
                 return int(value[0]), int(value[1])
             except (TypeError, ValueError):
                 pass
-        raise ValueError(f"Invalid compute capability: {value}")
+        raise ValueError(f"Invalid compute capability: {short_repr(value)}")
 
     @classmethod
     def __get_pydantic_core_schema__(
@@ -338,7 +339,7 @@ class GPUSpec(CoreModel):
             except ValueError:
                 known = ", ".join(v.value for v in AcceleratorVendor)
                 raise ValueError(f"Unknown GPU vendor `{value}`; use one of: {known}") from None
-        raise ValueError(f"Unsupported type: {value!r}")
+        raise ValueError(f"Unsupported type: {short_repr(value)}")
 
 
 def _vendor_or_none(token: str) -> Optional[AcceleratorVendor]:

@@ -1,10 +1,12 @@
 """The process guard: runs one command so that no process of it outlives the run.
 
-Started by a NodeAgent as `python -m dstack_ray.exec.guard [--tty-fd N] COMMAND...` with the
-command's environment as its own. The guard
+Started by a NodeAgent as `python -m dstack_ray.exec.guard [--tty-fd N] [--watch-pid P] COMMAND...`
+with the command's environment as its own. The guard
 - becomes a child subreaper, so every descendant (even ones that daemonize) stays below it;
 - starts the command in a new session on the terminal whose slave end it received as fd N
   (a pty, like dstack's runner), or on its own stdout/stderr without `--tty-fd`;
+- with `--watch-pid`, treats the end of that process (the node's raylet) like the end of the
+  node: everything is killed at once;
 - reads its stdin for orders: `stop <grace-seconds>` (SIGINT to the command's process group,
   then SIGKILL after the grace period) and `kill`; end of stdin means the agent is gone, and
   everything is killed at once;
@@ -37,9 +39,9 @@ def _become_subreaper() -> None:
         pass  # not Linux: the process group still covers the common cases
 
 
-def _descendants(root: int) -> List[int]:
-    """All live processes below `root`, found through /proc (no psutil needed)."""
-    children: dict[int, List[int]] = {}
+def _process_table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, process group) for every process, read from /proc."""
+    table = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -50,7 +52,15 @@ def _descendants(root: int) -> List[int]:
             continue
         # The command name may contain spaces and parentheses: parse after the last ')'.
         fields = stat[stat.rfind(b")") + 2 :].split()
-        children.setdefault(int(fields[1]), []).append(int(entry))
+        table[int(entry)] = (int(fields[1]), int(fields[2]))
+    return table
+
+
+def _descendants(root: int) -> List[int]:
+    """All live processes below `root` (no psutil needed)."""
+    children: dict[int, List[int]] = {}
+    for pid, (parent, _) in _process_table().items():
+        children.setdefault(parent, []).append(pid)
     found: List[int] = []
     stack = [root]
     while stack:
@@ -58,6 +68,19 @@ def _descendants(root: int) -> List[int]:
             found.append(child)
             stack.append(child)
     return found
+
+
+def _interrupt(pgid: int) -> None:
+    """SIGINT like Ctrl+C, to every process group of the command: an interactive shell runs
+    each foreground job in a group of its own."""
+    table = _process_table()
+    groups = {pgid} | {table[pid][1] for pid in _descendants(os.getpid()) if pid in table}
+    groups.discard(os.getpgrp())
+    for group in groups:
+        try:
+            os.killpg(group, signal.SIGINT)
+        except OSError:
+            pass
 
 
 def _kill_all(pgid: Optional[int]) -> None:
@@ -117,6 +140,15 @@ def _spawn(argv: List[str], tty_fd: Optional[int]) -> int:
     return pid
 
 
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"
+
+
 def _status(wait_status: int) -> int:
     if os.WIFSIGNALED(wait_status):
         return 128 + os.WTERMSIG(wait_status)
@@ -125,10 +157,15 @@ def _status(wait_status: int) -> int:
 
 def main(argv: List[str]) -> int:
     tty_fd: Optional[int] = None
-    if argv[:1] == ["--tty-fd"] and len(argv) > 1:
-        tty_fd, argv = int(argv[1]), argv[2:]
+    watch_pid: Optional[int] = None
+    while argv[:1] in (["--tty-fd"], ["--watch-pid"]) and len(argv) > 1:
+        if argv[0] == "--tty-fd":
+            tty_fd = int(argv[1])
+        else:
+            watch_pid = int(argv[1])
+        argv = argv[2:]
     if not argv:
-        print("usage: python -m dstack_ray.exec.guard [--tty-fd N] COMMAND [ARGS...]", file=sys.stderr)
+        print("usage: python -m dstack_ray.exec.guard [--tty-fd N] [--watch-pid P] COMMAND...", file=sys.stderr)
         return 2
     _become_subreaper()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -145,6 +182,11 @@ def main(argv: List[str]) -> int:
         if child in _exit_statuses:
             _kill_all(pgid)
             return _status(_exit_statuses[child])
+        if watch_pid is not None and not _alive(watch_pid):
+            watch_pid = None
+            stdin_open = False
+            _kill_all(pgid)
+            continue
         if kill_at is not None and time.monotonic() >= kill_at:
             _kill_all(pgid)
             kill_at = None
@@ -168,10 +210,7 @@ def main(argv: List[str]) -> int:
                 continue
             if words[0] == "stop":
                 grace = float(words[1]) if len(words) > 1 else 10.0
-                try:
-                    os.killpg(pgid, signal.SIGINT)
-                except OSError:
-                    pass
+                _interrupt(pgid)
                 kill_at = time.monotonic() + grace
             elif words[0] == "kill":
                 _kill_all(pgid)

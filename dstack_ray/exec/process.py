@@ -24,6 +24,9 @@ def _quiet_tty(fd: int) -> None:
 class GuardedProcess:
     """A command started through `dstack_ray.exec.guard`, its output delivered to a callback.
 
+    `watch_pid`: a process whose end means the node is gone (the raylet that started this
+    worker); the guard then kills the command at once.
+
     `on_output` receives raw chunks in order (from a reader thread); `wait()` returns the exit
     status once the command and everything it started are gone and all output was delivered.
     """
@@ -35,9 +38,12 @@ class GuardedProcess:
         cwd: Optional[str],
         on_output: OutputCallback,
         use_pty: bool = True,
+        watch_pid: Optional[int] = None,
     ) -> None:
         self._on_output = on_output
         guard = [sys.executable, "-m", "dstack_ray.exec.guard"]
+        if watch_pid is not None:
+            guard += ["--watch-pid", str(watch_pid)]
         if use_pty:
             master, slave = pty.openpty()
             _quiet_tty(slave)

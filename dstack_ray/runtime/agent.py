@@ -73,6 +73,7 @@ class NodeOutcome(BaseModel):
     exit_code: Optional[int] = None
     stopped: Optional[str] = None  # the stop order that ended it, if any
     error: Optional[str] = None  # the agent could not run the command (executor error)
+    node_lost: bool = False  # the node's raylet died while the command ran
     started: bool = False
 
 
@@ -232,7 +233,9 @@ def run_node(assignment: NodeAssignment, controller: Any, host: Any) -> NodeOutc
         paths = JobPaths(working_dir=str(workdir), repo_dir=str(workdir), hostfile=str(hostfile))
         system = dstack_variables(identity, ClusterInfo(order.ips, order.gpus_per_node), paths)
         env = job_environment(host_base_environment(os.environ), system, spec.user_env, gpu_ids)
-        process = GuardedProcess(argv, env, str(workdir), shipper.write)
+        # Our parent is the node's raylet: if it dies, the node is gone and so must the command be.
+        raylet = os.getppid()
+        process = GuardedProcess(argv, env, str(workdir), shipper.write, watch_pid=raylet)
     except Exception as e:
         shipper.close()
         return NodeOutcome(error=f"{type(e).__name__}: {e}")
@@ -242,4 +245,5 @@ def run_node(assignment: NodeAssignment, controller: Any, host: Any) -> NodeOutc
     watcher.start()
     code = process.wait()
     shipper.close()
-    return NodeOutcome(exit_code=code, stopped=state.get("stopped"), started=True)
+    lost = not Path(f"/proc/{raylet}").exists() or os.getppid() != raylet
+    return NodeOutcome(exit_code=code, stopped=state.get("stopped"), started=True, node_lost=lost)

@@ -85,6 +85,7 @@ class RunSupervisor:
         self.stop_reasons: Dict[int, JobTerminationReason] = {}
         self.last_provisioned_at: Optional[datetime] = None
         self.task: Optional[asyncio.Task] = None
+        self._stopping = False
 
     # -- reporting ----------------------------------------------------------------------------
 
@@ -202,6 +203,7 @@ class RunSupervisor:
         if self.jobs and any(j.status != JobStatus.SUBMITTED for j in self.jobs):
             self.run.attempt += 1
         self.stop_reasons = {}
+        self._stopping = False
         self.jobs = self._new_jobs()
         cluster = await asyncio.get_running_loop().run_in_executor(None, live_cluster_view)
         plan = build_plan(self.cfg, cluster)
@@ -360,7 +362,7 @@ class RunSupervisor:
             if timeout <= 0:
                 for rank in pending:
                     self.stop_reasons.setdefault(rank, JobTerminationReason.EXECUTOR_ERROR)
-                await self._stop_all(JobTerminationReason.TERMINATED_BY_SERVER, slots)
+                await self._stop_all(JobTerminationReason.TERMINATED_BY_SERVER, slots, "node agents did not start in time")
                 for rank in pending:
                     self._mark(rank, JobStatus.FAILED, JobTerminationReason.EXECUTOR_ERROR, "the node agent did not start in time")
                 return
@@ -403,63 +405,70 @@ class RunSupervisor:
 
     async def _watch(self, plan: RunPlan, slots: Dict[int, AgentSlot], outcomes: Dict[int, "asyncio.Future"]) -> None:
         """Until every node ended: running states, stops, max_duration, fail-fast, master-done."""
-        running_watch = {rank: asyncio.ensure_future(asyncio.shield(slot.running)) for rank, slot in slots.items()}
+        running = {rank: asyncio.ensure_future(asyncio.shield(slot.running)) for rank, slot in slots.items()}
         max_duration = self.cfg.max_duration if isinstance(self.cfg.max_duration, int) else None
-        deadline: Optional[float] = None
         loop = asyncio.get_running_loop()
+        deadline: Optional[float] = None
         stop_wait = asyncio.ensure_future(self.stop_event.wait())
-        stopping = False
         remaining = dict(outcomes)
-        while remaining:
-            waitables = list(remaining.values()) + [f for f in running_watch.values() if not f.done()]
-            if not stopping:
-                waitables.append(stop_wait)
-            timeout = None if deadline is None else max(0.0, deadline - loop.time())
-            done, _ = await asyncio.wait(waitables, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            changed = False
-            for rank, fut in list(running_watch.items()):
-                if fut.done() and not fut.cancelled():
-                    del running_watch[rank]
-                    job = self.jobs[rank]
-                    if not job.status.is_finished() and job.status != JobStatus.TERMINATING:
-                        job.status = JobStatus.RUNNING
-                        job.started_at = utcnow()
-                        self.last_provisioned_at = job.started_at
-                        changed = True
+        try:
+            while remaining:
+                started = [rank for rank, fut in running.items() if fut.done()]
+                for rank in started:
+                    del running[rank]
+                if started:
+                    await self._mark_running(started)
                     if max_duration is not None and deadline is None:
                         deadline = loop.time() + max_duration
-            if changed and self.run.status != RunStatus.RUNNING and any(j.status == JobStatus.RUNNING for j in self.jobs):
-                await self.report(status=RunStatus.RUNNING, status_message=RunStatus.RUNNING.value, wait_reason=None)
-            elif changed:
-                await self.report()
-            if self.stop_requested and not stopping:
-                stopping = True
-                abort = self.stop_requested == RunTerminationReason.ABORTED_BY_USER
-                await self._stop_all(self.stop_requested.to_job_reason(), slots, abort=abort)
-                await self.report(status=RunStatus.TERMINATING, status_message=RunStatus.TERMINATING.value)
-            if deadline is not None and loop.time() >= deadline and not stopping:
-                stopping = True
-                deadline = None
-                await self._stop_all(JobTerminationReason.MAX_DURATION_EXCEEDED, slots)
-                await self.report(event=f"max_duration {max_duration}s exceeded", status=RunStatus.TERMINATING, status_message=RunStatus.TERMINATING.value)
-            for rank, fut in list(remaining.items()):
-                if not fut.done():
-                    continue
-                del remaining[rank]
-                self._record_outcome(rank, *fut.result())
-                job = self.jobs[rank]
-                await self.report(event=f"node {rank} {job.status_message}")
-                if stopping:
-                    continue
-                if job.status == JobStatus.DONE and rank == 0 and self.cfg.stop_criteria == StopCriteria.MASTER_DONE and remaining:
-                    stopping = True
-                    await self._stop_all(JobTerminationReason.DONE_BY_RUNNER, slots)
-                    await self.report(event="the master is done (stop_criteria: master-done)", status=RunStatus.TERMINATING, status_message=RunStatus.TERMINATING.value)
-                elif job.status != JobStatus.DONE and remaining:
-                    stopping = True
-                    await self._stop_all(JobTerminationReason.TERMINATED_BY_SERVER, slots)
-                    await self.report(status=RunStatus.TERMINATING, status_message=RunStatus.TERMINATING.value)
-        stop_wait.cancel()
+                if self.stop_requested and not self._stopping:
+                    abort = self.stop_requested == RunTerminationReason.ABORTED_BY_USER
+                    await self._stop_all(self.stop_requested.to_job_reason(), slots, abort=abort)
+                if deadline is not None and loop.time() >= deadline and not self._stopping:
+                    deadline = None
+                    await self._stop_all(
+                        JobTerminationReason.MAX_DURATION_EXCEEDED, slots, f"max_duration {max_duration}s exceeded"
+                    )
+                for rank in [r for r, fut in remaining.items() if fut.done()]:
+                    self._record_outcome(rank, *remaining.pop(rank).result())
+                    await self._after_node_ended(rank, bool(remaining), slots)
+                if not remaining:
+                    break
+                waitables = list(remaining.values()) + list(running.values())
+                if not self._stopping:
+                    waitables.append(stop_wait)
+                timeout = None if deadline is None else max(0.0, deadline - loop.time())
+                await asyncio.wait(waitables, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_wait.cancel()
+            for fut in running.values():
+                fut.cancel()
+
+    async def _mark_running(self, ranks: List[int]) -> None:
+        now = utcnow()
+        for rank in ranks:
+            job = self.jobs[rank]
+            if job.status in (JobStatus.PROVISIONING, JobStatus.PULLING, JobStatus.SUBMITTED):
+                job.status = JobStatus.RUNNING
+                job.started_at = now
+                self.last_provisioned_at = now
+        if self.run.status != RunStatus.RUNNING and not self._stopping:
+            await self.report(status=RunStatus.RUNNING, status_message=RunStatus.RUNNING.value, wait_reason=None)
+        else:
+            await self.report()
+
+    async def _after_node_ended(self, rank: int, others_left: bool, slots: Dict[int, AgentSlot]) -> None:
+        """Fail fast when a node fails; end the run when the master is done (master-done)."""
+        job = self.jobs[rank]
+        await self.report(event=f"node {rank} {job.status_message}")
+        if self._stopping or not others_left:
+            return
+        if job.status == JobStatus.DONE:
+            if rank == 0 and self.cfg.stop_criteria == StopCriteria.MASTER_DONE:
+                await self._stop_all(
+                    JobTerminationReason.DONE_BY_RUNNER, slots, "the master is done (stop_criteria: master-done)"
+                )
+        else:
+            await self._stop_all(JobTerminationReason.TERMINATED_BY_SERVER, slots, f"node {rank} failed; stopping the others")
 
     def _record_outcome(self, rank: int, outcome: Optional[NodeOutcome], error: Optional[BaseException]) -> None:
         job = self.jobs[rank]
@@ -472,7 +481,9 @@ class RunSupervisor:
                 self._mark(rank, JobStatus.FAILED, JobTerminationReason.INTERRUPTED_BY_NO_CAPACITY, text[:500])
             return
         job.exit_code = outcome.exit_code
-        if outcome.error:
+        if outcome.node_lost and intended is None:
+            self._mark(rank, JobStatus.FAILED, JobTerminationReason.INTERRUPTED_BY_NO_CAPACITY, "the node was lost")
+        elif outcome.error:
             self._mark(rank, JobStatus.FAILED, JobTerminationReason.EXECUTOR_ERROR, outcome.error)
         elif intended is not None:
             self._mark(rank, intended.to_status(), intended, None)
@@ -488,8 +499,15 @@ class RunSupervisor:
         job.termination_message = message
         job.finished_at = utcnow()
 
-    async def _stop_all(self, reason: JobTerminationReason, slots: Dict[int, AgentSlot], abort: bool = False) -> None:
-        """Order every unfinished node to stop; SIGINT, then SIGKILL after the grace period."""
+    async def _stop_all(
+        self,
+        reason: JobTerminationReason,
+        slots: Dict[int, AgentSlot],
+        event: Optional[str] = None,
+        abort: bool = False,
+    ) -> None:
+        """Order every unfinished node to stop (SIGINT, SIGKILL after the grace period)."""
+        self._stopping = True
         for rank, slot in slots.items():
             job = self.jobs[rank]
             if job.status.is_finished():
@@ -501,6 +519,7 @@ class RunSupervisor:
             slot.orders.put_nowait(
                 {"reason": reason.value, "abort": abort, "grace": self.settings.stop_grace_seconds}
             )
+        await self.report(event=event, status=RunStatus.TERMINATING, status_message=RunStatus.TERMINATING.value)
 
     async def _drain(self, refs: Dict[int, Any], outcomes: Dict[int, "asyncio.Future"]) -> None:
         """Make sure no node task outlives the attempt."""

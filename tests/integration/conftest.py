@@ -1,0 +1,62 @@
+"""One simulated 3-node cluster (fake H100 GPUs) shared by the whole integration package."""
+
+from __future__ import annotations
+
+import pytest
+
+FAST_HEALTH_CHECKS = {
+    "health_check_period_ms": 500,
+    "health_check_failure_threshold": 3,
+    "health_check_timeout_ms": 500,
+    "health_check_initial_delay_ms": 0,
+}
+GPU_NODE = dict(num_cpus=1, num_gpus=1, resources={"accelerator_type:H100": 1}, object_store_memory=80 * 1024**2)
+
+
+@pytest.fixture(scope="package")
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": FAST_HEALTH_CHECKS},
+    )
+    for _ in range(3):
+        cluster.add_node(**GPU_NODE)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="package")
+def settings(tmp_path_factory):
+    from dstack_ray.runtime.settings import RuntimeSettings
+
+    return RuntimeSettings(
+        state_dir=str(tmp_path_factory.mktemp("state")),
+        stop_grace_seconds=2,
+        retry_delays=[0.5, 1, 1],
+        agent_start_timeout=60,
+    )
+
+
+@pytest.fixture(scope="package")
+def client(cluster, settings):
+    from dstack_ray import Client
+
+    return Client(settings=settings)
+
+
+@pytest.fixture
+def gpu_nodes(cluster):
+    """Keep three GPU worker nodes: a test that removes one gets it replaced afterwards."""
+    yield cluster
+    import ray
+
+    alive = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU")]
+    for _ in range(3 - len(alive)):
+        cluster.add_node(**GPU_NODE)
+    cluster.wait_for_nodes()
