@@ -8,8 +8,9 @@ import sys
 
 import typer
 
+from dstack_ray.errors import DstackRayError
 from dstack_ray.config import ConfigurationError
-from dstack_ray_cli import config_cmd
+from dstack_ray_cli import apply_cmd, config_cmd, runs_cmd, server_cmd
 from dstack_ray_cli.console import CLIError, err_console, print_error
 
 app = typer.Typer(
@@ -19,6 +20,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.command(context_settings={"allow_interspersed_args": False})(apply_cmd.apply)
+app.command()(runs_cmd.ps)
+app.command()(runs_cmd.logs)
+app.command()(runs_cmd.stop)
+app.command()(runs_cmd.delete)
+app.command()(runs_cmd.events)
+app.add_typer(server_cmd.app, name="server")
 app.add_typer(config_cmd.app, name="config")
 
 
@@ -36,6 +44,9 @@ def main() -> None:
     except CLIError as e:
         print_error(e.message, e.hint)
         sys.exit(e.exit_code)
+    except DstackRayError as e:
+        print_error(str(e), e.hint)
+        sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("Interrupted")
         sys.exit(130)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,6 +18,7 @@ from dstack_ray.config import ConfigurationError, TaskConfiguration, load_config
 from dstack_ray.config.checks import check_submittable
 from dstack_ray.config.env import EnvSentinel
 from dstack_ray.config.interpolate import interpolate
+from dstack_ray.errors import DstackRayError
 from dstack_ray.plan.cluster import ClusterView
 from dstack_ray.plan.planner import RunPlan, build_plan
 from dstack_ray.runtime.models import JobRecord, RunRecord, RunSpec, RunStatus, RunTerminationReason
@@ -25,14 +27,6 @@ from dstack_ray.runtime.settings import CONTROLLER_NAME, NAMESPACE, RuntimeSetti
 logger = logging.getLogger(__name__)
 
 ConfigurationInput = Union[str, os.PathLike, TaskConfiguration, Mapping[str, Any]]
-
-
-class DstackRayError(Exception):
-    """An error a user can act on (run not found, cluster unreachable, run active...)."""
-
-    def __init__(self, message: str, hint: Optional[str] = None) -> None:
-        super().__init__(message)
-        self.hint = hint
 
 
 class LogLine(str):
@@ -61,17 +55,23 @@ def _parse_log(data: bytes, rank: int) -> List[LogLine]:
 
 
 def _connect(address: Optional[str]) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
     address = address or os.environ.get("RAY_ADDRESS")
-    if not address:
+    if not address and "ray" not in sys.modules:
+        # The local head: its auth mode must be in the environment before Ray is imported.
         from dstack_ray import local_head
 
         head = local_head.status() or local_head.start()
         address = head.address
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        if local_head.auth_token_path().exists() or os.environ.get("RAY_AUTH_TOKEN"):
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
+    import ray
+
+    if ray.is_initialized():
+        return
+    if not address:
+        from dstack_ray import local_head
+
+        address = (local_head.status() or local_head.start()).address
     try:
         ray.init(
             address=address,
@@ -99,6 +99,22 @@ class Client:
         _connect(address)
         self._settings = settings or RuntimeSettings()
         self._controller = self._controller_handle()
+
+    def address_text(self) -> str:
+        """Where this client is connected, for plans and messages."""
+        import ray
+
+        context = ray.get_runtime_context()
+        try:
+            address = context.gcs_address
+        except AttributeError:
+            address = "connected"
+        from dstack_ray import local_head
+
+        head = local_head.status()
+        if head is not None and head.address.endswith(address.rsplit(":", 1)[-1]):
+            return f"local head {head.address} (dashboard {head.dashboard_url})"
+        return address
 
     def _controller_handle(self) -> Any:
         import ray
@@ -196,7 +212,8 @@ class Client:
                     "password": interpolate(cfg.registry_auth.password, env_ns, skip=("secrets",)),
                 }
             )
-        prepared = TaskConfiguration.model_validate({**cfg.model_dump(), **{k: v for k, v in updates.items()}})
+        # exclude_unset keeps track of what the user wrote (the plan notes depend on it).
+        prepared = TaskConfiguration.model_validate({**cfg.model_dump(exclude_unset=True), **updates})
         prepared.set_source(cfg.source_file, cfg._source_lines)
         check_submittable(prepared)
         return prepared
@@ -222,7 +239,7 @@ class Client:
                 existing.wait(timeout=self._settings.stop_grace_seconds + 60)
         spec = RunSpec(
             run_name=cfg.name or "",
-            configuration=cfg.model_dump(mode="json"),
+            configuration=cfg.model_dump(mode="json", exclude_unset=True),
             configuration_path=cfg.source_file,
             args=list(args),
         )

@@ -2,7 +2,8 @@
 
 Like `dstack server`, it outlives the command that started it, so `apply -d` in one shell and
 `ps`/`logs`/`stop` in another reach the same runs. It uses its own ports and temp directory, so a
-user's own Ray on this machine is left alone, and Ray's token authentication stays on.
+user's own Ray on this machine is left alone. Ray's token authentication is on (a token is
+generated in ~/.ray/auth_token when there is none) unless RAY_AUTH_MODE says otherwise.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dstack_ray.runtime.settings import default_state_dir
 
 GCS_PORT = 6391
 DASHBOARD_PORT = 8265
-CLIENT_PORT = 10002
+CLIENT_PORT = 23100  # outside Ray's worker port range (10002-19999)
 AGENT_PORT = 52366
 
 
@@ -40,6 +41,26 @@ class LocalHead:
     @property
     def gcs_port(self) -> int:
         return int(self.address.rsplit(":", 1)[1])
+
+
+RAY_CLI = [sys.executable, "-c", "import sys; from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()"]
+
+
+def auth_token_path() -> Path:
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+
+
+def ensure_auth_token() -> None:
+    """Ray's token authentication needs a token: make one with Ray's own tool if none exists."""
+    if os.environ.get("RAY_AUTH_TOKEN") or auth_token_path().exists():
+        return
+    subprocess.run(
+        [*RAY_CLI, "get-auth-token", "--generate"],
+        stdout=subprocess.DEVNULL,  # it prints the token: keep it out of every log
+        stderr=subprocess.DEVNULL,
+        check=True,
+        timeout=60,
+    )
 
 
 def _info_file() -> Path:
@@ -106,13 +127,18 @@ def start(num_cpus: Optional[int] = None, num_gpus: Optional[int] = None, timeou
         args.append(f"--num-gpus={num_gpus}")
     log = default_state_dir() / "local-head.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if env.get("RAY_AUTH_MODE", "token") == "token":
+        ensure_auth_token()
+        env["RAY_AUTH_MODE"] = "token"
     with open(log, "ab") as out:
         proc = subprocess.run(
-            [sys.executable, "-c", "from ray.scripts.scripts import main; main()", *args],
+            [*RAY_CLI, *args],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             timeout=timeout,
+            env=env,
         )
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-5:]

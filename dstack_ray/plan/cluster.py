@@ -121,6 +121,12 @@ def live_cluster_view() -> ClusterView:
     """The connected cluster's nodes (from GCS; works without the dashboard)."""
     import ray
 
+    try:
+        from ray._private.state import available_resources_per_node
+
+        available = available_resources_per_node()
+    except Exception:  # a private API: without it, offers just don't say "busy"
+        available = {}
     nodes = []
     for node in ray.nodes():
         resources = node.get("Resources", {}) or {}
@@ -129,6 +135,7 @@ def live_cluster_view() -> ClusterView:
             ip=node.get("NodeManagerAddress", ""),
             alive=bool(node.get("Alive")),
             is_head=HEAD_MARKER in resources,
+            available=available.get(node["NodeID"], {}),
             **NodeShape.from_resources(resources, node.get("Labels") or {}).model_dump(),
         )
         nodes.append(view)

@@ -146,6 +146,7 @@ class JobRecord(Model):
     attempt: int
     rank: int
     group: str = "0"
+    resources: str = ""  # the resolved bundle, e.g. "cpu=2 mem=8GB gpu=H100:1"
     status: JobStatus = JobStatus.SUBMITTED
     termination_reason: Optional[JobTerminationReason] = None
     termination_message: Optional[str] = None

@@ -293,6 +293,7 @@ class RunSupervisor:
             )
             refs[bundle.rank] = self._launch(pg, bundle, assignment)
             job.status = JobStatus.PROVISIONING
+            job.resources = bundle.describe()
         outcomes: Dict[int, "asyncio.Future"] = {rank: asyncio.ensure_future(self._outcome(ref)) for rank, ref in refs.items()}
         try:
             await self._start_nodes(plan, slots, outcomes)

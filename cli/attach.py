@@ -1,0 +1,98 @@
+"""Following a run from the terminal: live status while it starts, then its logs (and ports)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any, List, Optional
+
+import typer
+from rich.live import Live
+
+from dstack_ray.config.ports import PortMapping
+from dstack_ray_cli.console import CLIError, console, err_console
+from dstack_ray_cli.runs_cmd import runs_table
+
+STARTING = {"pending", "submitted", "provisioning"}
+
+
+def show_status_until_running(run: Any) -> None:
+    """A live one-run table while the run is queued or being placed."""
+    if run.status.value not in STARTING:
+        return
+    with Live(runs_table([run]), console=console, auto_refresh=False, transient=True) as live:
+        while run.status.value in STARTING:
+            run.wait_change(1.0)
+            live.update(runs_table([run]), refresh=True)
+
+
+def stream_logs(run: Any, rank: int = 0) -> None:
+    """Print rank `rank`'s output until the run ends, moving on to new attempts after retries."""
+    attempt = run.record.attempt
+    while True:
+        for line in run.logs(rank=rank, follow=True, attempt=attempt):
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        run.refresh()
+        if run.record.attempt != attempt:
+            attempt = run.record.attempt
+            err_console.print(f"[dim]--- attempt {attempt} ---[/]")
+            show_status_until_running(run)
+            continue
+        if run.status.is_finished():
+            return
+        run.wait_change(2.0)
+
+
+def attach(run: Any, ports: Optional[List[PortMapping]] = None, logs: bool = True, rank: int = 0) -> int:
+    """Follow the run until it ends (exit code 0 if it is done) or the user detaches."""
+    forwarder = _forwarder(run, ports) if ports else None
+    try:
+        show_status_until_running(run)
+        if forwarder is not None and not run.status.is_finished():
+            forwarder.start()
+            for local, remote in forwarder.bound():
+                err_console.print(f"[dim]Forwarding 127.0.0.1:{local} -> rank 0:{remote}[/]")
+        if logs:
+            stream_logs(run, rank)
+        else:
+            while not run.status.is_finished():
+                run.wait_change(5.0)
+    except KeyboardInterrupt:
+        return _interrupted(run)
+    finally:
+        if forwarder is not None:
+            forwarder.stop()
+    run.refresh()
+    return 0 if run.status.value == "done" else 1
+
+
+def _forwarder(run: Any, ports: List[PortMapping]) -> Any:
+    from dstack_ray.forward import PortForwarder, PortInUseError
+
+    try:
+        return PortForwarder(run, ports)
+    except PortInUseError as e:
+        raise CLIError(str(e), f"map it to another local port, e.g. `-p {e.port + 1}:{e.container_port}` or `-p *:{e.container_port}`") from None
+
+
+def _interrupted(run: Any) -> int:
+    """Ctrl+C: ask whether to stop the run; a second Ctrl+C aborts it."""
+    err_console.print()
+    try:
+        stop = typer.confirm("Stop the run before detaching?", default=False)
+    except (KeyboardInterrupt, typer.Abort):
+        err_console.print("Aborting the run…")
+        run.stop(abort=True)
+        run.wait(timeout=30)
+        return 1
+    if stop:
+        err_console.print("Stopping the run…")
+        run.stop()
+        try:
+            run.wait(timeout=120)
+        except KeyboardInterrupt:
+            run.stop(abort=True)
+        return 1
+    err_console.print(f"Detached; the run keeps going (`dstack-ray attach {run.name}` to come back)")
+    return 0 if run.refresh().status.value == "done" else 1

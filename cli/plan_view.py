@@ -1,0 +1,65 @@
+"""Printing a run plan the way `dstack apply` does: properties, offers, then warnings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from rich.markup import escape
+from rich.table import Table
+
+from dstack_ray.config.task import TaskConfiguration
+from dstack_ray.plan.offers import NO_OFFERS_WARNING, cluster_offers
+from dstack_ray.plan.planner import RunPlan
+from dstack_ray.plan.properties import run_properties
+from dstack_ray_cli.console import console, properties_table
+
+
+def offers_table(offers: list, max_rows: Optional[int] = 5) -> Table:
+    table = Table(box=None)
+    for column in ("#", "BACKEND", "RESOURCES", "INSTANCE TYPE", "PRICE", ""):
+        table.add_column(column, style="grey58" if column in ("#",) else None, no_wrap=column != "RESOURCES")
+    shown = offers if max_rows is None else offers[:max_rows]
+    for index, offer in enumerate(shown, start=1):
+        table.add_row(
+            str(index),
+            escape(offer.backend),
+            escape(offer.resources),
+            escape(offer.instance_type),
+            escape(offer.price_text),
+            escape(offer.availability),
+            style="grey58" if index > 3 else None,
+        )
+    if max_rows is not None and len(offers) > max_rows:
+        table.add_row("", "...", "", "", "", "", style="grey58")
+    return table
+
+
+def print_plan(cfg: TaskConfiguration, plan: RunPlan, client: Any, path: Optional[Path]) -> None:
+    rows = [("Ray cluster", client.address_text())]
+    if path is not None:
+        rows.append(("Configuration", str(path)))
+    if cfg.name:
+        rows.append(("Run name", cfg.name))
+    rows += run_properties(cfg)
+    bundles = "; ".join(f"{b.rank}: {b.describe()}" for b in plan.bundles[:4])
+    if len(plan.bundles) > 4:
+        bundles += f"; … ({len(plan.bundles)} nodes)"
+    rows.append(("Ray bundles", f"{bundles} ({plan.strategy})"))
+    console.print(properties_table(rows))
+    console.print()
+    offers = cluster_offers(cfg, plan, client.cluster_view())
+    if offers:
+        console.print(offers_table(offers))
+        if len(offers) > 5:
+            console.print(f"[grey58]Shown 5 of {len(offers)} offers[/]")
+        console.print()
+    elif plan.no_capacity:
+        console.print(NO_OFFERS_WARNING + f" ({escape(plan.no_capacity)})")
+        console.print()
+    for note in plan.notes:
+        console.print(f"[gold1]Note:[/] {escape(note)}")
+    if plan.needs_new_nodes:
+        console.print("[dim]The run waits for the autoscaler to add nodes that fit it.[/]")
+    if plan.notes or plan.needs_new_nodes:
+        console.print()

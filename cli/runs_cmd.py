@@ -1,0 +1,218 @@
+"""`ps`, `logs`, `stop`, `delete`, `events`: looking at and managing runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any, Dict, List, Optional
+
+import typer
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+
+from dstack_ray.config.duration import parse_duration
+from dstack_ray_cli.common import AddressOption, connect, pretty_date, status_markup
+from dstack_ray_cli.console import CLIError, console
+
+
+def run_summary(run: Any) -> Dict[str, Any]:
+    """A run for `--json`: everything `ps` knows, no configuration values (no secrets)."""
+    record = run.record
+    return {
+        "name": record.name,
+        "id": record.id,
+        "status": record.status.value,
+        "status_message": record.display_status(),
+        "termination_reason": record.termination_reason.value if record.termination_reason else None,
+        "error": record.error,
+        "wait_reason": record.wait_reason,
+        "submitted_at": record.submitted_at.isoformat(),
+        "finished_at": record.finished_at.isoformat() if record.finished_at else None,
+        "attempt": record.attempt,
+        "priority": record.priority,
+        "jobs": [
+            {
+                "rank": j.rank,
+                "group": j.group,
+                "status": j.status.value,
+                "status_message": j.status_message,
+                "termination_reason": j.termination_reason.value if j.termination_reason else None,
+                "exit_code": j.exit_code,
+                "node_ip": j.node_ip,
+                "resources": j.resources,
+                "error": j.error or j.termination_message,
+            }
+            for j in record.jobs
+        ],
+    }
+
+
+def runs_table(runs: List[Any], verbose: bool = False) -> Table:
+    table = Table(box=None)
+    table.add_column("NAME", style="bold", no_wrap=True)
+    if verbose:
+        table.add_column("NODE", style="grey58", no_wrap=True)
+    table.add_column("RESOURCES", style="grey58")
+    table.add_column("STATUS", no_wrap=True)
+    table.add_column("SUBMITTED", style="grey58", no_wrap=True)
+    if verbose:
+        table.add_column("ERROR")
+    now = datetime.now(timezone.utc)
+    for run in runs:
+        record = run.record
+        finished = record.status.is_finished()
+        status = status_markup(record.display_status(), record.status.value, finished)
+        if record.wait_reason and not finished:
+            status += f" [dim]({escape(record.wait_reason)})[/]"
+        jobs = record.jobs
+        single = len(jobs) <= 1 and not verbose
+        resources = jobs[0].resources if jobs and jobs[0].resources else "-"
+        row = [escape(record.name)]
+        if verbose:
+            row.append("")
+        row += [escape(resources) if single else "", status, pretty_date(record.submitted_at, now)]
+        if verbose:
+            row.append(escape(record.error or ""))
+        table.add_row(*row)
+        if single:
+            continue
+        for job in jobs:
+            job_row = [f"   job={job.rank}" + (f" [dim]group={escape(job.group)}[/]" if job.group not in ("0", "") else "")]
+            if verbose:
+                job_row.append(escape(job.node_ip or "-"))
+            job_row += [
+                escape(job.resources or "-"),
+                status_markup(job.status_message, job.status.value, job.status.is_finished()),
+                pretty_date(job.submitted_at, now),
+            ]
+            if verbose:
+                job_row.append(escape(job.error or job.termination_message or ""))
+            table.add_row(*job_row)
+    return table
+
+
+def ps(
+    all_runs: bool = typer.Option(False, "-a", "--all", help="Show finished runs too."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Show every node with its IP and errors."),
+    watch: bool = typer.Option(False, "-w", "--watch", help="Keep the table updated."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    address: Optional[str] = AddressOption,
+) -> None:
+    """List runs (active ones unless -a)."""
+    client = connect(address)
+
+    def current() -> List[Any]:
+        return client.list_runs(all=all_runs)
+
+    if as_json:
+        print(json.dumps([run_summary(r) for r in current()], indent=2))
+        return
+    if not watch:
+        console.print(runs_table(current(), verbose))
+        return
+    try:
+        with Live(runs_table(current(), verbose), console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(2)
+                live.update(runs_table(current(), verbose), refresh=True)
+    except KeyboardInterrupt:
+        pass
+
+
+def parse_since(value: str) -> datetime:
+    """`10m`-style durations back from now, or an RFC 3339 time."""
+    try:
+        seconds = parse_duration(value)
+        return datetime.now(timezone.utc) - timedelta(seconds=seconds or 0)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise CLIError(f"invalid --since value `{value}`", "use a duration like 10m or a time like 2026-11-27T06:00:00Z") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def write_line(line: str) -> None:
+    sys.stdout.write(line + "\n")
+
+
+def logs(
+    run_name: str = typer.Argument(..., metavar="RUN", help="The run name."),
+    job: int = typer.Option(0, "--job", help="The node rank whose output to show."),
+    follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines until the run ends."),
+    since: Optional[str] = typer.Option(None, "--since", help="Only lines after this: 10m, 2h, or an RFC 3339 time."),
+    attempt: Optional[int] = typer.Option(None, "--attempt", help="The attempt (retry) whose output to show."),
+    address: Optional[str] = AddressOption,
+) -> None:
+    """Print a run's output (one node's; `--job N` for rank N)."""
+    client = connect(address)
+    run = client.get_run(run_name)
+    if job >= max(len(run.jobs), 1):
+        raise CLIError(f"run {run_name} has no job {job}", f"it has jobs 0..{len(run.jobs) - 1}")
+    moment = parse_since(since) if since else None
+    follow_attempts = follow and attempt is None
+    current = run.record.attempt if attempt is None else attempt
+    try:
+        while True:
+            for line in run.logs(rank=job, follow=follow, attempt=current, since=moment):
+                write_line(line)
+            sys.stdout.flush()
+            if not follow_attempts:
+                return
+            run.refresh()
+            if run.record.attempt != current:
+                current = run.record.attempt
+                console.print(f"[dim]--- attempt {current} ---[/]")
+                continue
+            if run.status.is_finished():
+                return
+            run.wait_change(5)
+    except BrokenPipeError:
+        pass
+
+
+def stop(
+    run_name: str = typer.Argument(..., metavar="RUN"),
+    abort: bool = typer.Option(False, "-x", "--abort", help="Kill at once, without the graceful stop."),
+    yes: bool = typer.Option(False, "-y", "--yes", help="Don't ask for confirmation."),
+    address: Optional[str] = AddressOption,
+) -> None:
+    """Stop a run (SIGINT, then SIGKILL after the grace period; -x kills at once)."""
+    client = connect(address)
+    run = client.get_run(run_name)
+    if run.status.is_finished():
+        console.print(f"Run {run_name} is already {run.status.value}")
+        return
+    if not yes and not typer.confirm(f"Stop the run {run_name}?"):
+        raise typer.Exit(1)
+    run.stop(abort=abort)
+    run.wait(timeout=60)
+    console.print(f"Run {run_name} {'aborted' if abort else 'stopped'} ({run.status_message})")
+
+
+def delete(
+    run_name: str = typer.Argument(..., metavar="RUN"),
+    yes: bool = typer.Option(False, "-y", "--yes", help="Don't ask for confirmation."),
+    address: Optional[str] = AddressOption,
+) -> None:
+    """Delete a finished run from the list (its logs go with it)."""
+    client = connect(address)
+    run = client.get_run(run_name)
+    if not yes and not typer.confirm(f"Delete the run {run_name}?"):
+        raise typer.Exit(1)
+    run.delete()
+    console.print(f"Run {run_name} deleted")
+
+
+def events(
+    run_name: str = typer.Argument(..., metavar="RUN"),
+    address: Optional[str] = AddressOption,
+) -> None:
+    """What happened to a run: submissions, placements, node exits, retries, stops."""
+    client = connect(address)
+    for at, message in client.get_run(run_name).events():
+        console.print(f"[dim]{at.strftime('%Y-%m-%d %H:%M:%S')}[/] {escape(message)}")

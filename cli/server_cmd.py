@@ -1,0 +1,51 @@
+"""`dstack-ray server start|stop|status`: the embedded local Ray head (like `dstack server`)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from dstack_ray import local_head
+from dstack_ray_cli.console import CLIError, console
+
+app = typer.Typer(help="Manage the local Ray head that dstack-ray uses when no --address is given.", no_args_is_help=True)
+
+
+@app.command()
+def start(
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="Logical CPUs to offer (default: all)."),
+    num_gpus: Optional[int] = typer.Option(None, "--num-gpus", help="GPUs to offer (default: detected)."),
+) -> None:
+    """Start the local head (it keeps running until `server stop`)."""
+    running = local_head.status()
+    if running is not None:
+        console.print(f"The local Ray head is already running at {running.address} (dashboard: {running.dashboard_url})")
+        return
+    console.print("Starting the local Ray head…")
+    try:
+        head = local_head.start(num_cpus=num_cpus, num_gpus=num_gpus)
+    except local_head.LocalHeadError as e:
+        raise CLIError(str(e)) from None
+    console.print(f"The local Ray head is running at {head.address}")
+    console.print(f"Ray dashboard: {head.dashboard_url}")
+
+
+@app.command()
+def stop() -> None:
+    """Stop the local head and everything running on it."""
+    if local_head.stop():
+        console.print("The local Ray head was stopped")
+    else:
+        console.print("The local Ray head is not running")
+
+
+@app.command()
+def status() -> None:
+    """Whether the local head runs, and where."""
+    head = local_head.status()
+    if head is None:
+        console.print("The local Ray head is not running (it starts with the first command that needs it)")
+        raise typer.Exit(1)
+    console.print(f"The local Ray head is running at {head.address}")
+    console.print(f"Ray dashboard: {head.dashboard_url}")
