@@ -58,6 +58,36 @@ def _positions(
             _positions(item_node, item, path + (index,), out, seen)
 
 
+MAX_EXPANDED_VALUES = 1_000_000
+
+
+def _expanded_size(data: Any) -> int:
+    """How many values `data` holds when every alias (`*name`) is counted as a copy.
+
+    Shared values are sized once (memoized), so this is linear in the document; a value that
+    contains itself (`a: &x [*x]`) counts once.
+    """
+    sizes: Dict[int, int] = {}
+    active: set = set()
+
+    def size(value: Any) -> int:
+        if not isinstance(value, (dict, list)):
+            return 1
+        key = id(value)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            return 1
+        active.add(key)
+        children = list(value.values()) if isinstance(value, dict) else value
+        total = 1 + len(value) * isinstance(value, dict) + sum(size(child) for child in children)
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(data)
+
+
 def read_yaml(text: str, file: Optional[str] = None) -> Tuple[Any, Dict[Path_, int]]:
     """Parse YAML text; returns the data and a map from field paths to line numbers."""
     try:
@@ -76,6 +106,14 @@ def read_yaml(text: str, file: Optional[str] = None) -> Tuple[Any, Dict[Path_, i
         raise ConfigurationError(
             "invalid YAML: the document is nested too deeply", file=file
         ) from None
+    # Aliases of aliases make a few lines expand exponentially ("billion laughs"); validating
+    # and describing such a value would take minutes and gigabytes.
+    if _expanded_size(data) > MAX_EXPANDED_VALUES:
+        raise ConfigurationError(
+            f"invalid YAML: aliases expand the document to more than {MAX_EXPANDED_VALUES} values",
+            file=file,
+            hint="use fewer nested aliases (`*name`)",
+        )
     positions: Dict[Path_, int] = {}
     if node is not None:
         _positions(node, data, (), positions)
@@ -121,6 +159,59 @@ def _data_path(error: Dict[str, Any], data: Any) -> Path_:
     return tuple(path)
 
 
+def _union_branch(error: Dict[str, Any], data: Any) -> Optional[Tuple[Path_, int]]:
+    """Where a union alternative is named in the error location: (data path, index in loc).
+
+    Pydantic names the alternative it tried (`VolumeMountPoint`, `bool`, `str`...) in `loc`;
+    that is the first element that is neither a place in the data nor a missing field's name.
+    """
+    loc = tuple(error["loc"])
+    node = data
+    path: List[Union[str, int]] = []
+    for index, elem in enumerate(loc):
+        if isinstance(node, dict) and elem in node:
+            path.append(elem)
+            node = node[elem]
+        elif isinstance(node, list) and isinstance(elem, int) and 0 <= elem < len(node):
+            path.append(elem)
+            node = node[elem]
+        elif error["type"] == "missing" and index == len(loc) - 1:
+            return None
+        else:
+            return tuple(path), index
+    return None
+
+
+def _best_union_branches(errors: List[Dict[str, Any]], data: Any) -> List[Dict[str, Any]]:
+    """Keep, for each value that matched no alternative of a union, the errors of the closest one.
+
+    An alternative is closer the fewer unknown and missing fields it reports; one whose only
+    error is "not this type" is farthest. A tie keeps every tied alternative.
+    """
+    branches: Dict[Path_, Dict[str, List[Dict[str, Any]]]] = {}
+    for error in errors:
+        found = _union_branch(error, data)
+        if found is not None:
+            where, index = found
+            branches.setdefault(where, {}).setdefault(str(error["loc"][index]), []).append(error)
+
+    def distance(where: Path_, branch: List[Dict[str, Any]]) -> int:
+        if all(err["type"] in _TYPE_NAMES and len(err["loc"]) == len(where) + 1 for err in branch):
+            return 1_000
+        return sum(err["type"] in ("extra_forbidden", "missing") for err in branch)
+
+    dropped: set = set()
+    for where, by_branch in branches.items():
+        if len(by_branch) < 2:
+            continue
+        scores = {name: distance(where, branch) for name, branch in by_branch.items()}
+        best = min(scores.values())
+        for name, branch in by_branch.items():
+            if scores[name] > best:
+                dropped.update(id(err) for err in branch)
+    return [err for err in errors if id(err) not in dropped]
+
+
 def format_path(path: Path_) -> str:
     text = ""
     for elem in path:
@@ -164,6 +255,8 @@ def _unknown_field_hint(path: Path_) -> str:
         return f"`{key}` belongs under `resources:`; indent it below that key"
     candidates = TaskConfiguration.model_fields if len(path) == 1 else _all_field_names()
     close = difflib.get_close_matches(key, list(candidates), n=1)
+    if close and close[0] == key:  # a real field, in a mapping whose other keys rule it out
+        return f"`{key}` cannot be combined with the other fields of this mapping"
     if close:
         return f"did you mean `{close[0]}`?"
     return "remove it; see `dstack-ray config schema` for the fields dstack defines"
@@ -198,7 +291,7 @@ def _issues_from(
 ) -> List[ConfigIssue]:
     """Turn pydantic's errors into one readable issue per place, merging union alternatives."""
     by_path: Dict[Path_, List[Dict[str, Any]]] = {}
-    for error in e.errors():
+    for error in _best_union_branches(e.errors(), data):
         path = _data_path(error, data)
         by_path.setdefault(path, []).append(error)
     # An error deeper inside a value explains it better than "expected some other type" at it.

@@ -19,6 +19,7 @@ FUZZ = settings(
     max_examples=300,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    database=None,
 )
 
 
@@ -85,17 +86,101 @@ values = st.recursive(
         st.dictionaries(keys, children, max_size=4),
         st.tuples(children, children),
     ),
-    max_leaves=16,
+    max_leaves=10,
 )
-# Every real field is optionally present, with any value; `type: task` most of the time so
+# A few real fields with any values (plus a few other keys); `type: task` most of the time so
 # the field validators and the cross-field (model) validators run, not just the type check.
 configs = st.builds(
-    lambda base, extra: {**extra, **base},
-    st.fixed_dictionaries(
-        {"type": st.sampled_from(["task", "task", "task", "service", None, 1])},
-        optional={name: values for name in TOP_FIELDS if name != "type"},
+    lambda kind, fields, extra: {**extra, **fields, "type": kind},
+    st.sampled_from(["task", "task", "task", "service", None, 1]),
+    st.dictionaries(st.sampled_from([f for f in TOP_FIELDS if f != "type"]), values, max_size=6),
+    st.dictionaries(keys, values, max_size=2),
+)
+
+
+# Field values that are mostly valid, so that many generated configurations parse and the
+# properties of a parsed configuration get checked too.
+PLAUSIBLE = {
+    "name": st.sampled_from(["train", "my-run", "Bad_Name", 5]),
+    "image": st.sampled_from(["ubuntu", "rocm/pytorch:latest", ""]),
+    "user": st.sampled_from(["root", "1000:1000", "a:b:c"]),
+    "privileged": st.booleans(),
+    "entrypoint": st.sampled_from(["python", "/bin/sh -c"]),
+    "working_dir": st.sampled_from(["/workflow", "rel"]),
+    "registry_auth": st.fixed_dictionaries({"username": st.text(max_size=5), "password": st.text(max_size=5)}),
+    "python": st.sampled_from(["3.9", "3.12", 3.1, 3.11, "3.8"]),
+    "nvcc": st.booleans(),
+    "single_branch": st.booleans(),
+    "env": st.one_of(
+        st.lists(st.sampled_from(["A=1", "B", "C=x=y", "D=", "1BAD"]), max_size=3),
+        st.dictionaries(st.sampled_from(["A", "B", "PORT"]), st.one_of(st.text(max_size=5), st.integers())),
     ),
-    st.dictionaries(keys, values, max_size=3),
+    "shell": st.sampled_from(["sh", "bash", "/bin/zsh", "zsh"]),
+    "resources": st.fixed_dictionaries(
+        {},
+        optional={
+            "cpu": st.sampled_from([2, "4..", "arm:8", "x86:2..8", {"min": 2}, "arm:x86"]),
+            "memory": st.sampled_from(["8GB..", "16GB..64GB", 32, "1TB", "8GB..4GB"]),
+            "shm_size": st.sampled_from(["1GB", 2]),
+            "gpu": st.sampled_from(
+                ["A100:2", "H100:80GB:1..8", "nvidia", "tpu:v3-8", 0, "amd:MI300X", "24GB..:2", "A100:2:3",
+                 {"name": ["A10", "A10G"], "count": "1.."}, {"compute_capability": "8.0"}]
+            ),
+            "disk": st.sampled_from(["100GB..", "1TB", {"size": "200GB"}]),
+        },
+    ),
+    "priority": st.integers(min_value=-1, max_value=101),
+    "volumes": st.lists(st.sampled_from(["data:/data", "/mnt:/mnt", {"name": ["a", "b"], "path": "/p"}, "x:rel"]), max_size=2),
+    "docker": st.booleans(),
+    "repos": st.lists(
+        st.sampled_from([".", "https://github.com/a/b.git:/repo", "git@github.com:a/b.git", {"url": "https://h/r.git", "branch": "main"}]),
+        max_size=1,
+    ),
+    "files": st.lists(st.sampled_from(["src", "~/.cache/x", "data:/data", "C:\\x:y"]), max_size=2),
+    "dstack": st.booleans(),
+    "ports": st.lists(st.sampled_from([8080, "80:8080", "*:6006", {"container_port": 22}, 0]), max_size=2),
+    "nodes": st.integers(min_value=0, max_value=4),
+    "groups": st.lists(
+        st.fixed_dictionaries(
+            {"commands": st.lists(st.sampled_from(["a", "echo ${{ groups[0].nodes[0].IP_ADDRESS }}"]), min_size=1, max_size=2)},
+            optional={"name": st.sampled_from(["head", "workers", "1"]), "nodes": st.integers(1, 3), "resources": st.just({"gpu": "H100:8"})},
+        ),
+        max_size=3,
+    ),
+    "spot_policy": st.sampled_from(["spot", "on-demand", "auto"]),
+    "retry": st.one_of(
+        st.booleans(),
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "on_events": st.lists(st.sampled_from(["no-capacity", "interruption", "error"]), max_size=3),
+                "duration": st.sampled_from(["1h", 600, "1d"]),
+            },
+        ),
+    ),
+    "max_duration": st.sampled_from(["off", "2h", 3600, True, False]),
+    "stop_duration": st.sampled_from(["off", "5m", 30]),
+    "idle_duration": st.sampled_from(["off", "5m", -1, 0]),
+    "max_price": st.floats(min_value=0.01, max_value=10),
+    "creation_policy": st.sampled_from(["reuse", "reuse-or-create"]),
+    "utilization_policy": st.fixed_dictionaries({"min_gpu_utilization": st.integers(0, 100), "time_window": st.sampled_from(["5m", "1h", 600])}),
+    "startup_order": st.sampled_from(["any", "master-first", "workers-first"]),
+    "stop_criteria": st.sampled_from(["all-done", "master-done"]),
+    "schedule": st.fixed_dictionaries({"cron": st.sampled_from(["0 8 * * *", ["0 8 * * mon-fri", "0 0 last * *"], "*/15 * * * *"])}),
+    "fleets": st.lists(st.sampled_from(["f", "p/f", {"name": "g"}]), max_size=2),
+    "instances": st.lists(st.sampled_from(["i-1", {"hostname": "h"}, {"fleet": "f", "instance": 0}]), min_size=1, max_size=2),
+    "tags": st.dictionaries(st.sampled_from(["team", "cost-center"]), st.sampled_from(["ml", "a/b"]), max_size=2),
+    "backend_options": st.just([{"type": "vastai", "offer_order": "price"}]),
+    "backends": st.lists(st.sampled_from(["aws", "gcp", "runpod", "vastai"]), max_size=2, unique=True),
+    "regions": st.lists(st.sampled_from(["us-east-1", "eu-west-4"]), max_size=2),
+}
+# At most a few of the fields at once, so that a fair share of the configurations is valid.
+plausible_configs = st.builds(
+    lambda fields, commands: {"type": "task", **({"commands": commands} if commands else {}), **fields},
+    st.lists(st.sampled_from(sorted(PLAUSIBLE)), max_size=5, unique=True).flatmap(
+        lambda names: st.fixed_dictionaries({name: PLAUSIBLE[name] for name in names})
+    ),
+    st.lists(st.sampled_from(["python train.py", "echo ${{ run.args }}"]), max_size=2),
 )
 
 
@@ -128,6 +213,20 @@ def test_any_mapping_parses_or_raises_configuration_error(data):
 
 
 @FUZZ
+@given(plausible_configs)
+def test_plausible_configurations_parse_and_round_trip(data):
+    cfg = _parse_or_config_error(data)
+    if cfg is None:
+        return
+    # A parsed configuration dumps to JSON that parses back to the same configuration.
+    again = parse_configuration(cfg.model_dump(mode="json"))
+    assert again == cfg
+    assert [g.name for g in again.node_groups] == [g.name for g in cfg.node_groups]
+    assert all(group.nodes >= 1 for group in cfg.node_groups)
+    assert cfg.groups is None or cfg.nodes is None
+
+
+@settings(FUZZ, max_examples=150)
 @given(values)
 @example([])
 @example("type: task")
@@ -136,7 +235,7 @@ def test_any_document_parses_or_raises_configuration_error(data):
     _parse_or_config_error(data)
 
 
-@FUZZ
+@settings(FUZZ, max_examples=100)
 @given(configs)
 def test_any_dumped_yaml_round_trips_through_the_loader(data):
     try:
@@ -166,7 +265,7 @@ YAML_PIECES = [
 ]
 
 
-@FUZZ
+@settings(FUZZ, max_examples=200)
 @given(st.lists(st.one_of(st.sampled_from(YAML_PIECES), st.text(max_size=6)), max_size=14))
 @example(["[" * 2000])
 @example(["a: &x [*x]\n"])
