@@ -242,6 +242,7 @@ class Client:
             configuration=cfg.model_dump(mode="json", exclude_unset=True),
             configuration_path=cfg.source_file,
             args=list(args),
+            gpu_sampler=self._settings.gpu_sampler,
         )
         record = RunRecord.model_validate(self._call(self._controller.submit, spec.model_dump(mode="json")))
         return Run(self, record)
@@ -336,6 +337,13 @@ class Run:
 
     def delete(self) -> None:
         self._client._call(self._client._controller.delete_run, self.id)
+
+    def metrics(self, since_seconds: Optional[float] = None) -> List[Dict[str, Any]]:
+        """GPU samples of the latest attempt: at, rank, gpu, utilization, memory_used, memory_total."""
+        samples = self._client._call(self._client._controller.metrics, self.id, since_seconds)
+        for sample in samples:
+            sample["at"] = datetime.fromisoformat(sample["at"])
+        return samples
 
     def events(self) -> List[Tuple[datetime, str]]:
         return [(datetime.fromisoformat(at), msg) for at, msg in self._client._call(self._client._controller.events, self.id)]

@@ -81,6 +81,7 @@ class ClusterView(BaseModel):
     nodes: List[NodeView] = Field(default_factory=list)
     node_types: List[NodeType] = Field(default_factory=list)
     autoscaling: bool = False
+    availability_known: bool = False  # whether `NodeView.available` was read from Ray
 
     @property
     def alive_nodes(self) -> List[NodeView]:
@@ -125,8 +126,9 @@ def live_cluster_view() -> ClusterView:
         from ray._private.state import available_resources_per_node
 
         available = available_resources_per_node()
-    except Exception:  # a private API: without it, offers just don't say "busy"
-        available = {}
+        known = True
+    except Exception:  # a private API: without it, offers don't say "busy" and Ray queues runs
+        available, known = {}, False
     nodes = []
     for node in ray.nodes():
         resources = node.get("Resources", {}) or {}
@@ -142,4 +144,4 @@ def live_cluster_view() -> ClusterView:
     from dstack_ray.plan.autoscaler import autoscaler_node_types
 
     node_types = autoscaler_node_types()
-    return ClusterView(nodes=nodes, node_types=node_types, autoscaling=bool(node_types))
+    return ClusterView(nodes=nodes, node_types=node_types, autoscaling=bool(node_types), availability_known=known)

@@ -60,6 +60,7 @@ class NodeAssignment(BaseModel):
     gpus: int
     exec: ExecSpec
     settings: RuntimeSettings
+    gpu_sampler: str
 
 
 class StartOrder(BaseModel):
@@ -202,6 +203,46 @@ def _watch_stop(host: Any, assignment: NodeAssignment, process: GuardedProcess, 
         return
 
 
+_GAUGES: Dict[str, Any] = {}
+
+
+def _gauge(name: str, description: str) -> Any:
+    """ray.util.metrics gauges, created once per worker process, tagged by run, rank and GPU."""
+    if name not in _GAUGES:
+        from ray.util.metrics import Gauge
+
+        _GAUGES[name] = Gauge(name, description=description, tag_keys=("run", "rank", "gpu"))
+    return _GAUGES[name]
+
+
+def _sample_gpus(host: Any, assignment: NodeAssignment, gpu_ids: List[str], done: threading.Event) -> None:
+    """Every `metrics_interval`: sample this node's GPUs, export gauges, report to the Supervisor."""
+    from dstack_ray.metrics.gpu import NoGpuMetrics, load_sampler
+
+    key = (assignment.run_id, assignment.attempt, assignment.rank)
+    try:
+        sampler = load_sampler(assignment.gpu_sampler)
+    except NoGpuMetrics as e:
+        host.agent_metrics_unavailable.remote(*key, str(e))
+        return
+    utilization = _gauge("dstack_gpu_utilization", "GPU utilization, percent")
+    memory = _gauge("dstack_gpu_memory_used_bytes", "GPU memory used, bytes")
+    while not done.is_set():
+        try:
+            samples = sampler.sample(gpu_ids)
+        except NoGpuMetrics as e:
+            host.agent_metrics_unavailable.remote(*key, str(e))
+            return
+        now = time.time()
+        for sample in samples:
+            sample.at = sample.at or now
+            tags = {"run": assignment.run_name, "rank": str(assignment.rank), "gpu": sample.gpu}
+            utilization.set(sample.utilization, tags=tags)
+            memory.set(sample.memory_used, tags=tags)
+        host.agent_metrics.remote(*key, [s.model_dump() for s in samples])
+        done.wait(assignment.settings.metrics_interval)
+
+
 def run_node(assignment: NodeAssignment, controller: Any, host: Any) -> NodeOutcome:
     """The body of the NodeAgent task for one rank of one attempt."""
     key = (assignment.run_id, assignment.attempt, assignment.rank)
@@ -243,7 +284,11 @@ def run_node(assignment: NodeAssignment, controller: Any, host: Any) -> NodeOutc
     state: Dict[str, Any] = {}
     watcher = threading.Thread(target=_watch_stop, args=(host, assignment, process, state), daemon=True)
     watcher.start()
+    finished = threading.Event()
+    if gpu_ids:
+        threading.Thread(target=_sample_gpus, args=(host, assignment, gpu_ids, finished), daemon=True).start()
     code = process.wait()
+    finished.set()
     shipper.close()
     lost = not Path(f"/proc/{raylet}").exists() or os.getppid() != raylet
     return NodeOutcome(exit_code=code, stopped=state.get("stopped"), started=True, node_lost=lost)

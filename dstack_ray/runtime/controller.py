@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import defaultdict
+from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, List, Optional, Tuple
 
 import ray
 
+from dstack_ray.config.cron import next_fire_time
+from dstack_ray.plan.capacity import free_capacity, place
 from dstack_ray.plan.cluster import live_cluster_view
+from dstack_ray.plan.planner import build_plan
+from dstack_ray.runtime.clock import Clock
 from dstack_ray.runtime.models import (
+    WAITING_FOR_RESOURCES,
+    WAITING_FOR_SCHEDULE,
     JobRecord,
     JobStatus,
     RunRecord,
@@ -52,6 +60,10 @@ class Controller:
         self.conditions: Dict[str, asyncio.Condition] = {}
         self.log_events: Dict[Tuple[str, int, int], asyncio.Event] = defaultdict(asyncio.Event)
         self.handed: Dict[str, str] = {}  # run id -> incarnation of the host supervising it
+        self.admission: Dict[str, "asyncio.Future[bool]"] = {}  # runs waiting for the go
+        self.recently_admitted: Dict[str, Tuple[float, List[Dict[str, float]]]] = {}
+        self.clock = Clock(self.settings.clock_offset_file)
+        self.wakeup: Optional[asyncio.Event] = None
         self.host: Any = None
         self.host_incarnation: Optional[str] = None
         self.background: Optional[asyncio.Task] = None
@@ -68,8 +80,14 @@ class Controller:
 
     async def _ensure_background(self) -> None:
         if self.background is None or self.background.done():
+            self.wakeup = asyncio.Event()
             await self._connect_host()
-            self.background = asyncio.ensure_future(self._watch_host())
+            self.background = asyncio.ensure_future(asyncio.gather(self._watch_host(), self._schedule_loop()))
+
+    def _kick(self) -> None:
+        """Run a scheduling pass soon (a run arrived, finished, or asks to be placed)."""
+        if self.wakeup is not None:
+            self.wakeup.set()
 
     async def _connect_host(self) -> None:
         self.host = _supervisor_host_options(self.settings).remote(self.settings.model_dump())
@@ -86,8 +104,8 @@ class Controller:
                 if run.id in supervised:
                     self.handed[run.id] = incarnation
                 continue
-            if run.status == RunStatus.PENDING and run.next_trigger_at and not run.jobs:
-                continue  # waiting for its schedule
+            if run.wait_reason == WAITING_FOR_SCHEDULE:
+                continue  # the scheduler hands it over when it fires
             lost = any(j.status not in (JobStatus.SUBMITTED,) for j in run.jobs)
             if previous is not None or lost:
                 logger.warning("run %s lost its supervisor; handing it over", run.name)
@@ -155,6 +173,11 @@ class Controller:
             priority=cfg.priority or 0,
             spec=run_spec.model_dump(mode="json"),
         )
+        if cfg.schedule is not None:
+            run.status = RunStatus.PENDING
+            run.status_message = RunStatus.PENDING.value
+            run.wait_reason = WAITING_FOR_SCHEDULE
+            run.next_trigger_at = next_fire_time(cfg.schedule.crons, self.clock.now())
         run.jobs = [
             JobRecord(run_id=run.id, attempt=0, rank=rank, group=group, submitted_at=now)
             for rank, group in enumerate(g.name or str(i) for i, g in enumerate(cfg.node_groups) for _ in range(g.nodes))
@@ -163,7 +186,10 @@ class Controller:
         self.store.save_jobs(run.jobs)
         self.store.add_event(run.id, f"submitted ({cfg.nodes_num} node(s))")
         await self._changed(run)
-        await self._hand_over(run)
+        if run.wait_reason == WAITING_FOR_SCHEDULE:
+            self.store.add_event(run.id, f"waiting for schedule; next at {run.next_trigger_at}")
+        else:
+            await self._hand_over(run)
         return run.model_dump(mode="json")
 
     async def report_run(self, run_id: str, changes: Dict[str, Any], jobs: List[Dict[str, Any]], event: Optional[str]) -> None:
@@ -179,10 +205,14 @@ class Controller:
         self.store.save_jobs(updated.jobs)
         if event:
             self.store.add_event(run_id, event)
-        if updated.status.is_finished():
+        if updated.status.is_finished() or updated.wait_reason == WAITING_FOR_SCHEDULE:
             self.handed.pop(run_id, None)
+            self.recently_admitted.pop(run_id, None)
             for job in updated.jobs:
                 self.log_events[(run_id, job.attempt, job.rank)].set()
+            self._kick()
+        elif updated.status == RunStatus.RUNNING:
+            self.recently_admitted.pop(run_id, None)
         await self._changed(updated)
 
     async def get_run(self, name: str) -> Optional[Dict[str, Any]]:
@@ -249,6 +279,86 @@ class Controller:
 
     async def cluster_view(self) -> Dict[str, Any]:
         return live_cluster_view().model_dump(mode="json")
+
+    # -- scheduling: priority queue, capacity, cron ---------------------------------------------------
+
+    async def request_admission(self, run_id: str) -> bool:
+        """Called by a Supervisor before each attempt; returns once the run may be placed."""
+        future = self.admission.get(run_id)
+        if future is None or future.done():
+            future = asyncio.get_running_loop().create_future()
+            self.admission[run_id] = future
+        self._kick()
+        return await asyncio.shield(future)
+
+    async def withdraw_admission(self, run_id: str) -> None:
+        future = self.admission.pop(run_id, None)
+        if future is not None and not future.done():
+            future.cancel()
+
+    async def _schedule_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self.wakeup.wait(), timeout=self.settings.scheduler_interval)
+            except asyncio.TimeoutError:
+                pass
+            self.wakeup.clear()
+            try:
+                await self._fire_schedules()
+                await self._admit()
+            except Exception:
+                logger.exception("scheduling pass failed")
+
+    async def _fire_schedules(self) -> None:
+        now = self.clock.now()
+        for run in list(self.runs.values()):
+            if run.wait_reason != WAITING_FOR_SCHEDULE or run.status.is_finished():
+                continue
+            if run.next_trigger_at is None or run.next_trigger_at > now:
+                continue
+            run.status, run.status_message, run.wait_reason = RunStatus.SUBMITTED, RunStatus.SUBMITTED.value, None
+            self.store.add_event(run.id, f"schedule fired ({run.next_trigger_at})")
+            await self._changed(run)
+            await self._hand_over(run)
+
+    async def _admit(self) -> None:
+        """Admit waiting runs, highest priority first, then oldest; one that does not fit now
+        does not block the ones after it that do."""
+        waiting = [(self.runs[r], f) for r, f in self.admission.items() if r in self.runs and not f.done()]
+        if not waiting:
+            return
+        cluster = await asyncio.get_running_loop().run_in_executor(None, live_cluster_view)
+        free = free_capacity(cluster, self._reserved())
+        for run, future in sorted(waiting, key=lambda item: (-item[0].priority, item[0].submitted_at)):
+            cfg = RunSpec.model_validate(run.spec).task()
+            plan = build_plan(cfg, cluster)
+            if plan.no_capacity or plan.needs_new_nodes or place(plan, free):
+                # Nothing can ever hold it, or only new nodes can: let the Supervisor decide
+                # (no capacity) or let its placement group ask the autoscaler.
+                self.admission.pop(run.id, None)
+                self.recently_admitted[run.id] = (time.monotonic(), [b.resources for b in plan.bundles])
+                future.set_result(True)
+                continue
+            if run.wait_reason != WAITING_FOR_RESOURCES:
+                run.wait_reason = WAITING_FOR_RESOURCES
+                await self._changed(run)
+
+    def _reserved(self) -> List[Dict[str, float]]:
+        """Bundles of runs admitted moments ago whose placement may not show in Ray yet."""
+        horizon = time.monotonic() - 5.0
+        return [b for at, bundles in self.recently_admitted.values() if at > horizon for b in bundles]
+
+    # -- metrics ----------------------------------------------------------------------------------
+
+    async def record_metrics(self, run_id: str, attempt: int, rank: int, samples: List[Dict[str, Any]]) -> None:
+        for sample in samples:
+            at = datetime.fromtimestamp(sample["at"], tz=timezone.utc)
+            self.store.add_metrics(run_id, attempt, rank, at, {k: v for k, v in sample.items() if k != "at"})
+
+    async def metrics(self, name: str, since_seconds: Optional[float] = None) -> List[Dict[str, Any]]:
+        run = self._require(name)
+        since = None if since_seconds is None else utcnow() - timedelta(seconds=since_seconds)
+        return [{**m, "at": m["at"].isoformat()} for m in self.store.metrics(run.id, run.attempt, since)]
 
     # -- logs -------------------------------------------------------------------------------------
 

@@ -135,6 +135,10 @@ def job_status_message(status: JobStatus, reason: Optional[JobTerminationReason]
     return status.value
 
 
+WAITING_FOR_SCHEDULE = "waiting for schedule"
+WAITING_FOR_RESOURCES = "waiting for resources"
+
+
 class Model(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -213,6 +217,7 @@ class RunSpec(Model):
     configuration_path: Optional[str] = None
     args: List[str] = Field(default_factory=list)
     archives: List[Dict[str, Any]] = Field(default_factory=list)  # files/repo shipped with the run
+    gpu_sampler: Optional[str] = None  # import path of the GPU sampler (Client settings)
 
     def task(self):
         from dstack_ray.config.task import TaskConfiguration

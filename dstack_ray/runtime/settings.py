@@ -31,6 +31,8 @@ class RuntimeSettings(BaseModel):
     metrics_interval: float = 5.0
     gpu_sampler: str = "dstack_ray.metrics.gpu:NvmlSampler"
     container_runtime: Optional[str] = None  # podman or docker; None: whichever the node has
+    clock_offset_file: Optional[str] = None  # tests: seconds to add to the scheduling clock
+    scheduler_interval: float = 1.0  # how often queued runs and schedules are looked at
 
     def resolved_state_dir(self) -> Path:
         return Path(self.state_dir) if self.state_dir else default_state_dir()

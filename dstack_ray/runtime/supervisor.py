@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,12 +22,15 @@ import ray
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from dstack_ray.config.cron import next_fire_time
 from dstack_ray.config.profiles import RetryEvent, StartupOrder, StopCriteria, effective_retry
 from dstack_ray.config.task import TaskConfiguration
 from dstack_ray.plan.cluster import live_cluster_view
 from dstack_ray.plan.planner import NodeBundle, RunPlan, build_plan
 from dstack_ray.runtime.agent import ExecSpec, NodeAssignment, NodeOutcome, run_node
+from dstack_ray.runtime.clock import Clock
 from dstack_ray.runtime.models import (
+    WAITING_FOR_SCHEDULE,
     JobRecord,
     JobStatus,
     JobTerminationReason,
@@ -37,6 +41,7 @@ from dstack_ray.runtime.models import (
 )
 from dstack_ray.runtime.retry import backoff, decide
 from dstack_ray.runtime.settings import CONTROLLER_NAME, NAMESPACE, RuntimeSettings
+from dstack_ray.runtime.utilization import COVERAGE_SLACK_SECONDS, Sample, merge, prune, utilization_violation
 from dstack_ray.store.db import utcnow
 
 logger = logging.getLogger(__name__)
@@ -85,7 +90,10 @@ class RunSupervisor:
         self.stop_reasons: Dict[int, JobTerminationReason] = {}
         self.last_provisioned_at: Optional[datetime] = None
         self.task: Optional[asyncio.Task] = None
+        self.clock = Clock(self.settings.clock_offset_file)
         self._stopping = False
+        self._slots: Dict[int, AgentSlot] = {}
+        self._samples: Dict[int, Dict[str, List[Sample]]] = {}
 
     # -- reporting ----------------------------------------------------------------------------
 
@@ -153,7 +161,7 @@ class RunSupervisor:
             await self._finish(RunTerminationReason.ALL_JOBS_DONE)
             return True
         started = self.run.next_trigger_at or self.run.submitted_at
-        decision = decide(self.retry, reasons, utcnow(), started, self.last_provisioned_at)
+        decision = decide(self.retry, reasons, self.clock.now(), started, self.last_provisioned_at)
         if not decision.retry:
             reason = RunTerminationReason.RETRY_LIMIT_EXCEEDED if decision.limit_exceeded else RunTerminationReason.JOB_FAILED
             await self._finish(reason)
@@ -180,6 +188,18 @@ class RunSupervisor:
                 job.termination_reason = job_reason
                 job.finished_at = utcnow()
         status = reason.to_status()
+        user_stop = reason in (RunTerminationReason.STOPPED_BY_USER, RunTerminationReason.ABORTED_BY_USER)
+        if self.cfg.schedule is not None and not user_stop:
+            # dstack: a scheduled run goes back to waiting for its next trigger.
+            fire = next_fire_time(self.cfg.schedule.crons, self.clock.now())
+            await self.report(
+                event=message or f"execution {status.value} ({reason.value}); next at {fire}",
+                status=RunStatus.PENDING,
+                status_message=RunStatus.PENDING.value,
+                wait_reason=WAITING_FOR_SCHEDULE,
+                next_trigger_at=fire,
+            )
+            return
         await self.report(
             event=message or f"run {status.value} ({reason.value})",
             status=status,
@@ -205,6 +225,10 @@ class RunSupervisor:
         self.stop_reasons = {}
         self._stopping = False
         self.jobs = self._new_jobs()
+        self._samples = {}
+        await self.report(attempt=self.run.attempt)
+        if not await self._admitted():
+            return
         cluster = await asyncio.get_running_loop().run_in_executor(None, live_cluster_view)
         plan = build_plan(self.cfg, cluster)
         if plan.no_capacity and not cluster.autoscaling:
@@ -231,6 +255,20 @@ class RunSupervisor:
                 await self._run_nodes(pg, plan)
         finally:
             remove_placement_group(pg)
+
+    async def _admitted(self) -> bool:
+        """Wait for the Controller's go (priority order, capacity); False if stopped meanwhile."""
+        admission = asyncio.ensure_future(self.host.call_controller("request_admission", self.run.id))
+        stop = asyncio.ensure_future(self.stop_event.wait())
+        try:
+            await asyncio.wait([admission, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if admission.done():
+            return True
+        admission.cancel()
+        await self.host.call_controller("withdraw_admission", self.run.id)
+        return False
 
     async def _no_capacity(self, why: str) -> None:
         for job in self.jobs:
@@ -276,6 +314,7 @@ class RunSupervisor:
     async def _run_nodes(self, pg: Any, plan: RunPlan) -> None:
         run_id, attempt = self.run.id, self.run.attempt
         slots = {b.rank: self.host.open_slot((run_id, attempt, b.rank)) for b in plan.bundles}
+        self._slots = slots
         refs = {}
         exec_spec = self._exec_spec()
         for bundle in plan.bundles:
@@ -290,6 +329,7 @@ class RunSupervisor:
                 gpus=bundle.gpus,
                 exec=exec_spec[bundle.group_index],
                 settings=self.settings,
+                gpu_sampler=self.spec.gpu_sampler or self.settings.gpu_sampler,
             )
             refs[bundle.rank] = self._launch(pg, bundle, assignment)
             job.status = JobStatus.PROVISIONING
@@ -535,6 +575,29 @@ class RunSupervisor:
         if pending:
             await asyncio.wait(pending, timeout=10)
 
+    # -- GPU metrics and the utilization policy ----------------------------------------------------
+
+    def on_metrics(self, attempt: int, rank: int, samples: List[Dict[str, Any]]) -> None:
+        if attempt != self.run.attempt:
+            return
+        by_gpu = self._samples.setdefault(rank, {})
+        for sample in samples:
+            series = by_gpu.setdefault(sample["gpu"], [])
+            series.append((sample["at"], sample["utilization"]))
+        policy = self.cfg.utilization_policy
+        window = policy.time_window if policy else 0
+        keep_after = time.time() - window - COVERAGE_SLACK_SECONDS - 60
+        for gpu, series in by_gpu.items():
+            by_gpu[gpu] = merge([], prune(series, keep_after))
+        asyncio.ensure_future(self.host.call_controller("record_metrics", self.run.id, attempt, rank, samples))
+        if policy is None or self._stopping:
+            return
+        message = utilization_violation(by_gpu, policy.min_gpu_utilization, policy.time_window, time.time())
+        if message is not None:
+            asyncio.ensure_future(
+                self._stop_all(JobTerminationReason.TERMINATED_DUE_TO_UTILIZATION_POLICY, self._slots, message)
+            )
+
     # -- requests ---------------------------------------------------------------------------------
 
     def request_stop(self, abort: bool) -> None:
@@ -630,6 +693,16 @@ class SupervisorHost:
         slot = self.slots.get((run_id, attempt, rank))
         if slot is not None and not slot.running.done():
             slot.running.set_result(pid)
+
+    async def agent_metrics(self, run_id: str, attempt: int, rank: int, samples: List[Dict[str, Any]]) -> None:
+        supervisor = self.supervisors.get(run_id)
+        if supervisor is not None:
+            supervisor.on_metrics(attempt, rank, samples)
+
+    async def agent_metrics_unavailable(self, run_id: str, attempt: int, rank: int, reason: str) -> None:
+        supervisor = self.supervisors.get(run_id)
+        if supervisor is not None and attempt == supervisor.run.attempt:
+            await supervisor.report(event=f"node {rank}: no GPU metrics ({reason})")
 
     async def agent_wait_order(self, run_id: str, attempt: int, rank: int, timeout: float) -> Optional[Dict[str, Any]]:
         slot = self.slots.get((run_id, attempt, rank))

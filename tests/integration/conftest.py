@@ -40,6 +40,9 @@ def settings(tmp_path_factory):
         stop_grace_seconds=2,
         retry_delays=[0.5, 1, 1],
         agent_start_timeout=60,
+        metrics_interval=0.5,
+        scheduler_interval=0.5,
+        clock_offset_file=str(tmp_path_factory.mktemp("clock") / "offset"),
     )
 
 

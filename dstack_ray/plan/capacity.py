@@ -1,0 +1,75 @@
+"""Does a plan fit the cluster's free resources right now? (The Controller's admission test.)"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+from dstack_ray.plan.cluster import ClusterView
+from dstack_ray.plan.planner import RunPlan
+
+Resources = Dict[str, float]
+
+
+def _fits(bundle: Resources, free: Resources) -> bool:
+    return all(free.get(key, 0.0) + 1e-9 >= amount for key, amount in bundle.items())
+
+
+def _take(bundle: Resources, free: Resources) -> None:
+    for key, amount in bundle.items():
+        free[key] = free.get(key, 0.0) - amount
+
+
+def free_capacity(cluster: ClusterView, reserved: List[Resources]) -> List[Resources]:
+    """Free resources per alive node, less bundles just admitted (their placement may not show
+    in Ray's numbers yet)."""
+    if cluster.availability_known:
+        free = [dict(node.available) for node in cluster.alive_nodes]
+    else:  # unknown: treat every node as free and let Ray queue the placement groups
+        free = [{**node.custom, "CPU": node.cpus, "GPU": node.gpus, "memory": node.memory_bytes} for node in cluster.alive_nodes]
+    for bundle in reserved:
+        for node in free:
+            if _fits(bundle, node):
+                _take(bundle, node)
+                break
+    return free
+
+
+def _assign(bundles: List[Resources], free: List[Resources], distinct: bool) -> Optional[List[int]]:
+    """A node index per bundle (distinct nodes when asked), by augmenting-path matching."""
+    if not distinct:
+        chosen = []
+        scratch = [dict(node) for node in free]
+        for bundle in bundles:
+            index = next((i for i, node in enumerate(scratch) if _fits(bundle, node)), None)
+            if index is None:
+                return None
+            _take(bundle, scratch[index])
+            chosen.append(index)
+        return chosen
+    owner: Dict[int, int] = {}
+
+    def assign(b: int, seen: set) -> bool:
+        for n, node in enumerate(free):
+            if n in seen or not _fits(bundles[b], node):
+                continue
+            seen.add(n)
+            if n not in owner or assign(owner[n], seen):
+                owner[n] = b
+                return True
+        return False
+
+    if not all(assign(b, set()) for b in range(len(bundles))):
+        return None
+    by_bundle = {b: n for n, b in owner.items()}
+    return [by_bundle[b] for b in range(len(bundles))]
+
+
+def place(plan: RunPlan, free: List[Resources]) -> bool:
+    """Whether the plan fits now; if so, its bundles are taken out of `free`."""
+    bundles = [b.resources for b in plan.bundles]
+    assignment = _assign(bundles, free, plan.strategy == "STRICT_SPREAD")
+    if assignment is None:
+        return False
+    for bundle, node in zip(bundles, assignment):
+        _take(bundle, free[node])
+    return True
