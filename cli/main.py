@@ -26,6 +26,8 @@ app.command()(runs_cmd.logs)
 app.command()(runs_cmd.stop)
 app.command()(runs_cmd.delete)
 app.command()(runs_cmd.events)
+app.command(name="attach")(runs_cmd.attach_run)
+app.command()(runs_cmd.metrics)
 app.add_typer(server_cmd.app, name="server")
 app.add_typer(config_cmd.app, name="config")
 

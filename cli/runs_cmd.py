@@ -216,3 +216,59 @@ def events(
     client = connect(address)
     for at, message in client.get_run(run_name).events():
         console.print(f"[dim]{at.strftime('%Y-%m-%d %H:%M:%S')}[/] {escape(message)}")
+
+
+def metrics(
+    run_name: str = typer.Argument(..., metavar="RUN"),
+    watch: bool = typer.Option(False, "-w", "--watch", help="Keep the table updated."),
+    address: Optional[str] = AddressOption,
+) -> None:
+    """GPU utilization and memory of each node of a run (latest samples)."""
+    client = connect(address)
+    run = client.get_run(run_name)
+
+    def table() -> Table:
+        latest: Dict[tuple, Dict[str, Any]] = {}
+        for sample in run.metrics():
+            latest[(sample["rank"], sample["gpu"])] = sample
+        result = Table(box=None)
+        for column in ("JOB", "GPU", "UTILIZATION", "MEMORY", "SAMPLED"):
+            result.add_column(column, no_wrap=True)
+        for (rank, gpu), sample in sorted(latest.items()):
+            used, total = sample["memory_used"] / 1024**3, sample["memory_total"] / 1024**3
+            result.add_row(str(rank), str(gpu), f"{sample['utilization']:.0f}%", f"{used:.1f}GB/{total:.1f}GB", pretty_date(sample["at"]))
+        return result
+
+    current = table()
+    if not current.row_count and not watch:
+        console.print(f"No GPU metrics for {run_name} (its nodes have no GPUs, or no GPU metrics are available there)")
+        return
+    if not watch:
+        console.print(current)
+        return
+    try:
+        with Live(current, console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(2)
+                live.update(table(), refresh=True)
+    except KeyboardInterrupt:
+        pass
+
+
+def attach_run(
+    run_name: str = typer.Argument(..., metavar="RUN"),
+    port: List[str] = typer.Option([], "-p", "--port", metavar="MAPPING", help="Forward a port: 8080, 80:8080, *:8080."),
+    logs: bool = typer.Option(False, "--logs", help="Stream the run's output too."),
+    job: int = typer.Option(0, "--job", help="The rank whose output to stream."),
+    address: Optional[str] = AddressOption,
+) -> None:
+    """Attach to a running run: forward its ports (config `ports` and -p) until it ends."""
+    from dstack_ray_cli.apply_cmd import merge_ports
+    from dstack_ray_cli.attach import attach
+
+    client = connect(address)
+    run = client.get_run(run_name)
+    if run.status.is_finished():
+        raise CLIError(f"run {run_name} is {run.status.value}", "only active runs can be attached to")
+    configured = [p for g in run.configuration.node_groups for p in g.ports]
+    raise typer.Exit(attach(run, merge_ports(configured, port), logs=logs, rank=job))

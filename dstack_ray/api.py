@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import socket
 import sys
 import time
 from datetime import datetime, timezone
@@ -72,6 +73,7 @@ def _connect(address: Optional[str]) -> None:
         from dstack_ray import local_head
 
         address = (local_head.status() or local_head.start()).address
+    _check_reachable(address)
     try:
         ray.init(
             address=address,
@@ -84,6 +86,24 @@ def _connect(address: Optional[str]) -> None:
         raise DstackRayError(
             f"cannot connect to the Ray cluster at {address}: {e}",
             hint="check the address (`--address` or RAY_ADDRESS), or unset it to use the local head",
+        ) from None
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a `host:port` nobody listens on (ray.init would retry for minutes)."""
+    target = address.split("://", 1)[-1]
+    if target == "auto" or ":" not in target:
+        return
+    host, _, port = target.rpartition(":")
+    if not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return
+    except OSError as e:
+        raise DstackRayError(
+            f"cannot connect to the Ray cluster at {address}: {e.strerror or e}",
+            hint="check the address (`--address` or RAY_ADDRESS) and that the Ray head is up (`ray status`)",
         ) from None
 
 

@@ -301,6 +301,12 @@ class RunSupervisor:
             waited += interval
             interval = min(interval * 2, 1.0)
             state = placement_group_table(pg).get("stats", {}).get("scheduling_state")
+            reason = {
+                "INFEASIBLE": "waiting for the autoscaler" if autoscaling else None,
+                "NO_RESOURCES": "waiting for resources",
+            }.get(state or "")
+            if reason and reason != self.run.wait_reason:
+                await self.report(wait_reason=reason)
             if state == "INFEASIBLE" and not autoscaling:
                 cluster = await asyncio.get_running_loop().run_in_executor(None, live_cluster_view)
                 replanned = build_plan(self.cfg, cluster)

@@ -277,3 +277,18 @@ def test_same_name_active_is_refused_and_finished_is_replaced(client):
     assert third.wait(60) == RunStatus.DONE
     assert client.get_run("same-name").id == third.id
     assert no_leftovers("sleep 31344") == []
+
+
+def test_distributed_example(client):
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "distributed.dstack.yml"
+    run = client.apply(example)
+    assert run.wait(120) == RunStatus.DONE
+    master = list(run.logs(rank=0))
+    worker = list(run.logs(rank=1))
+    assert master[0].startswith("torchrun --nproc-per-node=0 --node-rank=0 --nnodes=2 --master-addr=")
+    assert master[1].startswith("rank 0/2 on ")
+    assert "master got: rank 1 ready" in master
+    assert master[-1] == "all nodes joined"
+    assert worker[1].startswith("rank 1/2 on ") and worker[-1] == "worker got: welcome"

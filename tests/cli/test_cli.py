@@ -1,0 +1,205 @@
+"""End-to-end CLI tests: real processes, the embedded local Ray head, dstack's verbs and output."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tests.cli.conftest import CLI, write_task
+from tests.helpers import no_leftovers, wait_for
+
+SMALL = "resources:\n  cpu: 1\n  memory: 256MB\n"
+
+
+def test_server_status_and_token_auth(cli):
+    status = cli("server", "status", check_rc=0)
+    assert "running at 127.0.0.1:" in status.stdout
+    home = Path(cli.env["HOME"])
+    assert (home / ".ray" / "auth_token").exists()
+    log = (home / ".dstack-ray" / "local-head.log").read_text()
+    assert "Token authentication is disabled" not in log
+
+
+def test_apply_prints_the_plan_and_streams_the_output(cli):
+    write_task(cli.cwd, "ok", f"type: task\nname: cli-ok\ncommands:\n  - echo hello from the cli\n  - echo second line\n{SMALL}")
+    result = cli("apply", "-f", "ok.dstack.yml", "-y", check_rc=0)
+    assert "task (nodes=1)" in result.stdout
+    assert "Retry policy" in result.stdout and "cpu=x86:1 mem=0.25GB" in result.stdout
+    assert "hello from the cli\nsecond line\n" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_apply_exit_code_follows_the_run(cli):
+    write_task(cli.cwd, "bad", f"type: task\nname: cli-bad\ncommands:\n  - echo failing\n  - exit 4\n{SMALL}")
+    result = cli("apply", "-f", "bad.dstack.yml", "-y", check_rc=1)
+    assert "failing" in result.stdout
+    listed = json.loads(cli("ps", "-a", "--json", check_rc=0).stdout)
+    bad = next(r for r in listed if r["name"] == "cli-bad")
+    assert bad["status"] == "failed" and bad["status_message"] == "exited (4)"
+    assert bad["jobs"][0]["exit_code"] == 4
+
+
+def test_detach_then_ps_logs_and_stop_from_other_processes(cli):
+    write_task(cli.cwd, "long", f"type: task\nname: cli-long\ncommands:\n  - echo started\n  - sleep 31360\n{SMALL}")
+    cli("apply", "-f", "long.dstack.yml", "-y", "-d", check_rc=0)
+    assert wait_for(lambda: "running" in cli("ps").stdout, 60)
+    ps = cli("ps", "-v", check_rc=0).stdout
+    assert "cli-long" in ps and "NODE" in ps
+    follower = subprocess.Popen([*CLI, "logs", "cli-long", "-f"], env=cli.env, stdout=subprocess.PIPE, text=True)
+    assert follower.stdout.readline() == "started\n"
+    stopped = cli("stop", "cli-long", "-y", check_rc=0)
+    assert "stopped" in stopped.stdout
+    assert follower.wait(60) == 0  # the follow ends with the run
+    assert "cli-long" not in cli("ps").stdout
+    assert "stopped" in cli("ps", "-a").stdout
+    assert no_leftovers("sleep 31360") == []
+
+
+def test_env_and_args(cli):
+    write_task(
+        cli.cwd,
+        "env",
+        "type: task\nname: cli-env\nenv:\n  - TOKEN\n  - MODE=default\ncommands:\n"
+        "  - echo mode=$MODE token-length=${#TOKEN}\n  - echo args=${{ run.args }}\n" + SMALL,
+    )
+    missing = cli("apply", "-f", "env.dstack.yml", "-y")
+    assert missing.returncode == 1
+    assert "TOKEN" in missing.stderr and "not set" in missing.stderr and "Traceback" not in missing.stderr
+    result = cli("apply", "-f", "env.dstack.yml", "-y", "-e", "TOKEN=s3cr3t-value", "-e", "MODE=cli", "--", "--epochs", "3", check_rc=0)
+    assert "mode=cli token-length=12" in result.stdout
+    assert "args=--epochs 3" in result.stdout
+    # Env values from the command line appear in no plan, listing or log of ours.
+    assert "s3cr3t-value" not in result.stdout + result.stderr
+    assert "s3cr3t-value" not in cli("ps", "-a", "--json").stdout
+    state = Path(cli.env["DSTACK_RAY_STATE_DIR"])
+    for path in state.rglob("*.log"):
+        assert b"s3cr3t-value" not in path.read_bytes(), path
+
+
+def test_errors_are_one_readable_line(cli):
+    write_task(cli.cwd, "broken", "type: task\ncommands:\n  - echo hi\nresources:\n  gpu: \"2:3\"\n")
+    config = cli("apply", "-f", "broken.dstack.yml", "-y")
+    assert config.returncode == 1
+    assert "broken.dstack.yml:5: resources.gpu: GPU spec count conflict" in config.stderr
+    missing = cli("logs", "no-such-run")
+    assert missing.returncode == 1 and "run no-such-run not found" in missing.stderr
+    unreachable = cli("ps", "--address", "127.0.0.1:1", timeout=120)
+    assert unreachable.returncode == 1 and "cannot connect" in unreachable.stderr.lower()
+    for result in (config, missing, unreachable):
+        assert "Traceback" not in result.stderr
+
+
+def http_task(cli, name: str, port: int) -> None:
+    write_task(
+        cli.cwd,
+        name,
+        f"type: task\nname: {name}\nports:\n  - {port}\ncommands:\n"
+        "  - mkdir -p site && head -c 6000000 /dev/urandom > site/data.bin && sha256sum site/data.bin\n"
+        f"  - cd site && python3 -m http.server {port} --bind 0.0.0.0\n" + SMALL,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def check_forwarding(cli, name: str, port: int, local: int, extra_env: dict | None = None) -> None:
+    env = dict(cli.env, **(extra_env or {}))
+    attach = subprocess.Popen(
+        [*CLI, "attach", name, "--logs", "-p", f"{local}:{port}"],
+        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        expected = None
+        deadline = time.time() + 60
+        while expected is None and time.time() < deadline:
+            line = attach.stdout.readline()
+            if "site/data.bin" in line:
+                expected = line.split()[0]
+        assert expected, "the task did not print its checksum"
+
+        def fetch(_: int) -> str:
+            for _ in range(100):
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{local}/data.bin", timeout=30) as response:
+                        return hashlib.sha256(response.read()).hexdigest()
+                except OSError:
+                    time.sleep(0.2)
+            raise AssertionError("no answer through the forwarded port")
+
+        with ThreadPoolExecutor(4) as pool:
+            digests = list(pool.map(fetch, range(6)))
+        assert digests == [expected] * 6
+    finally:
+        attach.send_signal(signal.SIGINT)
+        out, err = attach.communicate(input="n\n", timeout=60)
+    assert "Stop the run before detaching?" in out + err
+    assert "Detached" in err
+
+
+def test_attach_forwards_ports_directly_and_through_ray(cli):
+    port = free_port()
+    http_task(cli, "cli-http", port)
+    cli("apply", "-f", "cli-http.dstack.yml", "-y", "-d", check_rc=0)
+    check_forwarding(cli, "cli-http", port, free_port())
+    check_forwarding(cli, "cli-http", port, free_port(), {"DSTACK_RAY_PORT_RELAY": "always"})
+    # The local side listens on loopback only.
+    local = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", local))
+        taken.listen()
+        busy = cli("attach", "cli-http", "-p", f"{local}:{port}")
+    assert busy.returncode == 1
+    assert f"port {local} is already in use" in busy.stderr and "-p" in busy.stderr
+    cli("stop", "cli-http", "-y", check_rc=0)
+
+
+def test_ctrl_c_can_stop_the_run(cli):
+    write_task(cli.cwd, "ctrlc", f"type: task\nname: cli-ctrlc\ncommands:\n  - echo up\n  - sleep 31361\n{SMALL}")
+    apply = subprocess.Popen(
+        [*CLI, "apply", "-f", "ctrlc.dstack.yml", "-y"],
+        env=cli.env, cwd=cli.cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert wait_for(lambda: "sleep 31361" in " ".join(p for p in _cmdlines()), 60)
+    time.sleep(0.5)
+    apply.send_signal(signal.SIGINT)
+    out, err = apply.communicate(input="y\n", timeout=90)
+    assert "Stop the run before detaching?" in out + err
+    assert apply.returncode == 1
+    assert "stopped" in cli("ps", "-a").stdout
+    assert no_leftovers("sleep 31361") == []
+
+
+def _cmdlines():
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                yield (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                pass
+
+
+def test_metrics_and_events(cli):
+    write_task(cli.cwd, "quick", f"type: task\nname: cli-quick\ncommands:\n  - echo quick\n{SMALL}")
+    cli("apply", "-f", "quick.dstack.yml", "-y", check_rc=0)
+    events = cli("events", "cli-quick", check_rc=0).stdout
+    assert "submitted" in events and "run done" in events
+    metrics = cli("metrics", "cli-quick", check_rc=0)
+    assert "no GPU metrics" in metrics.stdout or "GPU" in metrics.stdout
+
+
+def test_delete(cli):
+    write_task(cli.cwd, "del", f"type: task\nname: cli-del\ncommands:\n  - echo x\n{SMALL}")
+    cli("apply", "-f", "del.dstack.yml", "-y", check_rc=0)
+    cli("delete", "cli-del", "-y", check_rc=0)
+    assert "cli-del" not in cli("ps", "-a").stdout
