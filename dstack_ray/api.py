@@ -20,6 +20,7 @@ from dstack_ray.config.checks import check_submittable
 from dstack_ray.config.env import EnvSentinel
 from dstack_ray.config.interpolate import interpolate
 from dstack_ray.errors import DstackRayError
+from dstack_ray.exec.prepare import PackedFileRef, RunPayload
 from dstack_ray.plan.cluster import ClusterView
 from dstack_ray.plan.planner import RunPlan, build_plan
 from dstack_ray.runtime.models import JobRecord, RunRecord, RunSpec, RunStatus, RunTerminationReason
@@ -105,6 +106,25 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
             f"cannot connect to the Ray cluster at {address}: {e.strerror or e}",
             hint="check the address (`--address` or RAY_ADDRESS) and that the Ray head is up (`ray status`)",
         ) from None
+
+
+def pack_payload(cfg: TaskConfiguration) -> Optional[RunPayload]:
+    """`files` and `repos` packed here, on the client, relative to the configuration file."""
+    if not cfg.files and not cfg.repos:
+        return None
+    from dstack_ray.exec.archive import pack_files
+    from dstack_ray.exec.repo import prepare_repo
+
+    if cfg.source_file is None and any(not Path(os.path.expanduser(f.local_path)).is_absolute() for f in cfg.files):
+        raise ConfigurationError(
+            "relative paths in `files` need a configuration file to resolve against",
+            path="files",
+            hint="use absolute paths, or load the configuration from a .dstack.yml file",
+        )
+    config_dir = Path(cfg.source_file).resolve().parent if cfg.source_file else Path.cwd()
+    files = [PackedFileRef(path=f.path, data=f.data) for f in pack_files(cfg.files, config_dir)]
+    repo = prepare_repo(cfg.repos[0], config_dir, cfg.single_branch) if cfg.repos else None
+    return RunPayload(files=files, repo=repo)
 
 
 class Client:
@@ -257,14 +277,18 @@ class Client:
             if existing is not None and not existing.status.is_finished():
                 existing.stop()
                 existing.wait(timeout=self._settings.stop_grace_seconds + 60)
+        payload = pack_payload(cfg)
         spec = RunSpec(
             run_name=cfg.name or "",
             configuration=cfg.model_dump(mode="json", exclude_unset=True),
             configuration_path=cfg.source_file,
             args=list(args),
             gpu_sampler=self._settings.gpu_sampler,
+            container_runtime=self._settings.container_runtime,
+            has_payload=payload is not None,
         )
-        record = RunRecord.model_validate(self._call(self._controller.submit, spec.model_dump(mode="json")))
+        payload_json = payload.model_dump_json() if payload is not None else None
+        record = RunRecord.model_validate(self._call(self._controller.submit, spec.model_dump(mode="json"), payload_json))
         return Run(self, record)
 
     def find_run(self, name: str) -> Optional["Run"]:

@@ -324,6 +324,8 @@ def _issues_from(
             hint = next((h for key, h in _HINTS.items() if key in message), None)
             if errors[0]["type"] == "string_type" and isinstance(errors[0].get("input"), dict):
                 hint = "YAML read `text: text` here as a mapping; put the whole value in quotes"
+            elif errors[0]["type"] == "string_type" and isinstance(errors[0].get("input"), bool):
+                hint = "YAML read this as true/false; put it in quotes, e.g. \"true\""
         issues.append(ConfigIssue(message, path=format_path(full), line=line, hint=hint))
     issues.sort(key=lambda issue: (issue.line or 0, issue.path))
     return issues

@@ -103,6 +103,10 @@ def host_base_environment(environ: Mapping[str, str]) -> Dict[str, str]:
     }
 
 
+# Commands run on a pty nobody reads interactively: pagers must not wait for a keypress.
+NON_INTERACTIVE = {"PAGER": "cat", "GIT_PAGER": "cat"}
+
+
 def job_environment(
     base: Mapping[str, str],
     system: Mapping[str, str],
@@ -115,7 +119,7 @@ def job_environment(
     CUDA_VISIBLE_DEVICES comes from the GPUs Ray assigned; a node without GPUs gets none at all
     (never the empty string Ray gives CPU-only workers).
     """
-    env = dict(base)
+    env = {**NON_INTERACTIVE, **base}
     env.pop("CUDA_VISIBLE_DEVICES", None)
     if gpu_ids:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)

@@ -1,6 +1,7 @@
 """The process guard: runs one command so that no process of it outlives the run.
 
-Started by a NodeAgent as `python -m dstack_ray.exec.guard [--tty-fd N] [--watch-pid P] COMMAND...`
+Started by a NodeAgent as
+`python -m dstack_ray.exec.guard [--tty-fd N] [--watch-pid P] [--cleanup JSON-ARGV] COMMAND...`
 with the command's environment as its own. The guard
 - becomes a child subreaper, so every descendant (even ones that daemonize) stays below it;
 - starts the command in a new session on the terminal whose slave end it received as fd N
@@ -10,8 +11,9 @@ with the command's environment as its own. The guard
 - reads its stdin for orders: `stop <grace-seconds>` (SIGINT to the command's process group,
   then SIGKILL after the grace period) and `kill`; end of stdin means the agent is gone, and
   everything is killed at once;
-- when the command exits, kills whatever it left behind and exits with the command's status
-  (128 + N for a command killed by signal N).
+- when the command exits, kills whatever it left behind, runs the cleanup command (e.g.
+  `podman rm -f <container>`, which a container's processes need since they are not our
+  descendants) and exits with the command's status (128 + N for a command killed by signal N).
 
 It imports nothing heavy so that it starts in a few tens of milliseconds.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import json
 import os
 import select
 import signal
@@ -158,14 +161,45 @@ def _status(wait_status: int) -> int:
 def main(argv: List[str]) -> int:
     tty_fd: Optional[int] = None
     watch_pid: Optional[int] = None
-    while argv[:1] in (["--tty-fd"], ["--watch-pid"]) and len(argv) > 1:
+    cleanup: List[str] = []
+    while argv[:1] in (["--tty-fd"], ["--watch-pid"], ["--cleanup"]) and len(argv) > 1:
         if argv[0] == "--tty-fd":
             tty_fd = int(argv[1])
-        else:
+        elif argv[0] == "--watch-pid":
             watch_pid = int(argv[1])
+        else:
+            cleanup = json.loads(argv[1])
         argv = argv[2:]
+    try:
+        return _supervise(argv, tty_fd, watch_pid)
+    finally:
+        _run_cleanup(cleanup)
+
+
+def _run_cleanup(cleanup: List[str]) -> None:
+    if not cleanup:
+        return
+    try:
+        pid = os.fork()
+        if pid == 0:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            os.execvp(cleanup[0], cleanup)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _supervise(argv: List[str], tty_fd: Optional[int], watch_pid: Optional[int]) -> int:
     if not argv:
-        print("usage: python -m dstack_ray.exec.guard [--tty-fd N] [--watch-pid P] COMMAND...", file=sys.stderr)
+        print("usage: python -m dstack_ray.exec.guard [--tty-fd N] [--watch-pid P] [--cleanup ARGV] COMMAND...", file=sys.stderr)
         return 2
     _become_subreaper()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import subprocess
@@ -25,7 +26,8 @@ class GuardedProcess:
     """A command started through `dstack_ray.exec.guard`, its output delivered to a callback.
 
     `watch_pid`: a process whose end means the node is gone (the raylet that started this
-    worker); the guard then kills the command at once.
+    worker); the guard then kills the command at once. `cleanup`: a command the guard runs
+    after the command ended, however it ended (removing a container).
 
     `on_output` receives raw chunks in order (from a reader thread); `wait()` returns the exit
     status once the command and everything it started are gone and all output was delivered.
@@ -39,11 +41,14 @@ class GuardedProcess:
         on_output: OutputCallback,
         use_pty: bool = True,
         watch_pid: Optional[int] = None,
+        cleanup: Optional[List[str]] = None,
     ) -> None:
         self._on_output = on_output
         guard = [sys.executable, "-m", "dstack_ray.exec.guard"]
         if watch_pid is not None:
             guard += ["--watch-pid", str(watch_pid)]
+        if cleanup:
+            guard += ["--cleanup", json.dumps(cleanup)]
         if use_pty:
             master, slave = pty.openpty()
             _quiet_tty(slave)

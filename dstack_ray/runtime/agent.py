@@ -22,32 +22,20 @@ import ray
 from pydantic import BaseModel, Field
 
 from dstack_ray.config.interpolate import substitute_groups_ips
-from dstack_ray.exec.commands import (
-    ClusterInfo,
-    JobIdentity,
-    JobPaths,
-    command_argv,
-    dstack_variables,
-    host_base_environment,
-    job_environment,
-    mpi_hostfile,
+from dstack_ray.exec.commands import ClusterInfo, JobIdentity
+from dstack_ray.exec.prepare import (
+    NodeContext,
+    NodeSpec,
+    Prepared,
+    RunPayload,
+    SetupFailure,
+    prepare_container,
+    prepare_host,
 )
 from dstack_ray.exec.process import GuardedProcess
 from dstack_ray.runtime.settings import RuntimeSettings
 
 logger = logging.getLogger(__name__)
-
-
-class ExecSpec(BaseModel):
-    """How the commands of a node run (host process or container)."""
-
-    commands: List[str]
-    shell: str
-    entrypoint: Optional[str] = None
-    image: Optional[str] = None
-    working_dir: Optional[str] = None
-    user_env: Dict[str, str] = Field(default_factory=dict)
-    group_sizes: List[int] = Field(default_factory=list)
 
 
 class NodeAssignment(BaseModel):
@@ -58,9 +46,11 @@ class NodeAssignment(BaseModel):
     job_id: str
     nodes_num: int
     gpus: int
-    exec: ExecSpec
+    group_sizes: List[int]
+    spec: NodeSpec
     settings: RuntimeSettings
     gpu_sampler: str
+    container_runtime: Optional[str] = None
 
 
 class StartOrder(BaseModel):
@@ -73,7 +63,8 @@ class NodeOutcome(BaseModel):
 
     exit_code: Optional[int] = None
     stopped: Optional[str] = None  # the stop order that ended it, if any
-    error: Optional[str] = None  # the agent could not run the command (executor error)
+    error: Optional[str] = None  # the agent could not run the command
+    error_reason: Optional[str] = None  # the JobTerminationReason of that error
     node_lost: bool = False  # the node's raylet died while the command ran
     started: bool = False
 
@@ -174,12 +165,10 @@ class LogShipper:
         self._thread.join(timeout)
 
 
-def _working_dir(spec: ExecSpec, assignment: NodeAssignment) -> Path:
-    if spec.working_dir:
-        path = Path(os.path.expanduser(spec.working_dir))
-    else:
-        root = assignment.settings.resolved_state_dir() / "runs"
-        path = root / f"{assignment.run_name}-{assignment.run_id[:8]}" / f"node-{assignment.rank}"
+def _run_dir(assignment: NodeAssignment) -> Path:
+    """This rank's private directory for the run on this node (kept after the run)."""
+    root = assignment.settings.resolved_state_dir() / "runs"
+    path = root / f"{assignment.run_name}-{assignment.run_id[:8]}" / f"node-{assignment.rank}"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -243,7 +232,7 @@ def _sample_gpus(host: Any, assignment: NodeAssignment, gpu_ids: List[str], done
         done.wait(assignment.settings.metrics_interval)
 
 
-def run_node(assignment: NodeAssignment, controller: Any, host: Any) -> NodeOutcome:
+def run_node(assignment: NodeAssignment, controller: Any, host: Any, payload: Optional[RunPayload] = None) -> NodeOutcome:
     """The body of the NodeAgent task for one rank of one attempt."""
     key = (assignment.run_id, assignment.attempt, assignment.rank)
     ip = ray.util.get_node_ip_address()
@@ -257,29 +246,20 @@ def run_node(assignment: NodeAssignment, controller: Any, host: Any) -> NodeOutc
         order = StartOrder.model_validate(reply) if reply else None
     if order is None:
         return NodeOutcome(stopped="cancelled")
-    spec = assignment.exec
     shipper = LogShipper(controller, *key, assignment.settings)
     try:
-        workdir = _working_dir(spec, assignment)
-        hostfile = workdir / ".dstack" / "mpi" / "hostfile"
-        hostfile.parent.mkdir(parents=True, exist_ok=True)
-        hostfile.write_text(mpi_hostfile(order.ips, order.gpus_per_node))
-        groups, start = [], 0
-        for size in spec.group_sizes or [assignment.nodes_num]:
-            groups.append(order.ips[start : start + size])
-            start += size
-        commands = [substitute_groups_ips(c, groups) for c in spec.commands]
-        argv = command_argv(spec.shell, commands, spec.entrypoint)
-        identity = JobIdentity(assignment.run_name, assignment.run_id, assignment.job_id, assignment.rank)
-        paths = JobPaths(working_dir=str(workdir), repo_dir=str(workdir), hostfile=str(hostfile))
-        system = dstack_variables(identity, ClusterInfo(order.ips, order.gpus_per_node), paths)
-        env = job_environment(host_base_environment(os.environ), system, spec.user_env, gpu_ids)
+        prepared = _prepare(assignment, payload, order, ip, gpu_ids, host)
         # Our parent is the node's raylet: if it dies, the node is gone and so must the command be.
         raylet = os.getppid()
-        process = GuardedProcess(argv, env, str(workdir), shipper.write, watch_pid=raylet)
+        process = GuardedProcess(
+            prepared.argv, prepared.env, prepared.cwd, shipper.write, watch_pid=raylet, cleanup=prepared.cleanup
+        )
+    except SetupFailure as e:
+        shipper.close()
+        return NodeOutcome(error=e.message, error_reason=e.reason)
     except Exception as e:
         shipper.close()
-        return NodeOutcome(error=f"{type(e).__name__}: {e}")
+        return NodeOutcome(error=f"{type(e).__name__}: {e}", error_reason="executor_error")
     host.agent_running.remote(*key, process.pid)
     state: Dict[str, Any] = {}
     watcher = threading.Thread(target=_watch_stop, args=(host, assignment, process, state), daemon=True)
@@ -292,3 +272,43 @@ def run_node(assignment: NodeAssignment, controller: Any, host: Any) -> NodeOutc
     shipper.close()
     lost = not Path(f"/proc/{raylet}").exists() or os.getppid() != raylet
     return NodeOutcome(exit_code=code, stopped=state.get("stopped"), started=True, node_lost=lost)
+
+
+def _prepare(
+    assignment: NodeAssignment,
+    payload: Optional[RunPayload],
+    order: StartOrder,
+    ip: str,
+    gpu_ids: List[str],
+    host: Any,
+) -> Prepared:
+    key = (assignment.run_id, assignment.attempt, assignment.rank)
+    groups, start = [], 0
+    for size in assignment.group_sizes or [assignment.nodes_num]:
+        groups.append(order.ips[start : start + size])
+        start += size
+    spec = assignment.spec.model_copy(
+        update={"commands": [substitute_groups_ips(c, groups) for c in assignment.spec.commands]}
+    )
+    node = NodeContext(
+        identity=JobIdentity(assignment.run_name, assignment.run_id, assignment.job_id, assignment.rank),
+        cluster=ClusterInfo(order.ips, order.gpus_per_node),
+        gpu_ids=gpu_ids,
+        node_ip=ip,
+        run_dir=_run_dir(assignment),
+        attempt=assignment.attempt,
+    )
+
+    def report(message: str) -> None:
+        host.agent_event.remote(*key, message)
+
+    if spec.container is None:
+        return prepare_host(spec, payload, node, report)
+    return prepare_container(
+        spec,
+        payload,
+        node,
+        report,
+        assignment.container_runtime,
+        on_pulling=lambda: host.agent_pulling.remote(*key),
+    )

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import ray
@@ -151,7 +153,17 @@ class Controller:
         async with condition:
             condition.notify_all()
 
-    async def submit(self, spec: Dict[str, Any], replace: bool = False) -> Dict[str, Any]:
+    def _payload_path(self, run_id: str) -> Path:
+        return self.settings.resolved_state_dir() / "payloads" / f"{run_id}.json"
+
+    async def get_payload(self, run_id: str) -> Optional[str]:
+        """The files and repo shipped with a run (JSON of exec.prepare.RunPayload)."""
+        try:
+            return self._payload_path(run_id).read_text()
+        except FileNotFoundError:
+            return None
+
+    async def submit(self, spec: Dict[str, Any], payload: Optional[str] = None) -> Dict[str, Any]:
         await self._ensure_background()
         run_spec = RunSpec.model_validate(spec)
         name = run_spec.run_name or generate_run_name({r.name for r in self.runs.values()})
@@ -182,6 +194,12 @@ class Controller:
             JobRecord(run_id=run.id, attempt=0, rank=rank, group=group, submitted_at=now)
             for rank, group in enumerate(g.name or str(i) for i, g in enumerate(cfg.node_groups) for _ in range(g.nodes))
         ]
+        if payload is not None:
+            path = self._payload_path(run.id)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(payload)
         self.runs[run.id] = run
         self.store.save_jobs(run.jobs)
         self.store.add_event(run.id, f"submitted ({cfg.nodes_num} node(s))")
@@ -260,14 +278,17 @@ class Controller:
         return run.model_dump(mode="json")
 
     def _delete(self, run: RunRecord) -> None:
+        """Hide a run from listings (a resubmission under its name keeps its logs on disk)."""
         self.store.mark_deleted(run.id)
         self.runs.pop(run.id, None)
+        self._payload_path(run.id).unlink(missing_ok=True)
 
     async def delete_run(self, name: str) -> None:
         run = self._require(name)
         if not run.status.is_finished():
             raise ControllerError(f"run {name} is active ({run.status.value}); stop it before deleting")
         self._delete(run)
+        self.logs.delete_run(run.id)
 
     async def events(self, name: str) -> List[Tuple[str, str]]:
         run = self._require(name)

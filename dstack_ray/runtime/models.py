@@ -119,7 +119,7 @@ def job_status_message(status: JobStatus, reason: Optional[JobTerminationReason]
     if status == JobStatus.DONE:
         return "exited (0)"
     if status == JobStatus.FAILED:
-        if reason == JobTerminationReason.CONTAINER_EXITED_WITH_ERROR:
+        if reason == JobTerminationReason.CONTAINER_EXITED_WITH_ERROR and exit_code is not None:
             return f"exited ({exit_code})"
         if reason == JobTerminationReason.FAILED_TO_START_DUE_TO_NO_CAPACITY:
             return "no capacity"
@@ -218,6 +218,8 @@ class RunSpec(Model):
     args: List[str] = Field(default_factory=list)
     archives: List[Dict[str, Any]] = Field(default_factory=list)  # files/repo shipped with the run
     gpu_sampler: Optional[str] = None  # import path of the GPU sampler (Client settings)
+    has_payload: bool = False  # files or a repo were shipped (the Controller keeps them)
+    container_runtime: Optional[str] = None  # podman or docker (Client settings)
 
     def task(self):
         from dstack_ray.config.task import TaskConfiguration

@@ -27,7 +27,10 @@ from dstack_ray.config.profiles import RetryEvent, StartupOrder, StopCriteria, e
 from dstack_ray.config.task import TaskConfiguration
 from dstack_ray.plan.cluster import live_cluster_view
 from dstack_ray.plan.planner import NodeBundle, RunPlan, build_plan
-from dstack_ray.runtime.agent import ExecSpec, NodeAssignment, NodeOutcome, run_node
+from dstack_ray.config.volumes import InstanceMountPoint
+from dstack_ray.exec.container import DIND_IMAGE, ContainerSpec, InstanceMount
+from dstack_ray.exec.prepare import NodeSpec, RunPayload
+from dstack_ray.runtime.agent import NodeAssignment, NodeOutcome, run_node
 from dstack_ray.runtime.clock import Clock
 from dstack_ray.runtime.models import (
     WAITING_FOR_SCHEDULE,
@@ -93,6 +96,7 @@ class RunSupervisor:
         self.clock = Clock(self.settings.clock_offset_file)
         self._stopping = False
         self._slots: Dict[int, AgentSlot] = {}
+        self._payload: Any = None
         self._samples: Dict[int, Dict[str, List[Sample]]] = {}
 
     # -- reporting ----------------------------------------------------------------------------
@@ -322,7 +326,9 @@ class RunSupervisor:
         slots = {b.rank: self.host.open_slot((run_id, attempt, b.rank)) for b in plan.bundles}
         self._slots = slots
         refs = {}
-        exec_spec = self._exec_spec()
+        specs = self._node_specs()
+        payload = await self._payload_ref()
+        sizes = [g.nodes for g in self.cfg.node_groups]
         for bundle in plan.bundles:
             job = self.jobs[bundle.rank]
             assignment = NodeAssignment(
@@ -333,11 +339,13 @@ class RunSupervisor:
                 job_id=str(uuid.uuid4()),
                 nodes_num=plan.nodes_num,
                 gpus=bundle.gpus,
-                exec=exec_spec[bundle.group_index],
+                group_sizes=sizes,
+                spec=specs[bundle.group_index],
                 settings=self.settings,
                 gpu_sampler=self.spec.gpu_sampler or self.settings.gpu_sampler,
+                container_runtime=self.spec.container_runtime or self.settings.container_runtime,
             )
-            refs[bundle.rank] = self._launch(pg, bundle, assignment)
+            refs[bundle.rank] = self._launch(pg, bundle, assignment, payload)
             job.status = JobStatus.PROVISIONING
             job.resources = bundle.describe()
         outcomes: Dict[int, "asyncio.Future"] = {rank: asyncio.ensure_future(self._outcome(ref)) for rank, ref in refs.items()}
@@ -352,7 +360,7 @@ class RunSupervisor:
             for rank in slots:
                 self.host.close_slot((run_id, attempt, rank))
 
-    def _launch(self, pg: Any, bundle: NodeBundle, assignment: NodeAssignment) -> Any:
+    def _launch(self, pg: Any, bundle: NodeBundle, assignment: NodeAssignment, payload: Any) -> Any:
         resources = {k: v for k, v in bundle.resources.items() if k not in ("CPU", "GPU", "memory")}
         return _node_agent().options(
             name=f"dstack:{self.run.name}:node-{bundle.rank}",
@@ -364,23 +372,46 @@ class RunSupervisor:
             scheduling_strategy=PlacementGroupSchedulingStrategy(
                 placement_group=pg, placement_group_bundle_index=bundle.rank
             ),
-        ).remote(assignment, self.host.controller, self.host.self_handle)
+        ).remote(assignment, self.host.controller, self.host.self_handle, payload)
 
-    def _exec_spec(self) -> List[ExecSpec]:
-        sizes = [g.nodes for g in self.cfg.node_groups]
-        env = {k: v for k, v in self.cfg.env.items() if isinstance(v, str)}
-        return [
-            ExecSpec(
-                commands=list(group.commands),
-                shell=self.cfg.effective_shell,
-                entrypoint=self.cfg.entrypoint,
-                image=self.cfg.image,
-                working_dir=self.cfg.working_dir,
-                user_env=env,
-                group_sizes=sizes,
+    def _node_specs(self) -> List[NodeSpec]:
+        """How each group's nodes run their commands (host process or container)."""
+        cfg = self.cfg
+        env = {k: v for k, v in cfg.env.items() if isinstance(v, str)}
+        specs = []
+        for group in cfg.node_groups:
+            container = None
+            if cfg.image or cfg.docker:
+                container = ContainerSpec(
+                    image=cfg.image or DIND_IMAGE,
+                    user=cfg.user,
+                    privileged=cfg.privileged,
+                    docker=bool(cfg.docker),
+                    shm_size_gb=group.resources.shm_size,
+                    registry_username=cfg.registry_auth.username if cfg.registry_auth else None,
+                    registry_password=cfg.registry_auth.password if cfg.registry_auth else None,
+                    mounts=[InstanceMount(**v.model_dump()) for v in cfg.volumes if isinstance(v, InstanceMountPoint)],
+                )
+            specs.append(
+                NodeSpec(
+                    commands=list(group.commands),
+                    shell=cfg.effective_shell,
+                    entrypoint=cfg.entrypoint,
+                    working_dir=cfg.working_dir,
+                    user_env=env,
+                    python=cfg.python.value if cfg.python else None,
+                    nvcc=bool(cfg.nvcc),
+                    container=container,
+                )
             )
-            for group in self.cfg.node_groups
-        ]
+        return specs
+
+    async def _payload_ref(self) -> Any:
+        """The files and repo shipped with the run, put into Ray's object store once."""
+        if self._payload is None and self.spec.has_payload:
+            data = await self.host.call_controller("get_payload", self.run.id)
+            self._payload = ray.put(RunPayload.model_validate_json(data)) if data else None
+        return self._payload
 
     @staticmethod
     async def _outcome(ref: Any) -> Tuple[Optional[NodeOutcome], Optional[BaseException]]:
@@ -531,7 +562,8 @@ class RunSupervisor:
         if outcome.node_lost and intended is None:
             self._mark(rank, JobStatus.FAILED, JobTerminationReason.INTERRUPTED_BY_NO_CAPACITY, "the node was lost")
         elif outcome.error:
-            self._mark(rank, JobStatus.FAILED, JobTerminationReason.EXECUTOR_ERROR, outcome.error)
+            reason = JobTerminationReason(outcome.error_reason or JobTerminationReason.EXECUTOR_ERROR.value)
+            self._mark(rank, JobStatus.FAILED, reason, outcome.error)
         elif intended is not None:
             self._mark(rank, intended.to_status(), intended, None)
         elif outcome.exit_code == 0:
@@ -699,6 +731,19 @@ class SupervisorHost:
         slot = self.slots.get((run_id, attempt, rank))
         if slot is not None and not slot.running.done():
             slot.running.set_result(pid)
+
+    async def agent_event(self, run_id: str, attempt: int, rank: int, message: str) -> None:
+        supervisor = self.supervisors.get(run_id)
+        if supervisor is not None and attempt == supervisor.run.attempt:
+            await supervisor.report(event=f"node {rank}: {message}")
+
+    async def agent_pulling(self, run_id: str, attempt: int, rank: int) -> None:
+        supervisor = self.supervisors.get(run_id)
+        if supervisor is not None and attempt == supervisor.run.attempt:
+            job = supervisor.jobs[rank]
+            if job.status == JobStatus.PROVISIONING:
+                job.status = JobStatus.PULLING
+                await supervisor.report()
 
     async def agent_metrics(self, run_id: str, attempt: int, rank: int, samples: List[Dict[str, Any]]) -> None:
         supervisor = self.supervisors.get(run_id)

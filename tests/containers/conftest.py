@@ -1,0 +1,77 @@
+"""Container tasks with podman (runc, lowered ulimits: see reference/build-machine.md) on a
+simulated 2-node cluster. Images are built here from busybox; no registry is reachable."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+IMAGE = "localhost/dstack-test-busybox:latest"
+APPLETS = "sh echo cat ls env sleep id pwd printf mkdir test true false date hostname nc sed grep head tail sort df wc tr".split()
+
+
+
+def _podman_works() -> bool:
+    return shutil.which("podman") is not None and Path("/bin/busybox").exists()
+
+
+@pytest.fixture(scope="package")
+def podman_env(tmp_path_factory):
+    if not _podman_works():
+        pytest.skip("podman and busybox are not installed (scripts/install-system.sh installs them as root)")
+    conf = tmp_path_factory.mktemp("podman") / "containers.conf"
+    conf.write_text('[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]\n[engine]\nruntime = "runc"\n')
+    os.environ["CONTAINERS_CONF"] = str(conf)  # before Ray starts: its workers inherit it
+    rootfs = tmp_path_factory.mktemp("rootfs")
+    for directory in ("bin", "etc", "tmp", "root", "home/app", "opt/image-data"):
+        (rootfs / directory).mkdir(parents=True)
+    shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")
+    for applet in APPLETS:
+        (rootfs / "bin" / applet).symlink_to("busybox")
+    (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n")
+    (rootfs / "etc" / "group").write_text("root:x:0:\napp:x:1000:\n")
+    (rootfs / "opt" / "image-data" / "kept.txt").write_text("from the image\n")
+    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+    subprocess.run(
+        ["podman", "import", "--change", "ENV PATH=/bin", "--change", "ENV IMAGE_VAR=from-image",
+         "--change", 'CMD ["/bin/sh", "-c", "echo image default command"]', "-", IMAGE],
+        stdin=tar.stdout, check=True, capture_output=True,
+    )
+    tar.wait()
+    yield os.environ["CONTAINERS_CONF"]
+    subprocess.run("podman ps -aq --filter name=dstack- | xargs -r podman rm -f", shell=True, capture_output=True)
+
+
+@pytest.fixture(scope="package")
+def cluster(podman_env):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from tests.integration.conftest import FAST_HEALTH_CHECKS
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": FAST_HEALTH_CHECKS})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1, object_store_memory=80 * 1024**2)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="package")
+def settings(tmp_path_factory):
+    from dstack_ray.runtime.settings import RuntimeSettings
+
+    return RuntimeSettings(state_dir=str(tmp_path_factory.mktemp("state")), stop_grace_seconds=2, retry_delays=[0.5])
+
+
+@pytest.fixture(scope="package")
+def client(cluster, settings):
+    from dstack_ray import Client
+
+    return Client(settings=settings)

@@ -1,0 +1,207 @@
+"""Tasks with `image`: podman containers on Ray nodes."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+
+from dstack_ray.runtime.models import JobTerminationReason, RunStatus
+from tests.containers.conftest import IMAGE
+from tests.helpers import no_leftovers, processes_matching, wait_for
+
+SMALL = {"cpu": 1, "memory": "256MB"}
+
+
+def task(name, commands=None, **extra):
+    body = {"type": "task", "name": name, "image": IMAGE, "resources": dict(SMALL), **extra}
+    if commands is not None:
+        body["commands"] = commands
+    return body
+
+
+def output(run, rank=0) -> list:
+    """The command's lines, without the banner busybox's interactive `sh -i` prints first."""
+    lines = list(run.logs(rank=rank))
+    for index, line in enumerate(lines):
+        if line.startswith("Enter 'help'"):
+            lines = lines[index + 1 :]
+            break
+    while lines and lines[0] == "":
+        lines.pop(0)
+    return lines
+
+
+def containers_named(prefix: str) -> list:
+    out = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True)
+    return [name for name in out.stdout.split() if name.startswith(prefix)]
+
+
+def write_config(directory, name, body: str):
+    path = directory / f"{name}.dstack.yml"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def test_env_working_dir_mounts_and_files(client, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "host.txt").write_text("from the host\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "data.txt").write_text("shipped data\n")
+    (project / "ignored.log").write_text("must not arrive\n")
+    (project / ".gitignore").write_text("*.log\n")
+    (tmp_path / "single.txt").write_text("single file\n")
+    config = write_config(
+        tmp_path,
+        "image-env",
+        f"""
+        type: task
+        name: image-env
+        image: {IMAGE}
+        env:
+          - GREETING=hi
+        files:
+          - project
+          - single.txt:/opt/elsewhere/single.txt
+          - single.txt:~/in-home.txt
+        volumes:
+          - {shared}:/shared
+        commands:
+          - pwd
+          - echo $GREETING $IMAGE_VAR rank=$DSTACK_NODE_RANK nodes=$DSTACK_NODES_NUM
+          - echo workdir=$DSTACK_WORKING_DIR hostfile=$DSTACK_MPI_HOSTFILE
+          - cat $DSTACK_MPI_HOSTFILE
+          - cat project/data.txt /opt/elsewhere/single.txt ~/in-home.txt /shared/host.txt /opt/image-data/kept.txt
+          - ls project
+          - echo container-side > /shared/written.txt
+        resources:
+          cpu: 1
+          memory: 256MB
+        """,
+    )
+    run = client.apply(config)
+    assert run.wait(120) == RunStatus.DONE, run.events()
+    lines = output(run)
+    ip = run.jobs[0].node_ip
+    assert lines[0] == "/workflow"
+    assert lines[1] == "hi from-image rank=0 nodes=1"
+    assert lines[2] == "workdir=/workflow hostfile=/dstack/mpi/hostfile"
+    assert lines[3] == ip
+    assert lines[4:9] == ["shipped data", "single file", "single file", "from the host", "from the image"]
+    assert lines[9:] == ["data.txt"]  # ignored.log stayed home (.gitignore); ls hides dotfiles
+    assert (shared / "written.txt").read_text() == "container-side\n"
+    assert containers_named("dstack-image-env") == []  # removed after the run
+
+
+def test_custom_working_dir_user_and_exit_code(client):
+    run = client.apply(task("image-exit", ["pwd", "id -u", "exit 5"], working_dir="/home/app/work", user="1000"))
+    assert run.wait(120) == RunStatus.FAILED
+    assert run.status_message == "exited (5)"
+    assert output(run)[:2] == ["/home/app/work", "1000"]
+    assert containers_named("dstack-image-exit") == []
+
+
+def test_image_default_command(client):
+    run = client.apply(task("image-cmd"))
+    assert run.wait(120) == RunStatus.DONE
+    assert list(run.logs()) == ["image default command"]
+
+
+def test_entrypoint(client):
+    run = client.apply(task("image-entry", ["entrypoint args"], entrypoint="/bin/echo from"))
+    assert run.wait(120) == RunStatus.DONE
+    assert list(run.logs()) == ["from entrypoint args"]
+
+
+def test_shm_size_and_privileged(client):
+    run = client.apply(task("image-shm", ["df -k /dev/shm | tail -1", "cat /proc/self/status | grep CapEff"], privileged=True, resources={**SMALL, "shm_size": "64MB"}))
+    assert run.wait(120) == RunStatus.DONE
+    shm, caps = output(run)
+    assert shm.split()[1] == "65536"
+    assert caps.split()[1] != "00000000a80425fb"  # privileged: more than the default capabilities
+
+
+def test_stop_removes_the_container(client):
+    run = client.apply(task("image-stop", ["echo up", "sleep 31370"]))
+    assert wait_for(lambda: "up" in list(run.logs()), 120)
+    assert containers_named("dstack-image-stop")
+    run.stop()
+    assert run.wait(60) == RunStatus.TERMINATED
+    assert wait_for(lambda: containers_named("dstack-image-stop") == [], 30)
+    assert no_leftovers("sleep 31370") == []
+
+
+def test_abort_removes_the_container(client):
+    run = client.apply(task("image-abort", ["trap '' INT TERM", "echo up", "sleep 31371"]))
+    assert wait_for(lambda: "up" in list(run.logs()), 120)
+    run.stop(abort=True)
+    assert run.wait(60) == RunStatus.TERMINATED
+    assert wait_for(lambda: containers_named("dstack-image-abort") == [], 30)
+    assert no_leftovers("sleep 31371") == []
+
+
+def test_two_containers_talk_over_the_node_ip(client):
+    run = client.apply(
+        task(
+            "image-pair",
+            [
+                'if [ "$DSTACK_NODE_RANK" = 0 ]; then echo "hello from master" | nc -l -p 29871; echo served;'
+                ' else sleep 1; for i in 1 2 3 4 5 6 7 8 9 10; do nc $DSTACK_MASTER_NODE_IP 29871 && break; sleep 1; done; fi',
+            ],
+            nodes=2,
+            startup_order="master-first",
+        )
+    )
+    assert run.wait(120) == RunStatus.DONE, run.events()
+    assert output(run, 0) == ["served"]
+    assert output(run, 1) == ["hello from master"]
+    assert len({j.node_id for j in run.jobs}) == 2
+
+
+def test_registry_password_stays_out_of_sight(client, settings):
+    secret = "p4ss-w0rd-31372"
+    run = client.apply(task("image-auth", ["echo up", "sleep 3"], registry_auth={"username": "me", "password": secret}))
+    seen = []
+    while not run.refresh().status.is_finished():
+        seen += processes_matching(secret)
+    assert run.status == RunStatus.DONE
+    assert seen == []
+    assert secret not in "\n".join(run.logs())
+    assert all(secret not in message for _, message in run.events())
+
+
+def test_pull_failure_is_a_creating_container_error(client):
+    run = client.apply(task("image-missing", ["true"], image="localhost/no-such-image:latest", registry_auth={"username": "me", "password": "hidden-31373"}))
+    assert run.wait(120) == RunStatus.FAILED
+    job = run.jobs[0]
+    assert job.termination_reason == JobTerminationReason.CREATING_CONTAINER_ERROR
+    assert "hidden-31373" not in (job.termination_message or "")
+    assert run.error == "runner error"
+
+
+def test_node_without_the_runtime_fails_clearly(client, settings):
+    from dstack_ray import Client
+
+    docker_only = Client(settings=settings.model_copy(update={"container_runtime": "no-such-runtime"}))
+    run = docker_only.apply(task("image-noruntime", ["true"]))
+    assert run.wait(60) == RunStatus.FAILED
+    job = run.jobs[0]
+    assert job.termination_reason == JobTerminationReason.CREATING_CONTAINER_ERROR
+    assert "container runtime (no-such-runtime)" in job.termination_message
+
+
+def test_python_venv_on_the_host(client):
+    run = client.apply({"type": "task", "name": "host-python", "python": "3.11", "resources": SMALL,
+                        "commands": ["python --version", 'python -c "import sys; print(sys.prefix != sys.base_prefix)"', "echo $DSTACK_VENV_DIR"]})
+    assert run.wait(180) == RunStatus.DONE, run.events()
+    version, in_venv, venv = output(run)
+    assert version.startswith("Python 3.11") and in_venv == "True" and venv.endswith("venv-3.11")
+
+
+def test_missing_python_version_is_a_clear_error(client):
+    run = client.apply({"type": "task", "name": "host-python-missing", "python": "3.9", "resources": SMALL, "commands": ["true"]})
+    assert run.wait(180) == RunStatus.FAILED
+    job = run.jobs[0]
+    assert job.termination_reason == JobTerminationReason.EXECUTOR_ERROR
+    assert "Python 3.9 is not available on node" in job.termination_message
