@@ -10,7 +10,8 @@ import typer
 
 from dstack_ray.errors import DstackRayError
 from dstack_ray.config import ConfigurationError
-from dstack_ray_cli import apply_cmd, config_cmd, runs_cmd, server_cmd
+from dstack_ray_cli import apply_cmd, config_cmd, offer_cmd, runs_cmd, server_cmd
+from dstack_ray_cli import cluster_cmd
 from dstack_ray_cli.console import CLIError, err_console, print_error
 
 app = typer.Typer(
@@ -28,8 +29,10 @@ app.command()(runs_cmd.delete)
 app.command()(runs_cmd.events)
 app.command(name="attach")(runs_cmd.attach_run)
 app.command()(runs_cmd.metrics)
+app.command()(offer_cmd.offer)
 app.add_typer(server_cmd.app, name="server")
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(cluster_cmd.app, name="cluster")
 
 
 def main() -> None:

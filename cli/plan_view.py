@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dstack_ray.config.task import TaskConfiguration
-from dstack_ray.plan.offers import NO_OFFERS_WARNING, cluster_offers
+from dstack_ray.plan.offers import NO_OFFERS_WARNING, Offers
 from dstack_ray.plan.planner import RunPlan
 from dstack_ray.plan.properties import run_properties
 from dstack_ray_cli.console import console, properties_table
@@ -19,8 +19,8 @@ def offers_table(offers: list, max_rows: Optional[int] = 5) -> Table:
     table = Table(box=None)
     for column in ("#", "BACKEND", "RESOURCES", "INSTANCE TYPE", "PRICE", ""):
         table.add_column(column, style="grey58" if column in ("#",) else None, no_wrap=column != "RESOURCES")
-    shown = offers if max_rows is None else offers[:max_rows]
-    for index, offer in enumerate(shown, start=1):
+    rows = offers if max_rows is None else offers[:max_rows]
+    for index, offer in enumerate(rows, start=1):
         table.add_row(
             str(index),
             escape(offer.backend),
@@ -35,7 +35,25 @@ def offers_table(offers: list, max_rows: Optional[int] = 5) -> Table:
     return table
 
 
-def print_plan(cfg: TaskConfiguration, plan: RunPlan, client: Any, path: Optional[Path]) -> None:
+def print_offers(offers: Offers, max_rows: Optional[int] = 3) -> None:
+    """dstack's offers table (cluster nodes first, then catalog), or its "no offers" warning."""
+    shown = offers.all
+    if shown:
+        console.print(offers_table(shown, max_rows))
+        if max_rows is not None and len(shown) > max_rows:
+            priced = [o.price for o in shown if o.price is not None]
+            most = f", ${max(priced):g} max" if priced else ""
+            console.print(f"[grey58]Shown {max_rows} of {len(shown)} offers{most}[/]")
+        console.print()
+    if not offers.cluster:
+        reason = f" ({offers.no_capacity})" if offers.no_capacity else ""
+        console.print(NO_OFFERS_WARNING + escape(reason))
+        console.print()
+    if offers.catalog_message:
+        console.print(f"[dim]Catalog: {escape(offers.catalog_message)}[/]")
+
+
+def print_plan(cfg: TaskConfiguration, plan: RunPlan, client: Any, path: Optional[Path], max_offers: Optional[int] = 3) -> None:
     rows = [("Ray cluster", client.address_text())]
     if path is not None:
         rows.append(("Configuration", str(path)))
@@ -48,15 +66,8 @@ def print_plan(cfg: TaskConfiguration, plan: RunPlan, client: Any, path: Optiona
     rows.append(("Ray bundles", f"{bundles} ({plan.strategy})"))
     console.print(properties_table(rows))
     console.print()
-    offers = cluster_offers(cfg, plan, client.cluster_view())
-    if offers:
-        console.print(offers_table(offers))
-        if len(offers) > 5:
-            console.print(f"[grey58]Shown 5 of {len(offers)} offers[/]")
-        console.print()
-    elif plan.no_capacity:
-        console.print(NO_OFFERS_WARNING + f" ({escape(plan.no_capacity)})")
-        console.print()
+    offers = client.offers(cfg)
+    print_offers(offers, max_rows=max_offers)
     for note in plan.notes:
         console.print(f"[gold1]Note:[/] {escape(note)}")
     if plan.needs_new_nodes:

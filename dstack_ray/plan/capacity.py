@@ -25,7 +25,7 @@ def free_capacity(cluster: ClusterView, reserved: List[Resources]) -> List[Resou
     if cluster.availability_known:
         free = [dict(node.available) for node in cluster.alive_nodes]
     else:  # unknown: treat every node as free and let Ray queue the placement groups
-        free = [{**node.custom, "CPU": node.cpus, "GPU": node.gpus, "memory": node.memory_bytes} for node in cluster.alive_nodes]
+        free = [{**node.custom, "CPU": node.cpus, "GPU": node.gpus, "memory": node.memory_bytes or 0.0} for node in cluster.alive_nodes]
     for bundle in reserved:
         for node in free:
             if _fits(bundle, node):

@@ -18,7 +18,7 @@ class NodeShape(BaseModel):
 
     cpus: float = 0
     gpus: float = 0
-    memory_bytes: float = 0
+    memory_bytes: Optional[float] = None  # None: not declared (an autoscaler node type may omit it)
     accelerator: Optional[str] = None  # Ray's accelerator type, e.g. "H100" or "A100-80G"
     labels: Dict[str, str] = Field(default_factory=dict)
     custom: Dict[str, float] = Field(default_factory=dict)
@@ -29,7 +29,7 @@ class NodeShape(BaseModel):
         return cls(
             cpus=resources.get("CPU", 0),
             gpus=resources.get("GPU", 0),
-            memory_bytes=resources.get("memory", 0),
+            memory_bytes=resources.get("memory"),
             accelerator=accelerators[0] if accelerators else (labels or {}).get("ray.io/accelerator-type"),
             labels=dict(labels or {}),
             custom={
@@ -49,7 +49,7 @@ class NodeShape(BaseModel):
         return accelerator_memory_gb(self.accelerator)
 
     def describe(self) -> str:
-        parts = [f"cpu={self.cpus:g}", f"mem={self.memory_bytes / GB:.0f}GB"]
+        parts = [f"cpu={self.cpus:g}", f"mem={memory_text(self.memory_bytes)}"]
         if self.gpus:
             name = self.gpu_name() or "gpu"
             parts.append(f"gpu={name}:{self.gpus:g}")
@@ -86,6 +86,10 @@ class ClusterView(BaseModel):
     @property
     def alive_nodes(self) -> List[NodeView]:
         return [n for n in self.nodes if n.alive]
+
+
+def memory_text(memory_bytes: Optional[float]) -> str:
+    return "?" if memory_bytes is None else f"{memory_bytes / GB:.0f}GB"
 
 
 def _normalize(name: str) -> str:
@@ -144,4 +148,12 @@ def live_cluster_view() -> ClusterView:
     from dstack_ray.plan.autoscaler import autoscaler_node_types
 
     node_types = autoscaler_node_types()
+    for node_type in node_types:  # how many of each type run now (matched by shape)
+        node_type.running = sum(
+            1
+            for n in nodes
+            if n.alive
+            and not n.is_head
+            and (n.cpus, n.gpus, n.accelerator) == (node_type.cpus, node_type.gpus, node_type.accelerator)
+        )
     return ClusterView(nodes=nodes, node_types=node_types, autoscaling=bool(node_types), availability_known=known)

@@ -8,7 +8,7 @@ from typing import List, Optional
 from pydantic import BaseModel
 
 from dstack_ray.config.task import TaskConfiguration
-from dstack_ray.plan.cluster import GB, ClusterView, NodeShape
+from dstack_ray.plan.cluster import ClusterView, NodeShape, memory_text
 from dstack_ray.plan.planner import RunPlan, _Need
 
 NO_OFFERS_WARNING = (
@@ -33,9 +33,22 @@ class Offer(BaseModel):
         return f"${self.price:3f}".rstrip("0").rstrip(".")
 
 
+class Offers(BaseModel):
+    """What a task can run on: the connected cluster's nodes and node types, then the catalog."""
+
+    cluster: List[Offer]
+    catalog: List[Offer]
+    catalog_message: Optional[str] = None  # why there are no catalog offers
+    no_capacity: Optional[str] = None  # why nothing in the cluster can ever hold the run
+
+    @property
+    def all(self) -> List[Offer]:
+        return self.cluster + self.catalog
+
+
 def shape_resources(shape: NodeShape) -> str:
     """`cpu=8 mem=30GB gpu=H100:80GB:1` for a node or node type."""
-    parts = [f"cpu={shape.cpus:g}", f"mem={shape.memory_bytes / GB:.0f}GB"]
+    parts = [f"cpu={shape.cpus:g}", f"mem={memory_text(shape.memory_bytes)}"]
     if shape.gpus:
         name = shape.gpu_name() or "gpu"
         memory = shape.gpu_memory_gb()

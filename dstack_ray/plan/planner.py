@@ -113,7 +113,9 @@ class _Need:
         self.gpu_ok = _gpu_filter(gpu if self.gpu_wanted else None, self.vendor if self.gpu_wanted else None)
 
     def fits(self, shape: NodeShape) -> bool:
-        if shape.cpus < self.cpus or shape.memory_bytes < self.memory_bytes:
+        if shape.cpus < self.cpus:
+            return False
+        if shape.memory_bytes is not None and shape.memory_bytes < self.memory_bytes:
             return False
         if self.gpus and shape.gpus < self.gpus:
             return False
@@ -126,7 +128,7 @@ class _Need:
         best_cpu = max(s.cpus for s in shapes)
         if best_cpu < self.cpus:
             return f"needs {self.cpus:g} CPUs per node, the largest node has {best_cpu:g}"
-        best_mem = max(s.memory_bytes for s in shapes)
+        best_mem = max(s.memory_bytes if s.memory_bytes is not None else float("inf") for s in shapes)
         if best_mem < self.memory_bytes:
             return (
                 f"needs {self.memory_bytes / GB:g}GB of memory per node, the largest node has"

@@ -235,7 +235,7 @@ class RunSupervisor:
             return
         cluster = await asyncio.get_running_loop().run_in_executor(None, live_cluster_view)
         plan = build_plan(self.cfg, cluster)
-        if plan.no_capacity and not cluster.autoscaling:
+        if plan.no_capacity:  # no alive node and no autoscaler node type can ever hold it
             await self._no_capacity(plan.no_capacity)
             return
         for job in self.jobs:
