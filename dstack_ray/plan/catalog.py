@@ -1,7 +1,7 @@
 """Catalog offers from skypilot's GPU/instance catalog (the optional `skypilot` extra).
 
-Only catalogs already on disk (`~/.sky/catalogs/v8/<cloud>/vms.csv`, or under $SKY_RUNTIME_DIR)
-are read: nothing is downloaded here, so planning works offline and never hangs. Each catalog
+Only catalogs skypilot already cached on disk (`~/.sky/catalogs/v8/<cloud>/vms.csv`, or under
+$SKY_RUNTIME_DIR) are read: nothing is downloaded here, so planning works offline and never hangs. Each catalog
 row is matched against a node group's resources, the spot policy, regions, instance types and
 max price, and offers come cheapest first.
 """
@@ -9,7 +9,10 @@ max price, and offers come cheapest first.
 from __future__ import annotations
 
 import ast
+import csv
+import importlib.util
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
@@ -33,6 +36,7 @@ CATALOG_CLOUDS = {
     "cudo": "cudo",
     "digitalocean": "do",
 }
+CATALOG_VERSION = "v8"  # skypilot's catalog schema version
 INSTALL_HINT = "install the skypilot extra for catalog offers: pip install 'dstack-ray[skypilot]'"
 
 
@@ -169,43 +173,37 @@ def match_rows(rows: List[CatalogRow], cfg: TaskConfiguration, resources: Resour
     return sorted(offers, key=lambda o: (o.price if o.price is not None else math.inf, o.backend, o.instance_type))
 
 
-def _catalog_path(sky_cloud: str) -> Optional[Path]:
-    from sky.catalog import common
-
-    path = Path(common.get_catalog_path(f"{sky_cloud}/vms.csv")).expanduser()
-    return path if path.exists() else None
+def catalog_dir() -> Path:
+    """Where skypilot caches its catalogs: $SKY_RUNTIME_DIR (default ~)/.sky/catalogs/v8."""
+    root = Path(os.environ.get("SKY_RUNTIME_DIR") or "~").expanduser()
+    return root / ".sky" / "catalogs" / CATALOG_VERSION
 
 
 def catalog_offers(cfg: TaskConfiguration, group_index: int = 0) -> CatalogResult:
-    """Catalog offers for a node of group `group_index`, from the catalogs on this machine."""
-    try:
-        import sky.catalog.common  # noqa: F401  (the optional extra)
-    except ImportError:
-        return CatalogResult(message=INSTALL_HINT)
+    """Catalog offers for a node of group `group_index`, from the catalogs on this machine.
+
+    The CSVs are read with the standard library (importing skypilot takes seconds); skypilot is
+    what fetches and refreshes them.
+    """
     backends = [b.value for b in cfg.backends] if cfg.backends else list(CATALOG_CLOUDS)
     unsupported = [b for b in backends if b not in CATALOG_CLOUDS]
     clouds = [(b, CATALOG_CLOUDS[b]) for b in backends if b in CATALOG_CLOUDS]
-    found = [(name, path) for name, sky_cloud in clouds if (path := _catalog_path(sky_cloud)) is not None]
+    root = catalog_dir()
+    found = [(name, root / sky_cloud / "vms.csv") for name, sky_cloud in clouds if (root / sky_cloud / "vms.csv").exists()]
     if not found:
-        where = Path(_catalog_dir()).expanduser()
+        if importlib.util.find_spec("sky") is None:
+            return CatalogResult(message=INSTALL_HINT)
         message = (
             f"no skypilot catalog on this machine for {', '.join(b for b, _ in clouds) or 'these backends'}"
-            f" (looked in {where}); fetch it with `sky gpus list` where the internet is reachable,"
+            f" (looked in {root}); fetch it with `sky gpus list` where the internet is reachable,"
             " or place a vms.csv at <dir>/<cloud>/vms.csv"
         )
         if unsupported:
             message += f"; no catalog exists for {', '.join(unsupported)}"
         return CatalogResult(message=message)
-    import pandas
-
     rows: List[CatalogRow] = []
     for name, path in found:
-        rows += parse_rows(name, pandas.read_csv(path).to_dict("records"))
+        with open(path, newline="") as f:
+            rows += parse_rows(name, csv.DictReader(f))
     resources = cfg.node_groups[group_index].resources
     return CatalogResult(offers=match_rows(rows, cfg, resources), clouds=[name for name, _ in found])
-
-
-def _catalog_dir() -> str:
-    from sky.catalog import common
-
-    return str(Path(common.get_catalog_path("aws/vms.csv")).parent.parent)
