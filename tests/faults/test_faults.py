@@ -1,0 +1,153 @@
+"""Kill every piece mid-run: the run ends right (or is retried), logs and store survive, and no
+process of the run is left."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+from dstack_ray.runtime.models import JobStatus, JobTerminationReason, RunStatus, RunTerminationReason
+from tests.helpers import no_leftovers, processes_matching, wait_for
+
+SMALL = {"cpu": 1, "memory": "256MB"}
+
+
+def task(name, commands, **extra):
+    return {"type": "task", "name": name, "commands": commands, "resources": dict(SMALL), **extra}
+
+
+def pids(marker: str):
+    return [int(line.split(":", 1)[0]) for line in processes_matching(marker)]
+
+
+def running(run, timeout=60):
+    assert wait_for(lambda: run.refresh().jobs and all(j.status == JobStatus.RUNNING for j in run.jobs), timeout)
+
+
+def store_is_consistent(settings, run):
+    """The SQLite store agrees with what the Controller serves."""
+    db = sqlite3.connect(Path(settings.state_dir) / "state.db")
+    rows = db.execute("SELECT record FROM jobs WHERE run_id = ?", (run.id,)).fetchall()
+    db.close()
+    assert rows, "the run's jobs are in the store"
+    import json
+
+    latest = [json.loads(r[0]) for r in rows if json.loads(r[0])["attempt"] == run.record.attempt]
+    assert sorted(j["status"] for j in latest) == sorted(j.status.value for j in run.jobs)
+
+
+def test_killing_a_node_agent_interrupts_the_run(client, settings):
+    run = client.apply(task("kill-agent", ["echo before", "sleep 31380"]))
+    running(run)
+    assert wait_for(lambda: "before" in list(run.logs()), 30)
+    for pid in pids("ray::dstack:kill-agent:node-0"):
+        os.kill(pid, signal.SIGKILL)
+    assert run.wait(60) == RunStatus.FAILED
+    assert run.jobs[0].termination_reason == JobTerminationReason.INTERRUPTED_BY_NO_CAPACITY
+    assert "before" in list(run.logs())
+    assert no_leftovers("sleep 31380") == []
+    store_is_consistent(settings, run)
+
+
+def test_killing_the_command_fails_with_its_exit_status(client, settings):
+    run = client.apply(task("kill-command", ["echo before", "sleep 31381"]))
+    running(run)
+
+    def command_pids():  # the command itself, not the guard whose argv mentions it
+        return [int(line.split(":", 1)[0]) for line in processes_matching("sleep 31381") if line.split(": ", 1)[1].startswith("sleep")]
+
+    assert wait_for(command_pids, 30)
+    for pid in command_pids():
+        os.killpg(os.getpgid(pid), signal.SIGKILL)
+    assert run.wait(60) == RunStatus.FAILED
+    assert run.jobs[0].termination_reason == JobTerminationReason.CONTAINER_EXITED_WITH_ERROR
+    assert run.jobs[0].exit_code == 137
+    assert "before" in list(run.logs())
+    assert no_leftovers("sleep 31381") == []
+
+
+def test_killing_the_supervisor_applies_the_retry_policy(client, settings, tmp_path):
+    marker = tmp_path / "second"
+    run = client.apply(
+        task("kill-supervisor", [f"if [ -f {marker} ]; then echo recovered; else echo first; sleep 31382; fi"], retry={"on_events": ["interruption"], "duration": "1h"})
+    )
+    running(run)
+    assert wait_for(lambda: "first" in list(run.logs()), 30)
+    marker.touch()
+    for pid in pids("DstackSupervisor") + pids("ray::SupervisorHost"):
+        os.kill(pid, signal.SIGKILL)
+    assert no_leftovers("sleep 31382", timeout=30) == []
+    # The successor host resubmits it after dstack's backoff (20 s here).
+    assert run.wait(120) == RunStatus.DONE, run.events()
+    assert run.record.attempt == 1
+    assert list(run.logs(attempt=0)) == ["first"]
+    assert list(run.logs()) == ["recovered"]
+    assert any("supervisor" in m for _, m in run.events())
+    store_is_consistent(settings, run)
+
+
+def test_killing_the_supervisor_without_retry_fails_the_run(client):
+    run = client.apply(task("kill-supervisor-2", ["sleep 31383"]))
+    running(run)
+    for pid in pids("DstackSupervisor") + pids("ray::SupervisorHost"):
+        os.kill(pid, signal.SIGKILL)
+    assert run.wait(90) == RunStatus.FAILED
+    assert run.jobs[0].termination_reason == JobTerminationReason.INTERRUPTED_BY_NO_CAPACITY
+    assert no_leftovers("sleep 31383") == []
+
+
+def test_killing_the_controller_loses_nothing(client, settings):
+    run = client.apply(task("kill-controller", ["for i in $(seq 1 8); do echo tick-$i; sleep 0.4; done"]))
+    assert wait_for(lambda: "tick-2" in list(run.logs()), 30)
+    for pid in pids("ray::Controller") + pids("DstackController"):
+        os.kill(pid, signal.SIGKILL)
+    assert run.wait(90) == RunStatus.DONE
+    assert list(run.logs()) == [f"tick-{i}" for i in range(1, 9)]
+    store_is_consistent(settings, run)
+
+
+def test_stop_during_provisioning(client):
+    blocker = client.apply(task("blocker", ["sleep 31384"], nodes=3))
+    running(blocker)
+    waiting = client.apply(task("waiting", ["echo never"], nodes=3))
+    assert wait_for(lambda: waiting.refresh().record.wait_reason == "waiting for resources", 30)
+    waiting.stop()
+    assert waiting.wait(30) == RunStatus.TERMINATED
+    assert waiting.termination_reason == RunTerminationReason.STOPPED_BY_USER
+    blocker.stop()
+    assert blocker.wait(30) == RunStatus.TERMINATED
+    assert no_leftovers("sleep 31384") == []
+    assert list(waiting.logs()) == []
+
+
+def test_stop_during_the_startup_order_wait(client):
+    # The workers set up a Python environment first, so the master waits for them a while.
+    run = client.apply(task("startup-wait", ["echo started; sleep 31385"], nodes=3, startup_order="workers-first", python="3.11"))
+    assert wait_for(lambda: any("waiting for the workers" in m for _, m in run.events()), 60)
+    run.stop()
+    assert run.wait(60) == RunStatus.TERMINATED
+    assert run.jobs[0].status_message == "stopped"
+    assert no_leftovers("sleep 31385", timeout=30) == []
+
+
+def test_stop_during_retry_backoff(client):
+    run = client.apply(task("backoff", ["exit 1"], retry={"on_events": ["error"]}))
+    assert wait_for(lambda: run.refresh().status == RunStatus.PENDING, 60)
+    started = time.monotonic()
+    run.stop()
+    assert run.wait(30) == RunStatus.TERMINATED
+    assert time.monotonic() - started < 15  # not after the 20 s backoff
+    assert run.termination_reason == RunTerminationReason.STOPPED_BY_USER
+
+
+def test_a_burst_of_300_submissions(client):
+    names = [f"burst-{i}" for i in range(300)]
+    runs = [client.apply(task(name, ["echo ok"])) for name in names]
+    for run in runs:
+        assert run.wait(600) == RunStatus.DONE, (run.name, run.status, run.events())
+    listed = {r.name: r for r in client.list_runs()}
+    assert all(name in listed and listed[name].status == RunStatus.DONE for name in names)
+    assert all(list(run.logs()) == ["ok"] for run in runs[::25])
