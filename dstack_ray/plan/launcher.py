@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import enum
 import json
-import logging
 import math
 import re
 import shlex
@@ -31,10 +30,9 @@ from dstack_ray.config.gpus import AcceleratorVendor, canonical_name, vendors_of
 from dstack_ray.config.profiles import BackendType, SpotPolicy
 from dstack_ray.config.task import NodeGroup, TaskConfiguration
 from dstack_ray.errors import DstackRayError
+from dstack_ray.plan.catalog import catalog_offers
 from dstack_ray.plan.cluster import ACCELERATOR_PREFIX, GB
 from dstack_ray.plan.offers import Offer
-
-logger = logging.getLogger(__name__)
 
 
 class Provider(str, enum.Enum):
@@ -53,7 +51,8 @@ REGION_LABEL = "ray.io/availability-region"
 ZONE_LABEL = "ray.io/availability-zone"
 MARKET_ENV = "RAY_NODE_MARKET_TYPE"  # Ray turns it into the ray.io/market-type label
 HEAD_TYPE = "head"
-PROTOTYPES = ("worker", "worker-gpu")  # template node types the worker types are copied from
+# Template node types each group's worker type is copied from (the GPU one where a template has it).
+WORKER_PROTOTYPE, GPU_WORKER_PROTOTYPE = "worker", "worker-gpu"
 DEFAULT_DISK_GB = 100
 INSTANCE_TYPE_HINT = (
     "pass --instance-type TYPE (every group) or --instance-type GROUP=TYPE (one group):"
@@ -162,8 +161,14 @@ def render(
     """
     provider = _provider(provider)
     _check_arguments(
-        provider, zone=zone, instance_type=instance_type, head_instance_type=head_instance_type,
-        head_ip=head_ip, worker_ips=worker_ips, project_id=project_id,
+        provider,
+        zone=zone,
+        instance_type=instance_type,
+        head_instance_type=head_instance_type,
+        head_ip=head_ip,
+        worker_ips=worker_ips,
+        project_id=project_id,
+        ssh_user=ssh_user,
     )
     if cfg.image and ray_image:
         raise LauncherError(
@@ -173,13 +178,13 @@ def render(
         )
     if provider == Provider.KUBERAY and cfg.image:
         raise LauncherError(
-            f"the task's image ({cfg.image}) needs a container runtime on the node, which KubeRay pods"
-            " don't have",
+            f"the task's image ({cfg.image}) needs a container runtime on the node, which KubeRay pods don't have",
             hint="remove `image` from the task (its commands then run in the Ray pod image, set it with"
             " --ray-image), or render for a VM provider (aws, gcp, azure, local)",
         )
     notes: List[str] = []
-    config = _load_template(provider, template)
+    path = template or template_path(provider)
+    config = _fill_placeholders(_load_template(provider, path), _placeholders(package, ray_image), path)
     name = _cluster_name(cluster_name or cfg.name or "dstack-ray")
     policy = cfg.spot_policy or SpotPolicy.ONDEMAND
     if policy == SpotPolicy.AUTO and provider != Provider.LOCAL:
@@ -187,17 +192,29 @@ def render(
     spot = policy == SpotPolicy.SPOT
     chosen_region: Optional[str] = None
     if provider in CLOUDS:
-        workers, chosen_region = _cloud_workers(cfg, provider, _instance_types(cfg, instance_type), region, spot, notes)
+        given = _instance_types(cfg, instance_type)
+        workers, chosen_region = _cloud_workers(cfg, provider, given, region, spot, notes)
     else:
         workers = [_worker_from_minimums(cfg, group, index, spot) for index, group in enumerate(cfg.node_groups)]
-    values = _placeholders(package, ray_image)
-    config = _fill_placeholders(config, values, template or template_path(provider))
     if provider == Provider.KUBERAY:
-        _kuberay(config, cfg, workers, name, ray_image, notes)
+        _kuberay(config, workers, name, ray_image, notes)
     elif provider == Provider.LOCAL:
         _local(config, cfg, workers, name, head_ip, list(worker_ips or []), ssh_user, ray_image, notes)
     else:
-        _cloud(config, cfg, provider, workers, name, chosen_region, zone, head_instance_type, ssh_user, project_id, ray_image, notes)
+        _cloud(
+            config,
+            cfg,
+            provider,
+            workers,
+            name=name,
+            region=chosen_region,
+            zone=zone,
+            head_instance_type=head_instance_type,
+            ssh_user=ssh_user,
+            project_id=project_id,
+            ray_image=ray_image,
+            notes=notes,
+        )
     return RenderedCluster(provider, config, workers, chosen_region, notes, source)
 
 
@@ -275,6 +292,7 @@ def _check_arguments(provider: Provider, **given: Any) -> None:
         "project_id": (Provider.GCP,),
         "head_ip": (Provider.LOCAL,),
         "worker_ips": (Provider.LOCAL,),
+        "ssh_user": (*CLOUDS, Provider.LOCAL),
     }
     for option, value in given.items():
         if value and provider not in allowed[option]:
@@ -321,8 +339,7 @@ def _placeholders(package: str, ray_image: Optional[str]) -> Dict[str, str]:
     }
 
 
-def _load_template(provider: Provider, template: Optional[Path]) -> Dict[str, Any]:
-    path = template or template_path(provider)
+def _load_template(provider: Provider, path: Path) -> Dict[str, Any]:
     try:
         data = yaml.safe_load(Path(path).read_text())
     except OSError as e:
@@ -331,10 +348,12 @@ def _load_template(provider: Provider, template: Optional[Path]) -> Dict[str, An
         raise LauncherError(f"the cluster template {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise LauncherError(f"the cluster template {path} is not a mapping")
-    kind = "RayCluster" if provider == Provider.KUBERAY else "provider"
-    found = data.get("kind") == "RayCluster" if provider == Provider.KUBERAY else (data.get("provider") or {}).get("type") == provider.value
+    if provider == Provider.KUBERAY:
+        found, checked = data.get("kind") == "RayCluster", "kind"
+    else:
+        found, checked = (data.get("provider") or {}).get("type") == provider.value, "provider.type"
     if not found:
-        raise LauncherError(f"the cluster template {path} is not a {provider.value} template (checked its {kind})")
+        raise LauncherError(f"the cluster template {path} is not a {provider.value} template (checked its {checked})")
     return data
 
 
@@ -348,7 +367,9 @@ def _fill_placeholders(value: Any, values: Mapping[str, str], path: Path) -> Any
         def replace(match: "re.Match[str]") -> str:
             if match.group(1) not in values:
                 known = ", ".join("{{ %s }}" % k for k in values)
-                raise LauncherError(f"unknown placeholder {match.group(0)} in {path}", hint=f"known placeholders: {known}")
+                raise LauncherError(
+                    f"unknown placeholder {match.group(0)} in {path}", hint=f"known placeholders: {known}"
+                )
             return values[match.group(1)]
 
         return _PLACEHOLDER.sub(replace, value)
@@ -362,7 +383,9 @@ def _group_name(group: NodeGroup, index: int) -> str:
     return group.name or str(index)
 
 
-def _gpu_vendor(cfg: TaskConfiguration, group: NodeGroup, accelerator_name: Optional[str]) -> Optional[AcceleratorVendor]:
+def _gpu_vendor(
+    cfg: TaskConfiguration, group: NodeGroup, accelerator_name: Optional[str]
+) -> Optional[AcceleratorVendor]:
     vendor = inferred_gpu_vendor(group.resources.gpu, cfg.image, cfg.docker)
     if vendor is None and accelerator_name:
         known = vendors_of(accelerator_name)
@@ -374,11 +397,12 @@ def _worker_from_minimums(cfg: TaskConfiguration, group: NodeGroup, index: int, 
     """A node type sized exactly to the group's bundle: what's known without a catalog."""
     resources = group.resources
     gpu = resources.gpu
-    gpus = int(gpu.count.min or 0) if gpu is not None and gpu.count.max != 0 else 0
-    accelerator = None
-    gpu_name = gpu.name[0] if gpus and gpu is not None and gpu.name else None
-    if gpu_name:
-        accelerator = ray_accelerator_type(gpu_name, gpu.memory.min if gpu.memory is not None else None)
+    gpus, gpu_name, accelerator = 0, None, None
+    if gpu is not None and gpu.count.max != 0:
+        gpus = int(gpu.count.min or 0)
+        gpu_name = gpu.name[0] if gpus and gpu.name else None
+        if gpu_name:
+            accelerator = ray_accelerator_type(gpu_name, gpu.memory.min if gpu.memory is not None else None)
     name = _group_name(group, index)
     return WorkerType(
         group=name,
@@ -418,11 +442,14 @@ def _worker_from_offer(cfg: TaskConfiguration, group: NodeGroup, index: int, off
 
 
 def _catalog(
-    cfg: TaskConfiguration, provider: Provider, index: int, spot: bool, region: Optional[str], instance_type: Optional[str]
+    cfg: TaskConfiguration,
+    provider: Provider,
+    index: int,
+    spot: bool,
+    region: Optional[str],
+    instance_type: Optional[str],
 ) -> Tuple[List[Offer], Optional[str]]:
     """Catalog offers of `provider` for one node of group `index`, cheapest first."""
-    from dstack_ray.plan.catalog import catalog_offers
-
     update: Dict[str, Any] = {
         "backends": [BackendType(provider.value)],
         "spot_policy": SpotPolicy.SPOT if spot else SpotPolicy.ONDEMAND,
@@ -436,15 +463,12 @@ def _catalog(
     return offers, result.message
 
 
-def _cheapest_region(
-    groups: List[NodeGroup], found: List[List[Offer]], provider: Provider
-) -> Optional[str]:
+def _cheapest_region(groups: List[NodeGroup], found: List[List[Offer]], provider: Provider) -> Optional[str]:
     """The region where every group that has offers has one, at the lowest total price."""
     constraining = [(group, offers) for group, offers in zip(groups, found) if offers]
     if not constraining:
         return None
-    regions = set.intersection(*({o.region for o in offers} for _, offers in constraining))
-    regions.discard(None)
+    regions = set.intersection(*({o.region for o in offers if o.region} for _, offers in constraining))
     if not regions:
         raise LauncherError(
             f"no single {provider.value} region has catalog offers for every node group"
@@ -453,7 +477,7 @@ def _cheapest_region(
         )
 
     def cost(region: str) -> float:
-        return sum(min(o.price for o in offers if o.region == region) * g.nodes for g, offers in constraining)
+        return sum(min(o.price or 0.0 for o in offers if o.region == region) * g.nodes for g, offers in constraining)
 
     return min(sorted(regions), key=cost)
 
@@ -486,41 +510,42 @@ def _cloud_workers(
         if in_region:
             best = in_region[0]
             worker = _worker_from_offer(cfg, group, index, best)
-            notes.append(
-                f"{worker.name}: {best.instance_type} in {best.region}, {best.price_text}/h {worker.market}"
-                f" ({best.resources.replace(' (spot)', '')}); the cheapest of {len(in_region)} matching {provider.value}"
-                f" offer(s) there"
-                if not given.get(name)
-                else f"{worker.name}: {best.instance_type} ({best.resources.replace(' (spot)', '')}), {best.price_text}/h"
-            )
+            shape = best.resources.replace(" (spot)", "")
+            if given.get(name):
+                notes.append(f"{worker.name}: {best.instance_type} ({shape}), {best.price_text}/h {worker.market}")
+            else:
+                notes.append(
+                    f"{worker.name}: {best.instance_type} in {best.region}, {best.price_text}/h {worker.market}"
+                    f" ({shape}); the cheapest of {len(in_region)} matching {provider.value} offer(s) there"
+                )
         elif instance_type:
             worker = _worker_from_minimums(cfg, group, index, spot)
             worker.instance_type = instance_type
-            why = "no catalog here" if message else f"{instance_type} has no matching {provider.value} catalog offer"
+            if message:
+                why = f"no {provider.value} catalog on this machine"
+            else:
+                why = f"{instance_type} has no matching {provider.value} catalog offer"
             notes.append(
                 f"{worker.name}: {instance_type} ({why}): the node type declares the group's minimum"
                 f" resources ({_describe(worker)}); make sure {instance_type} has them"
             )
         else:
-            raise _no_offer(provider, group, name, spot, chosen, message, bool(offers))
+            raise _no_offer(provider, group, name, spot, region, message)
         workers.append(worker)
     return workers, chosen
 
 
 def _no_offer(
-    provider: Provider, group: NodeGroup, name: str, spot: bool, region: Optional[str], message: Optional[str], elsewhere: bool
+    provider: Provider, group: NodeGroup, name: str, spot: bool, region: Optional[str], message: Optional[str]
 ) -> LauncherError:
     what = f"node group {name} ({group.resources.pretty_format()}, {'spot' if spot else 'on-demand'})"
     if message:
         return LauncherError(f"no instance type for {what}: {message}", hint=INSTANCE_TYPE_HINT)
-    if elsewhere:
-        return LauncherError(
-            f"no {provider.value} catalog offer in {region} for {what}",
-            hint="pass another --region, or " + INSTANCE_TYPE_HINT,
-        )
+    where = f" in {region}" if region else ""
     return LauncherError(
-        f"no {provider.value} catalog offer matches {what}",
-        hint="relax resources, spot_policy, regions or max_price, or " + INSTANCE_TYPE_HINT,
+        f"no {provider.value} catalog offer{where} matches {what}",
+        hint=f"relax resources, spot_policy, {'--region' if region else 'regions'} or max_price, or "
+        + INSTANCE_TYPE_HINT,
     )
 
 
@@ -547,7 +572,7 @@ def _docker_gpu_options(worker: WorkerType) -> List[str]:
 
 
 def _pull_commands(cfg: TaskConfiguration, notes: List[str]) -> List[str]:
-    """Pull the task's image when a node starts, so the first run doesn't wait for it."""
+    """Pull the task's image when a node starts (best effort), so the first run doesn't wait for it."""
     if not cfg.image:
         return []
     if cfg.registry_auth is not None:
@@ -561,7 +586,7 @@ def _pull_commands(cfg: TaskConfiguration, notes: List[str]) -> List[str]:
 
 def _prototype(config: Dict[str, Any], gpu: bool) -> Dict[str, Any]:
     types = config.get("available_node_types") or {}
-    for name in (("worker-gpu", "worker") if gpu else ("worker",)):
+    for name in (GPU_WORKER_PROTOTYPE, WORKER_PROTOTYPE) if gpu else (WORKER_PROTOTYPE,):
         if name in types:
             return copy.deepcopy(types[name])
     return {"min_workers": 0, "max_workers": 0, "resources": {}, "node_config": {}}
@@ -572,6 +597,7 @@ def _cloud(
     cfg: TaskConfiguration,
     provider: Provider,
     workers: List[WorkerType],
+    *,
     name: str,
     region: Optional[str],
     zone: Optional[str],
@@ -620,7 +646,9 @@ def _cloud(
         node["labels"] = _labels(worker.market, region, zone)
         node_config = node.setdefault("node_config", {})
         _set_instance_type(provider, node_config, worker.instance_type or "")
-        {Provider.AWS: _aws_node, Provider.GCP: _gcp_node, Provider.AZURE: _azure_node}[provider](node_config, worker, cfg)
+        {Provider.AWS: _aws_node, Provider.GCP: _gcp_node, Provider.AZURE: _azure_node}[provider](
+            node_config, worker, cfg
+        )
         if pull:
             node["initialization_commands"] = list(config.get("initialization_commands") or []) + pull
         if ray_image and worker.gpus:
@@ -645,12 +673,12 @@ def _set_instance_type(provider: Provider, node_config: Dict[str, Any], instance
 
 
 def _aws_node(node: Dict[str, Any], worker: WorkerType, cfg: TaskConfiguration) -> None:
-    for mapping in node.get("BlockDeviceMappings") or []:
-        if "Ebs" in mapping:
-            mapping["Ebs"]["VolumeSize"] = worker.disk_gb
-            break
-    else:
-        node["BlockDeviceMappings"] = [{"DeviceName": "/dev/sda1", "Ebs": {"VolumeSize": worker.disk_gb, "VolumeType": "gp3"}}]
+    mappings = node.setdefault("BlockDeviceMappings", [])
+    root = next((m for m in mappings if "Ebs" in m), None)
+    if root is None:
+        root = {"DeviceName": "/dev/sda1", "Ebs": {"VolumeType": "gp3"}}
+        mappings.insert(0, root)
+    root["Ebs"]["VolumeSize"] = worker.disk_gb
     if worker.spot:
         market: Dict[str, Any] = {"MarketType": "spot"}
         if cfg.max_price is not None:
@@ -669,12 +697,15 @@ def _gcp_node(node: Dict[str, Any], worker: WorkerType, cfg: TaskConfiguration) 
         node["guestAccelerators"] = [
             {"acceleratorType": f"nvidia-tesla-{gpu_name.lower()}", "acceleratorCount": worker.gpus}
         ]
-    scheduling = node.get("scheduling") if isinstance(node.get("scheduling"), dict) else {}
+    scheduling: Dict[str, Any] = dict(node["scheduling"]) if isinstance(node.get("scheduling"), dict) else {}
     if worker.gpus:
         scheduling["onHostMaintenance"] = "TERMINATE"  # GPU VMs can't live-migrate
     if worker.spot:
         scheduling.update(
-            provisioningModel="SPOT", instanceTerminationAction="DELETE", onHostMaintenance="TERMINATE", automaticRestart=False
+            provisioningModel="SPOT",
+            instanceTerminationAction="DELETE",
+            onHostMaintenance="TERMINATE",
+            automaticRestart=False,
         )
     if scheduling:
         node["scheduling"] = scheduling
@@ -761,7 +792,6 @@ def _kuberay_custom_resources(resources: Mapping[str, int]) -> str:
 
 def _kuberay(
     config: Dict[str, Any],
-    cfg: TaskConfiguration,
     workers: List[WorkerType],
     name: str,
     ray_image: Optional[str],
@@ -770,32 +800,11 @@ def _kuberay(
     config.setdefault("metadata", {})["name"] = name
     spec = config.setdefault("spec", {})
     spec["rayVersion"] = _ray_version()
-    head_containers = spec["headGroupSpec"]["template"]["spec"]["containers"]
-    head_containers[0]["image"] = _image(ray_image, gpu=False)
-    prototypes = spec.get("workerGroupSpecs") or []
-    groups = []
+    spec["headGroupSpec"]["template"]["spec"]["containers"][0]["image"] = _image(ray_image, gpu=False)
+    prototypes = spec.get("workerGroupSpecs") or [{"template": {"spec": {"containers": [{"name": "ray-worker"}]}}}]
+    spec["workerGroupSpecs"] = [_kuberay_group(prototypes[0], worker, ray_image) for worker in workers]
     for worker in workers:
-        group = copy.deepcopy(prototypes[0]) if prototypes else {"template": {"spec": {"containers": [{"name": "ray-worker"}]}}}
-        group.update(groupName=worker.name, replicas=0, minReplicas=0, maxReplicas=worker.nodes)
-        params = {"num-cpus": str(worker.cpus)}
-        if worker.memory_bytes:
-            params["memory"] = str(worker.memory_bytes)  # Ray would detect less than the pod's limit
-        if worker.gpus:
-            params["num-gpus"] = str(worker.gpus)
-        if worker.accelerator:
-            params["resources"] = _kuberay_custom_resources({ACCELERATOR_PREFIX + worker.accelerator: 1})
-        group["rayStartParams"] = {**(group.get("rayStartParams") or {}), **params}
-        container = group["template"]["spec"]["containers"][0]
-        container["image"] = _image(ray_image, gpu=bool(worker.gpus))
-        limits: Dict[str, str] = {"cpu": str(worker.cpus)}
-        if worker.memory_bytes:
-            limits["memory"] = _quantity(worker.memory_bytes)
-        if worker.gpus:
-            limits[_K8S_GPU_RESOURCE.get(worker.vendor or AcceleratorVendor.NVIDIA, "nvidia.com/gpu")] = str(worker.gpus)
-        container["resources"] = {"requests": dict(limits), "limits": dict(limits)}
         if worker.spot:
-            env = [e for e in container.get("env") or [] if e.get("name") != MARKET_ENV]
-            container["env"] = env + [{"name": MARKET_ENV, "value": "spot"}]
             notes.append(
                 f"{worker.name}: add your cluster's spot nodeSelector/tolerations (GKE cloud.google.com/gke-spot,"
                 " EKS eks.amazonaws.com/capacityType, AKS kubernetes.azure.com/scalesetpriority): its pods"
@@ -805,8 +814,32 @@ def _kuberay(
             notes.append(
                 f"{worker.name}: add a nodeSelector for {worker.accelerator} nodes if your cluster mixes GPU models"
             )
-        groups.append(group)
-    spec["workerGroupSpecs"] = groups
+
+
+def _kuberay_group(prototype: Dict[str, Any], worker: WorkerType, ray_image: Optional[str]) -> Dict[str, Any]:
+    """A worker group whose pods start Ray with the resources a bundle of the node group asks for."""
+    group: Dict[str, Any] = copy.deepcopy(prototype)
+    group.update(groupName=worker.name, replicas=0, minReplicas=0, maxReplicas=worker.nodes)
+    params = {"num-cpus": str(worker.cpus)}
+    if worker.memory_bytes:
+        params["memory"] = str(worker.memory_bytes)  # Ray would detect less than the pod's limit
+    if worker.gpus:
+        params["num-gpus"] = str(worker.gpus)
+    if worker.accelerator:
+        params["resources"] = _kuberay_custom_resources({ACCELERATOR_PREFIX + worker.accelerator: 1})
+    group["rayStartParams"] = {**(group.get("rayStartParams") or {}), **params}
+    container: Dict[str, Any] = group["template"]["spec"]["containers"][0]
+    container["image"] = _image(ray_image, gpu=bool(worker.gpus))
+    limits = {"cpu": str(worker.cpus)}
+    if worker.memory_bytes:
+        limits["memory"] = _quantity(worker.memory_bytes)
+    if worker.gpus:
+        limits[_K8S_GPU_RESOURCE.get(worker.vendor or AcceleratorVendor.NVIDIA, "nvidia.com/gpu")] = str(worker.gpus)
+    container["resources"] = {"requests": dict(limits), "limits": dict(limits)}
+    if worker.spot:
+        env = [e for e in container.get("env") or [] if e.get("name") != MARKET_ENV]
+        container["env"] = env + [{"name": MARKET_ENV, "value": "spot"}]
+    return group
 
 
 def _header(rendered: RenderedCluster) -> str:
