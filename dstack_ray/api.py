@@ -46,14 +46,19 @@ class LogLine(str):
 
 
 def _parse_log(data: bytes, rank: int) -> List[LogLine]:
+    """Stored lines (`<timestamp> <text>`) -> LogLines. Lines read together share a timestamp,
+    so each distinct one is parsed once."""
     lines = []
+    last_stamp, last_time = b"", datetime.now(timezone.utc)
     for raw in data.split(b"\n")[:-1]:
         stamp, _, text = raw.partition(b" ")
-        try:
-            at = datetime.strptime(stamp.decode(), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
-        except ValueError:
-            at, text = datetime.now(timezone.utc), raw
-        lines.append(LogLine(text.decode("utf-8", errors="replace"), at, rank))
+        if stamp != last_stamp:
+            try:
+                last_time = datetime.fromisoformat(stamp.decode().replace("Z", "+00:00"))
+            except ValueError:
+                stamp, text = b"", raw
+            last_stamp = stamp
+        lines.append(LogLine(text.decode("utf-8", errors="replace"), last_time, rank))
     return lines
 
 

@@ -229,6 +229,8 @@ class Controller:
             for job in updated.jobs:
                 self.log_events[(run_id, job.attempt, job.rank)].set()
             self._kick()
+            # Ray's view of free resources lags the placement group's removal a little.
+            asyncio.get_running_loop().call_later(0.25, self._kick)
         elif updated.status == RunStatus.RUNNING:
             self.recently_admitted.pop(run_id, None)
         await self._changed(updated)
