@@ -421,6 +421,12 @@ def load_configuration(
     """
     file = Path(path)
     name = str(path)
+    if file.is_dir():
+        found = sorted(p.name for p in file.glob("*.dstack.y*ml"))
+        raise ConfigurationError(
+            f"{name} is a directory; pass the .dstack.yml file in it",
+            hint=f"e.g. -f {file / found[0]}" if found else "give the path of a .dstack.yml file",
+        )
     if not file.name.endswith(CONFIG_SUFFIXES):
         raise ConfigurationError(
             f"the configuration file name must end with `.dstack.yml` or `.dstack.yaml`: {name}",
