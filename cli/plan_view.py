@@ -35,7 +35,7 @@ def offers_table(offers: list, max_rows: Optional[int] = 5) -> Table:
     return table
 
 
-def print_offers(offers: Offers, max_rows: Optional[int] = 3) -> None:
+def print_offers(offers: Offers, max_rows: Optional[int] = 3, catalog_note: bool = True) -> None:
     """dstack's offers table (cluster nodes first, then catalog), or its "no offers" warning."""
     shown = offers.all
     if shown:
@@ -49,7 +49,7 @@ def print_offers(offers: Offers, max_rows: Optional[int] = 3) -> None:
         reason = f" ({offers.no_capacity})" if offers.no_capacity else ""
         console.print(NO_OFFERS_WARNING + escape(reason))
         console.print()
-    if offers.catalog_message:
+    if offers.catalog_message and (catalog_note or not offers.cluster):
         console.print(f"[dim]Catalog: {escape(offers.catalog_message)}[/]")
 
 
@@ -67,7 +67,7 @@ def print_plan(cfg: TaskConfiguration, plan: RunPlan, client: Any, path: Optiona
     console.print(properties_table(rows))
     console.print()
     offers = client.offers(cfg)
-    print_offers(offers, max_rows=max_offers)
+    print_offers(offers, max_rows=max_offers, catalog_note=False)
     for note in plan.notes:
         console.print(f"[gold1]Note:[/] {escape(note)}")
     if plan.needs_new_nodes:
