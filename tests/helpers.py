@@ -37,3 +37,34 @@ def no_leftovers(marker: str, timeout: float = 15.0) -> List[str]:
     """Wait until nothing matching `marker` runs; returns what is still there after `timeout`."""
     wait_for(lambda: not processes_matching(marker), timeout)
     return processes_matching(marker)
+
+
+FAST_HEALTH_CHECKS = {
+    "health_check_period_ms": 500,
+    "health_check_failure_threshold": 3,
+    "health_check_timeout_ms": 500,
+    "health_check_initial_delay_ms": 0,
+}
+
+
+def simulated_cluster(nodes: int, **node_args):
+    """A `ray.cluster_utils.Cluster` with a CPU-less head and `nodes` workers, connected to.
+
+    A generator for package-scoped fixtures: yields the cluster, shuts it down afterwards.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": FAST_HEALTH_CHECKS},
+    )
+    for _ in range(nodes):
+        cluster.add_node(**node_args)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -138,11 +138,12 @@ _TYPE_NAMES = {
 }
 
 
-def _data_path(error: Dict[str, Any], data: Any) -> Path_:
-    """The part of a pydantic error location that names places in the input data.
+def _walk_loc(error: Dict[str, Any], data: Any) -> Tuple[Path_, Optional[int]]:
+    """Follow a pydantic error location through the input data.
 
-    Other parts (union member names such as `ProfileRetry`, `function-after[...]`) are dropped;
-    a missing field keeps its name although it has no line of its own.
+    Returns the data path it names and the index in `loc` of the first element that is not a
+    place in the data (a union alternative such as `ProfileRetry`, `bool`, `function-after[...]`),
+    or None. A missing field's name counts as a place (it has no line of its own).
     """
     loc = tuple(error["loc"])
     path: List[Union[str, int]] = []
@@ -155,31 +156,34 @@ def _data_path(error: Dict[str, Any], data: Any) -> Path_:
             path.append(elem)
             node = node[elem]
         elif error["type"] == "missing" and index == len(loc) - 1:
-            path.append(elem)
-    return tuple(path)
+            return tuple(path) + (elem,), None
+        else:
+            return tuple(path), index
+    return tuple(path), None
+
+
+def _data_path(error: Dict[str, Any], data: Any) -> Path_:
+    """The part of a pydantic error location that names places in the input data."""
+    path: Path_ = ()
+    loc = tuple(error["loc"])
+    while True:  # past each union alternative's name, keep following the places that exist
+        found, branch = _walk_loc({**error, "loc": loc}, _at(data, path))
+        path += found
+        if branch is None:
+            return path
+        loc = loc[branch + 1 :]
+
+
+def _at(data: Any, path: Path_) -> Any:
+    for elem in path:
+        data = data[elem]
+    return data
 
 
 def _union_branch(error: Dict[str, Any], data: Any) -> Optional[Tuple[Path_, int]]:
-    """Where a union alternative is named in the error location: (data path, index in loc).
-
-    Pydantic names the alternative it tried (`VolumeMountPoint`, `bool`, `str`...) in `loc`;
-    that is the first element that is neither a place in the data nor a missing field's name.
-    """
-    loc = tuple(error["loc"])
-    node = data
-    path: List[Union[str, int]] = []
-    for index, elem in enumerate(loc):
-        if isinstance(node, dict) and elem in node:
-            path.append(elem)
-            node = node[elem]
-        elif isinstance(node, list) and isinstance(elem, int) and 0 <= elem < len(node):
-            path.append(elem)
-            node = node[elem]
-        elif error["type"] == "missing" and index == len(loc) - 1:
-            return None
-        else:
-            return tuple(path), index
-    return None
+    """Where a union alternative is named in the error location: (data path, index in loc)."""
+    path, branch = _walk_loc(error, data)
+    return None if branch is None else (path, branch)
 
 
 def _best_union_branches(errors: List[Dict[str, Any]], data: Any) -> List[Dict[str, Any]]:

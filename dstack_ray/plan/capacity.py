@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional
 
 from dstack_ray.plan.cluster import ClusterView
-from dstack_ray.plan.planner import RunPlan
+from dstack_ray.plan.planner import RunPlan, assign_distinct
 
 Resources = Dict[str, float]
 
@@ -35,7 +35,7 @@ def free_capacity(cluster: ClusterView, reserved: List[Resources]) -> List[Resou
 
 
 def _assign(bundles: List[Resources], free: List[Resources], distinct: bool) -> Optional[List[int]]:
-    """A node index per bundle (distinct nodes when asked), by augmenting-path matching."""
+    """A node index per bundle (distinct nodes when asked)."""
     if not distinct:
         chosen = []
         scratch = [dict(node) for node in free]
@@ -46,22 +46,7 @@ def _assign(bundles: List[Resources], free: List[Resources], distinct: bool) -> 
             _take(bundle, scratch[index])
             chosen.append(index)
         return chosen
-    owner: Dict[int, int] = {}
-
-    def assign(b: int, seen: set) -> bool:
-        for n, node in enumerate(free):
-            if n in seen or not _fits(bundles[b], node):
-                continue
-            seen.add(n)
-            if n not in owner or assign(owner[n], seen):
-                owner[n] = b
-                return True
-        return False
-
-    if not all(assign(b, set()) for b in range(len(bundles))):
-        return None
-    by_bundle = {b: n for n, b in owner.items()}
-    return [by_bundle[b] for b in range(len(bundles))]
+    return assign_distinct(len(bundles), len(free), lambda b, n: _fits(bundles[b], free[n]))
 
 
 def place(plan: RunPlan, free: List[Resources]) -> bool:

@@ -8,7 +8,7 @@ Whatever a bundle cannot express (disk, spot, regions, backends...) becomes a no
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from pydantic import BaseModel, Field
 
@@ -157,23 +157,31 @@ class _Need:
         return None
 
 
-def _match(needs: List["_Need"], shapes: List[NodeShape], distinct: bool) -> bool:
-    """Whether every need gets its own node (bipartite matching) or, if not distinct, any node."""
-    if not distinct:
-        return all(any(n.fits(s) for s in shapes) for n in needs)
+def assign_distinct(count: int, slots: int, fits: Callable[[int, int], bool]) -> Optional[List[int]]:
+    """A distinct slot for each of `count` items (augmenting-path bipartite matching), or None."""
     owner: Dict[int, int] = {}
 
-    def assign(i: int, seen: set) -> bool:
-        for j, shape in enumerate(shapes):
-            if j in seen or not needs[i].fits(shape):
+    def assign(item: int, seen: set) -> bool:
+        for slot in range(slots):
+            if slot in seen or not fits(item, slot):
                 continue
-            seen.add(j)
-            if j not in owner or assign(owner[j], seen):
-                owner[j] = i
+            seen.add(slot)
+            if slot not in owner or assign(owner[slot], seen):
+                owner[slot] = item
                 return True
         return False
 
-    return all(assign(i, set()) for i in range(len(needs)))
+    if not all(assign(item, set()) for item in range(count)):
+        return None
+    by_item = {item: slot for slot, item in owner.items()}
+    return [by_item[item] for item in range(count)]
+
+
+def _match(needs: List["_Need"], shapes: List[NodeShape], distinct: bool) -> bool:
+    """Whether every need gets its own node or, if not distinct, any node that fits."""
+    if not distinct:
+        return all(any(n.fits(s) for s in shapes) for n in needs)
+    return assign_distinct(len(needs), len(shapes), lambda i, j: needs[i].fits(shapes[j])) is not None
 
 
 def _notes(cfg: TaskConfiguration) -> List[str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import ray
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from dstack_ray.config.interpolate import substitute_groups_ips
 from dstack_ray.exec.commands import ClusterInfo, JobIdentity

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import simulated_cluster
+
 IMAGE = "localhost/dstack-test-busybox:latest"
 APPLETS = "sh echo cat ls env sleep id pwd printf mkdir test true false date hostname nc sed grep head tail sort df wc tr".split()
 
@@ -48,19 +50,7 @@ def podman_env(tmp_path_factory):
 
 @pytest.fixture(scope="package")
 def cluster(podman_env):
-    import ray
-    from ray.cluster_utils import Cluster
-
-    from tests.integration.conftest import FAST_HEALTH_CHECKS
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": FAST_HEALTH_CHECKS})
-    for _ in range(2):
-        cluster.add_node(num_cpus=1, object_store_memory=80 * 1024**2)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address)
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
+    yield from simulated_cluster(2, num_cpus=1, object_store_memory=80 * 1024**2)
 
 
 @pytest.fixture(scope="package")

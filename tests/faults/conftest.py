@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.conftest import FAST_HEALTH_CHECKS, GPU_NODE
+from tests.helpers import simulated_cluster
+from tests.integration.conftest import GPU_NODE
 
 
 @pytest.fixture(scope="package")
 def cluster():
-    import ray
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": FAST_HEALTH_CHECKS},
-    )
-    for _ in range(3):
-        cluster.add_node(**GPU_NODE)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address)
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
+    yield from simulated_cluster(3, **GPU_NODE)
 
 
 @pytest.fixture(scope="package")

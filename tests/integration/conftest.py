@@ -4,31 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-FAST_HEALTH_CHECKS = {
-    "health_check_period_ms": 500,
-    "health_check_failure_threshold": 3,
-    "health_check_timeout_ms": 500,
-    "health_check_initial_delay_ms": 0,
-}
+from tests.helpers import simulated_cluster
+
 GPU_NODE = dict(num_cpus=1, num_gpus=1, resources={"accelerator_type:H100": 1}, object_store_memory=80 * 1024**2)
 
 
 @pytest.fixture(scope="package")
 def cluster():
-    import ray
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": FAST_HEALTH_CHECKS},
-    )
-    for _ in range(3):
-        cluster.add_node(**GPU_NODE)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address)
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
+    yield from simulated_cluster(3, **GPU_NODE)
 
 
 @pytest.fixture(scope="package")

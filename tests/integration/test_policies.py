@@ -6,11 +6,9 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import pytest
 
 from dstack_ray.runtime.models import JobStatus, JobTerminationReason, RunStatus, RunTerminationReason
 from tests.helpers import no_leftovers, wait_for
-from tests.integration.conftest import GPU_NODE
 
 SMALL = {"cpu": 1, "memory": "256MB"}
 

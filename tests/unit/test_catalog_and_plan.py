@@ -30,7 +30,7 @@ def catalog(tmp_path, monkeypatch):
         + f"p5.48xlarge,H100,8,192,2048,{gpu_info('H100', 81920, 8)},98.32,35.1,us-east-1,us-east-1b\n"
         + f"g5.xlarge,A10G,1,4,16,{gpu_info('A10G', 24576, 1)},1.006,0.4,us-east-1,us-east-1a\n"
         + f"g5.12xlarge,A10G,4,48,192,{gpu_info('A10G', 24576, 4)},5.672,2.1,us-west-2,us-west-2a\n"
-        + f"p4de.24xlarge,A100-80GB,8,96,1152,,40.96,,us-east-1,us-east-1a\n"
+        + "p4de.24xlarge,A100-80GB,8,96,1152,,40.96,,us-east-1,us-east-1a\n"
         + "m5.2xlarge,,,8,32,,0.384,0.15,us-west-2,us-west-2a\n"
     )
     gcp = tmp_path / ".sky" / "catalogs" / "v8" / "gcp"

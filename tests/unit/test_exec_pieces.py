@@ -1,0 +1,86 @@
+"""What a node runs: dstack's command joining, hostfile, environment, container arguments."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from dstack_ray.exec.commands import (
+    ClusterInfo,
+    JobIdentity,
+    JobPaths,
+    command_argv,
+    dstack_variables,
+    host_base_environment,
+    job_environment,
+    join_commands,
+    mpi_hostfile,
+)
+from dstack_ray.exec.container import container_argv, container_name, container_path, registry_of
+from dstack_ray.exec.process import GuardedProcess
+from tests.helpers import processes_matching
+
+
+def test_join_commands_like_dstack():
+    assert join_commands(["  a  ", "b &", "c"]) == "a && { b & } && c"
+    assert command_argv("/bin/bash", ["echo hi", "x"], None) == ["/bin/bash", "-i", "-c", "echo hi && x"]
+    assert command_argv("/bin/sh", ["a", "b"], "python -m app --flag") == ["python", "-m", "app", "--flag", "a", "b"]
+    assert command_argv("/bin/sh", [], None) == []
+
+
+def test_mpi_hostfile():
+    assert mpi_hostfile(["10.0.0.1", "10.0.0.2"], [8, 8]) == "10.0.0.1 slots=8\n10.0.0.2 slots=8\n"
+    assert mpi_hostfile(["10.0.0.1", "10.0.0.2"], [0, 0]) == "10.0.0.1\n10.0.0.2\n"  # no slots=0 (dstack #3434)
+    assert mpi_hostfile(["10.0.0.1", ""], [1, 1]) == ""
+
+
+def test_environment_precedence_and_cuda():
+    system = dstack_variables(
+        JobIdentity("r", "rid", "jid", 1),
+        ClusterInfo(["10.0.0.1", "10.0.0.2"], [2, 4]),
+        JobPaths("/w", "/w/repo", "/h"),
+    )
+    assert system["DSTACK_NODES_IPS"] == "10.0.0.1\n10.0.0.2" and system["DSTACK_MASTER_NODE_IP"] == "10.0.0.1"
+    assert system["DSTACK_GPUS_PER_NODE"] == "4" and system["DSTACK_GPUS_NUM"] == "6" and system["DSTACK_NODE_RANK"] == "1"
+    base = host_base_environment({"PATH": "/bin", "RAY_RAYLET_PID": "1", "CUDA_VISIBLE_DEVICES": "", "BASH_FUNC_x%%": "()", "DSTACK_RAY_STATE_DIR": "/s"})
+    assert base == {"PATH": "/bin"}
+    env = job_environment(base, system, {"DSTACK_NODE_RANK": "user", "PAGER": "less"}, ["2", "3"])
+    assert env["CUDA_VISIBLE_DEVICES"] == "2,3" and env["DSTACK_NODE_RANK"] == "user" and env["PAGER"] == "less"
+    assert "CUDA_VISIBLE_DEVICES" not in job_environment({"CUDA_VISIBLE_DEVICES": ""}, system, {}, [])
+    assert job_environment({}, system, {}, [])["GIT_PAGER"] == "cat"
+
+
+def test_container_helpers():
+    assert container_name("my run", 2, 0) == "dstack-my-run-2-0"
+    assert registry_of("ghcr.io/org/image:1") == "ghcr.io"
+    assert registry_of("localhost:5000/x") == "localhost:5000"
+    assert registry_of("pytorch/pytorch") == "docker.io" and registry_of("ubuntu") == "docker.io"
+    assert container_path("data", "/workflow", "/root") == "/workflow/data"
+    assert container_path("~/.cache/x", "/workflow", "/home/app") == "/home/app/.cache/x"
+    assert container_path("/opt/x", "/workflow", "/root") == "/opt/x"
+    assert container_argv("/bin/sh", ["docker ps"], None, docker=True) == ["/bin/sh", "-i", "-c", "start-dockerd && docker ps"]
+
+
+def test_guard_kills_everything_the_command_left():
+    out = []
+    marker = f"sleep 3139{os.getpid() % 10}"
+    process = GuardedProcess(["/bin/bash", "-c", f"({marker} &); setsid {marker} & echo done"], dict(os.environ), "/tmp", out.append)
+    assert process.wait(30) == 0
+    assert b"done" in b"".join(out)
+    time.sleep(0.3)
+    assert processes_matching(marker) == []
+
+
+def test_guard_stop_then_kill_and_cleanup(tmp_path):
+    out = []
+    cleaned = tmp_path / "cleaned"
+    process = GuardedProcess(
+        ["/bin/bash", "-c", "trap '' INT; echo up; while true; do sleep 0.1; done"],
+        dict(os.environ), "/tmp", out.append, cleanup=["touch", str(cleaned)],
+    )
+    time.sleep(0.5)
+    started = time.monotonic()
+    process.stop(1)
+    assert process.wait(30) == 137  # ignored SIGINT: killed after the grace period
+    assert 0.9 < time.monotonic() - started < 10
+    assert cleaned.exists()
