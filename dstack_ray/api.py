@@ -438,7 +438,3 @@ class Run:
                     yield line
             if final or (not follow and not data):
                 return
-            if follow and not data:
-                self.refresh()
-                if attempt is None and self._record.attempt != run_attempt and final:
-                    return
