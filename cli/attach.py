@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any, List, Optional
 
 import typer
@@ -10,7 +9,7 @@ from rich.live import Live
 
 from dstack_ray.config.ports import PortMapping
 from dstack_ray_cli.console import CLIError, console, err_console
-from dstack_ray_cli.runs_cmd import runs_table
+from dstack_ray_cli.runs_cmd import runs_table, stream_logs
 
 STARTING = {"pending", "submitted", "provisioning"}
 
@@ -25,24 +24,6 @@ def show_status_until_running(run: Any) -> None:
             live.update(runs_table([run]), refresh=True)
 
 
-def stream_logs(run: Any, rank: int = 0) -> None:
-    """Print rank `rank`'s output until the run ends, moving on to new attempts after retries."""
-    attempt = run.record.attempt
-    while True:
-        for line in run.logs(rank=rank, follow=True, attempt=attempt):
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
-        run.refresh()
-        if run.record.attempt != attempt:
-            attempt = run.record.attempt
-            err_console.print(f"[dim]--- attempt {attempt} ---[/]")
-            show_status_until_running(run)
-            continue
-        if run.status.is_finished():
-            return
-        run.wait_change(2.0)
-
-
 def attach(run: Any, ports: Optional[List[PortMapping]] = None, logs: bool = True, rank: int = 0) -> int:
     """Follow the run until it ends (exit code 0 if it is done) or the user detaches."""
     forwarder = _forwarder(run, ports) if ports else None
@@ -53,7 +34,7 @@ def attach(run: Any, ports: Optional[List[PortMapping]] = None, logs: bool = Tru
             for local, remote in forwarder.bound():
                 err_console.print(f"[dim]Forwarding 127.0.0.1:{local} -> rank 0:{remote}[/]")
         if logs:
-            stream_logs(run, rank)
+            stream_logs(run, rank, on_new_attempt=show_status_until_running)
         else:
             while not run.status.is_finished():
                 run.wait_change(5.0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timezone
 from typing import Optional
 
@@ -78,7 +77,3 @@ def status_markup(text: str, status: str, finished: bool) -> str:
         color = STATUS_COLORS.get(status, "white")
     style = color if finished else f"bold {color}"
     return f"[{style}]{text}[/]"
-
-
-def debug_enabled() -> bool:
-    return os.environ.get("DSTACK_RAY_DEBUG", "") not in ("", "0")

@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import typer
 from rich.live import Live
@@ -15,7 +15,7 @@ from rich.table import Table
 
 from dstack_ray.config.duration import parse_duration
 from dstack_ray_cli.common import AddressOption, connect, pretty_date, status_markup
-from dstack_ray_cli.console import CLIError, console
+from dstack_ray_cli.console import CLIError, console, err_console
 
 
 def run_summary(run: Any) -> Dict[str, Any]:
@@ -136,8 +136,28 @@ def parse_since(value: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def write_line(line: str) -> None:
-    sys.stdout.write(line + "\n")
+def stream_logs(
+    run: Any,
+    rank: int = 0,
+    since: Optional[datetime] = None,
+    on_new_attempt: Optional[Callable[[Any], None]] = None,
+) -> None:
+    """Print rank `rank`'s output until the run ends, moving on to each new attempt (retry)."""
+    attempt = run.record.attempt
+    while True:
+        for line in run.logs(rank=rank, follow=True, attempt=attempt, since=since):
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        run.refresh()
+        if run.record.attempt != attempt:
+            attempt = run.record.attempt
+            err_console.print(f"[dim]--- attempt {attempt} ---[/]")
+            if on_new_attempt is not None:
+                on_new_attempt(run)
+            continue
+        if run.status.is_finished():
+            return
+        run.wait_change(2.0)
 
 
 def logs(
@@ -154,23 +174,13 @@ def logs(
     if job >= max(len(run.jobs), 1):
         raise CLIError(f"run {run_name} has no job {job}", f"it has jobs 0..{len(run.jobs) - 1}")
     moment = parse_since(since) if since else None
-    follow_attempts = follow and attempt is None
-    current = run.record.attempt if attempt is None else attempt
     try:
-        while True:
-            for line in run.logs(rank=job, follow=follow, attempt=current, since=moment):
-                write_line(line)
-            sys.stdout.flush()
-            if not follow_attempts:
-                return
-            run.refresh()
-            if run.record.attempt != current:
-                current = run.record.attempt
-                console.print(f"[dim]--- attempt {current} ---[/]")
-                continue
-            if run.status.is_finished():
-                return
-            run.wait_change(5)
+        if follow and attempt is None:
+            stream_logs(run, job, since=moment)
+            return
+        for line in run.logs(rank=job, follow=follow, attempt=attempt, since=moment):
+            sys.stdout.write(line + "\n")
+        sys.stdout.flush()
     except BrokenPipeError:
         pass
 

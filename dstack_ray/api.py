@@ -20,7 +20,7 @@ from dstack_ray.config.checks import check_submittable
 from dstack_ray.config.env import EnvSentinel
 from dstack_ray.config.interpolate import interpolate
 from dstack_ray.errors import DstackRayError
-from dstack_ray.exec.prepare import PackedFileRef, RunPayload
+from dstack_ray.exec.prepare import RunPayload
 from dstack_ray.plan.cluster import ClusterView
 from dstack_ray.plan.offers import Offers, cluster_offers
 from dstack_ray.plan.planner import RunPlan, build_plan
@@ -128,9 +128,8 @@ def pack_payload(cfg: TaskConfiguration) -> Optional[RunPayload]:
             hint="use absolute paths, or load the configuration from a .dstack.yml file",
         )
     config_dir = Path(cfg.source_file).resolve().parent if cfg.source_file else Path.cwd()
-    files = [PackedFileRef(path=f.path, data=f.data) for f in pack_files(cfg.files, config_dir)]
     repo = prepare_repo(cfg.repos[0], config_dir, cfg.single_branch) if cfg.repos else None
-    return RunPayload(files=files, repo=repo)
+    return RunPayload(files=pack_files(cfg.files, config_dir), repo=repo)
 
 
 class Client:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence
 
 # Set by Ray for its worker processes; a user's command must not inherit them (a `ray` call in a
@@ -128,18 +127,3 @@ def job_environment(
     env.update(system)
     env.update(user_env)
     return env
-
-
-@dataclass
-class Launch:
-    """Everything a NodeAgent needs to start its command (sent by the Supervisor)."""
-
-    argv: List[str]
-    user_env: Dict[str, str]
-    cluster: ClusterInfo
-    job_id: str
-    extra: Dict[str, str] = field(default_factory=dict)
-
-
-def default_working_dir(root: str, run_name: str, run_id: str) -> str:
-    return os.path.join(root, "runs", f"{run_name}-{run_id[:8]}")

@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import shutil
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dstack_ray.exec.archive import resolve_destination, unpack
+from dstack_ray.exec.archive import PackedFile, resolve_destination, unpack
 from dstack_ray.exec.commands import (
     NON_INTERACTIVE,
     ClusterInfo,
@@ -47,21 +47,12 @@ from dstack_ray.exec.repo import RepoError, RepoPayload, materialize_repo
 Report = Callable[[str], None]
 
 
-class PackedFileRef(BaseModel):
-    """A `files` entry as shipped: where it goes, and the archive bytes."""
-
-    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
-
-    path: str
-    data: bytes
-
-
 class RunPayload(BaseModel):
     """Everything shipped from the client for the run's nodes (through Ray's object store)."""
 
     model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
 
-    files: List[PackedFileRef] = Field(default_factory=list)
+    files: List[PackedFile] = Field(default_factory=list)
     repo: Optional[RepoPayload] = None
 
 
@@ -91,7 +82,6 @@ class Prepared:
     env: Dict[str, str]
     cwd: str
     cleanup: Optional[List[str]] = None
-    notes: List[str] = field(default_factory=list)
 
 
 @dataclass

@@ -34,6 +34,7 @@ from dstack_ray.runtime.models import (
     RunSpec,
     RunStatus,
     RunTerminationReason,
+    new_jobs,
 )
 from dstack_ray.runtime.names import generate_run_name
 from dstack_ray.runtime.settings import NAMESPACE, SUPERVISOR_NAME, RuntimeSettings
@@ -190,10 +191,7 @@ class Controller:
             run.status_message = RunStatus.PENDING.value
             run.wait_reason = WAITING_FOR_SCHEDULE
             run.next_trigger_at = next_fire_time(cfg.schedule.crons, self.clock.now())
-        run.jobs = [
-            JobRecord(run_id=run.id, attempt=0, rank=rank, group=group, submitted_at=now)
-            for rank, group in enumerate(g.name or str(i) for i, g in enumerate(cfg.node_groups) for _ in range(g.nodes))
-        ]
+        run.jobs = new_jobs(run.id, 0, cfg, now)
         if payload is not None:
             path = self._payload_path(run.id)
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

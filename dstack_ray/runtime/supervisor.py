@@ -41,10 +41,11 @@ from dstack_ray.runtime.models import (
     RunSpec,
     RunStatus,
     RunTerminationReason,
+    new_jobs,
 )
 from dstack_ray.runtime.retry import backoff, decide
 from dstack_ray.runtime.settings import CONTROLLER_NAME, NAMESPACE, RuntimeSettings
-from dstack_ray.runtime.utilization import COVERAGE_SLACK_SECONDS, Sample, merge, prune, utilization_violation
+from dstack_ray.runtime.utilization import COVERAGE_SLACK_SECONDS, Sample, prune, utilization_violation
 from dstack_ray.store.db import utcnow
 
 logger = logging.getLogger(__name__)
@@ -215,20 +216,12 @@ class RunSupervisor:
 
     # -- one attempt ----------------------------------------------------------------------------
 
-    def _new_jobs(self) -> List[JobRecord]:
-        now = utcnow()
-        groups = [g.name or str(i) for i, g in enumerate(self.cfg.node_groups) for _ in range(g.nodes)]
-        return [
-            JobRecord(run_id=self.run.id, attempt=self.run.attempt, rank=rank, group=groups[rank], submitted_at=now)
-            for rank in range(self.cfg.nodes_num)
-        ]
-
     async def _attempt(self) -> None:
         if self.jobs and any(j.status != JobStatus.SUBMITTED for j in self.jobs):
             self.run.attempt += 1
         self.stop_reasons = {}
         self._stopping = False
-        self.jobs = self._new_jobs()
+        self.jobs = new_jobs(self.run.id, self.run.attempt, self.cfg, utcnow())
         self._samples = {}
         await self.report(attempt=self.run.attempt)
         if not await self._admitted():
@@ -626,7 +619,7 @@ class RunSupervisor:
         window = policy.time_window if policy else 0
         keep_after = time.time() - window - COVERAGE_SLACK_SECONDS - 60
         for gpu, series in by_gpu.items():
-            by_gpu[gpu] = merge([], prune(series, keep_after))
+            by_gpu[gpu] = prune(series, keep_after)
         asyncio.ensure_future(self.host.call_controller("record_metrics", self.run.id, attempt, rank, samples))
         if policy is None or self._stopping:
             return

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 # dstack checks only once samples cover the window: the oldest one within this of its start.
 COVERAGE_SLACK_SECONDS = 60.0
@@ -30,8 +30,5 @@ def utilization_violation(
 
 
 def prune(samples: List[Sample], keep_after: float) -> List[Sample]:
-    return [s for s in samples if s[0] > keep_after]
-
-
-def merge(existing: Iterable[Sample], new: Iterable[Sample]) -> List[Sample]:
-    return sorted(set(existing) | set(new))
+    """The samples newer than `keep_after`, in time order, without duplicates."""
+    return sorted({s for s in samples if s[0] > keep_after})
