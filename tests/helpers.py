@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 
 def processes_matching(marker: str) -> List[str]:
@@ -47,6 +48,19 @@ FAST_HEALTH_CHECKS = {
 }
 
 
+def isolate_home() -> Optional[str]:
+    """Point HOME at an empty directory (returns the old one).
+
+    Commands run as `bash -i`, which sources ~/.bashrc; this machine's (pyenv init) prints
+    errors when several ranks start at once. pyenv itself keeps working through PYENV_ROOT.
+    """
+    previous = os.environ.get("HOME")
+    if previous and "PYENV_ROOT" not in os.environ and Path(previous, ".pyenv").is_dir():
+        os.environ["PYENV_ROOT"] = str(Path(previous, ".pyenv"))
+    os.environ["HOME"] = tempfile.mkdtemp(prefix="dstack-ray-home-")
+    return previous
+
+
 def simulated_cluster(nodes: int, **node_args):
     """A `ray.cluster_utils.Cluster` with a CPU-less head and `nodes` workers, connected to.
 
@@ -55,6 +69,7 @@ def simulated_cluster(nodes: int, **node_args):
     import ray
     from ray.cluster_utils import Cluster
 
+    previous_home = isolate_home()
     cluster = Cluster(
         initialize_head=True,
         head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": FAST_HEALTH_CHECKS},
@@ -68,3 +83,5 @@ def simulated_cluster(nodes: int, **node_args):
     finally:
         ray.shutdown()
         cluster.shutdown()
+        if previous_home is not None:
+            os.environ["HOME"] = previous_home

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from tests.helpers import isolate_home
+
 RAY_CLI = [sys.executable, "-c", "import sys; from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()"]
 # Node types may leave `memory` out (the fake provider even must): it then counts as unknown.
 GPU_TYPE = {"CPU": 1, "GPU": 1, "accelerator_type:H100": 1, "object_store_memory": 80 * 1024**2}
@@ -55,6 +57,7 @@ def cluster(tmp_path_factory):
 
     config = tmp_path_factory.mktemp("autoscaler") / "cluster.json"
     config.write_text(json.dumps(autoscaling_config()))
+    previous_home = isolate_home()
     env = dict(os.environ, AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_FAKE_CLUSTER="1")
     subprocess.run([*RAY_CLI, "stop", "--force"], capture_output=True)
     subprocess.run(
@@ -65,6 +68,8 @@ def cluster(tmp_path_factory):
     yield config
     ray.shutdown()
     subprocess.run([*RAY_CLI, "stop", "--force"], capture_output=True)
+    if previous_home is not None:
+        os.environ["HOME"] = previous_home
 
 
 @pytest.fixture(scope="package")

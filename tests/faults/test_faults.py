@@ -150,4 +150,5 @@ def test_a_burst_of_300_submissions(client):
         assert run.wait(600) == RunStatus.DONE, (run.name, run.status, run.events())
     listed = {r.name: r for r in client.list_runs()}
     assert all(name in listed and listed[name].status == RunStatus.DONE for name in names)
-    assert all(list(run.logs()) == ["ok"] for run in runs[::25])
+    outputs = {run.name: list(run.logs()) for run in runs[::25]}
+    assert all(lines == ["ok"] for lines in outputs.values()), outputs
