@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from dstack_ray.config import ConfigurationError, TaskConfiguration, load_configuration, parse_configuration
-from dstack_ray.config.checks import check_submittable
+from dstack_ray.config.checks import check_host_paths, check_submittable
 from dstack_ray.config.env import EnvSentinel
 from dstack_ray.config.interpolate import interpolate
 from dstack_ray.errors import DstackRayError
@@ -28,6 +28,8 @@ from dstack_ray.runtime.models import JobRecord, RunRecord, RunSpec, RunStatus, 
 from dstack_ray.runtime.settings import CONTROLLER_NAME, NAMESPACE, RuntimeSettings
 
 logger = logging.getLogger(__name__)
+
+_UNKNOWN = object()
 
 ConfigurationInput = Union[str, os.PathLike, TaskConfiguration, Mapping[str, Any]]
 
@@ -144,6 +146,7 @@ class Client:
         _connect(address)
         self._settings = settings or RuntimeSettings()
         self._controller = self._controller_handle()
+        self._default_image: Any = _UNKNOWN  # the cluster's, read once
 
     def address_text(self) -> str:
         """Where this client is connected, for plans and messages."""
@@ -212,7 +215,16 @@ class Client:
         return ClusterView.model_validate(self._call(self._controller.cluster_view))
 
     def plan(self, cfg: TaskConfiguration) -> RunPlan:
-        return build_plan(cfg, self.cluster_view())
+        cluster = self.cluster_view()
+        self._check_host_mode(cfg, cluster.default_image)
+        return build_plan(cfg, cluster)
+
+    def _check_host_mode(self, cfg: TaskConfiguration, default_image: Optional[str]) -> None:
+        """A task that will run on the Ray node itself (no `image`, no cluster default image)
+        may only write inside its own directories: refuse other targets before submission."""
+        self._default_image = default_image
+        if cfg.image is None and not cfg.docker and default_image is None:
+            check_host_paths(cfg)
 
     def offers(self, configuration: ConfigurationInput, catalog: bool = True) -> Offers:
         """Where the task could run: this cluster's nodes and autoscaler node types that fit a
@@ -293,6 +305,9 @@ class Client:
         """Submit a task and return its run. With `replace`, an active run of the same name is
         stopped first (otherwise that is an error)."""
         cfg = self.prepare(self.load(configuration), name=name, env=env, args=args)
+        if self._default_image is _UNKNOWN:
+            self._default_image = self.cluster_view().default_image
+        self._check_host_mode(cfg, self._default_image)
         if replace and cfg.name:
             existing = self.find_run(cfg.name)
             if existing is not None and not existing.status.is_finished():

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# System packages the container tests use: podman with runc, and busybox for a local image.
+# System packages the tests use: podman with runc and busybox for a local image (containers),
+# and OpenSSH (server and client) for SSH between the nodes of a multi-node run.
 # Needs root and apt (Debian/Ubuntu); elsewhere it says what is missing and goes on.
 set -euo pipefail
 needed=()
@@ -7,6 +8,8 @@ command -v podman >/dev/null 2>&1 || needed+=(podman)
 command -v runc >/dev/null 2>&1 || needed+=(runc)
 [ -x /bin/busybox ] || needed+=(busybox-static)
 command -v git >/dev/null 2>&1 || needed+=(git)
+[ -x /usr/sbin/sshd ] || needed+=(openssh-server)
+command -v ssh >/dev/null 2>&1 || needed+=(openssh-client)
 if [ ${#needed[@]} -eq 0 ]; then
   exit 0
 fi
@@ -15,4 +18,12 @@ if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   exit 0
 fi
 apt-get update -qq
+# Install without starting any service (openssh-server would start a system sshd on port 22):
+# dstack-ray starts its own sshd per run.
+policy=/usr/sbin/policy-rc.d
+created_policy=0
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && created_policy=1
+fi
+trap '[ "$created_policy" = 1 ] && rm -f "$policy"' EXIT
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${needed[@]}" >/dev/null

@@ -4,6 +4,7 @@ it fills in then: GPU vendor inference, image requirements, run names, groups re
 from __future__ import annotations
 
 from dataclasses import replace
+import posixpath
 from pathlib import PurePosixPath
 from typing import List, Optional
 
@@ -60,10 +61,6 @@ def check_submittable(cfg: TaskConfiguration) -> None:
         )
     if isinstance(cfg.retry, ProfileRetry) and cfg.retry.duration is not None and cfg.retry.duration < 0:
         issues.append(ConfigIssue("retry.duration cannot be negative", path="retry.duration"))
-    if cfg.working_dir is not None and not PurePosixPath(cfg.working_dir).is_absolute():
-        issues.append(
-            ConfigIssue("working_dir must be absolute", path="working_dir", hint="e.g. `/workflow`")
-        )
     for key, value in cfg.env.items():
         if isinstance(value, str) and contains_groups_ref(value):
             issues.append(
@@ -81,6 +78,44 @@ def check_submittable(cfg: TaskConfiguration) -> None:
             except ConfigurationError as e:
                 issues.append(ConfigIssue(e.issues[0].message, path=f"{where}[{i}]"))
     issues += _image_requirements(cfg)
+    if issues:
+        located = [replace(i, line=cfg.source_line(parse_path(i.path))) for i in issues]
+        raise ConfigurationError(located, file=cfg.source_file)
+
+
+def _outside_run(path: str) -> Optional[str]:
+    """Why `path` (as written in the task) would land outside the run's directories on the
+    host, or None: relative paths stay in the working directory, `~/...` in the run's home."""
+    if path.startswith("~") and not (path == "~" or path.startswith("~/")):
+        return "`~user` paths are not supported"
+    rest = path[2:] if path.startswith("~/") else ("" if path == "~" else path)
+    if PurePosixPath(rest).is_absolute():
+        return "it is an absolute path outside the run's directories"
+    if posixpath.normpath(rest or ".").split("/")[0] == "..":
+        return "`..` leads outside the run's directories"
+    return None
+
+
+def check_host_paths(cfg: TaskConfiguration) -> None:
+    """Without an image, a task runs on the Ray node in directories of its own: a `files`
+    target, repo path or `working_dir` outside them is refused before submission."""
+    issues: List[ConfigIssue] = []
+    wanted = [(f"files[{i}]", f.path) for i, f in enumerate(cfg.files)]
+    wanted += [(f"repos[{i}].path", r.path) for i, r in enumerate(cfg.repos)]
+    if cfg.working_dir is not None:
+        wanted.append(("working_dir", cfg.working_dir))
+    for where, path in wanted:
+        why = _outside_run(path)
+        if why:
+            issues.append(
+                ConfigIssue(
+                    f"{path}: {why}; without `image` the task runs on the Ray node and may only"
+                    " write below its working directory or `~` (the run's private home)",
+                    path=where,
+                    hint="use a relative path or `~/...`, or set `image:` to run in a container,"
+                    " where any path is allowed",
+                )
+            )
     if issues:
         located = [replace(i, line=cfg.source_line(parse_path(i.path))) for i in issues]
         raise ConfigurationError(located, file=cfg.source_file)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import shlex
+import sys
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence
 
 # Set by Ray for its worker processes; a user's command must not inherit them (a `ray` call in a
 # task would otherwise attach to the worker's raylet). CUDA_VISIBLE_DEVICES is set explicitly.
-_WORKER_ONLY_PREFIXES = ("RAY_", "__RAY", "DSTACK_RAY_")
+_WORKER_ONLY_PREFIXES = ("RAY_", "__RAY", "DSTACK_RAY_", "BASH_FUNC_")
 _WORKER_ONLY = {"CUDA_VISIBLE_DEVICES", "PYTHONPATH_RAY", "OMP_NUM_THREADS"}
+# The Python environment Ray and dstack-ray run from: a task gets its own instead.
+_WORKER_PYTHON = {
+    "VIRTUAL_ENV", "VIRTUAL_ENV_PROMPT", "PYTHONPATH", "PYTHONHOME", "PYTHONEXECUTABLE",
+    "PYTHONSTARTUP", "PYTHONUSERBASE", "__PYVENV_LAUNCHER__", "CONDA_PREFIX", "CONDA_DEFAULT_ENV",
+    "CONDA_PYTHON_EXE", "CONDA_SHLVL", "CONDA_EXE", "_CE_CONDA", "_CE_M", "UV_PROJECT_ENVIRONMENT",
+}
 
 
 def join_commands(commands: Sequence[str]) -> str:
@@ -69,6 +77,7 @@ class JobPaths:
     working_dir: str
     repo_dir: str
     hostfile: str
+    repo_id: str = "none"  # dstack's DEFAULT_VIRTUAL_REPO_ID when the run has no repo
 
 
 def dstack_variables(
@@ -88,18 +97,50 @@ def dstack_variables(
         "DSTACK_MPI_HOSTFILE": paths.hostfile,
         "DSTACK_WORKING_DIR": paths.working_dir,
         "DSTACK_REPO_DIR": paths.repo_dir,
+        "DSTACK_REPO_ID": paths.repo_id,
     }
 
 
-def host_base_environment(environ: Mapping[str, str]) -> Dict[str, str]:
-    """The node process environment without what Ray sets for its own workers."""
-    return {
+def worker_prefixes(environ: Mapping[str, str]) -> List[str]:
+    """Directories of the worker's own Python environment (a venv or a conda env, never the
+    system's): their entries leave a task's PATH."""
+    prefixes = []
+    if sys.prefix != sys.base_prefix:
+        prefixes.append(sys.prefix)
+    for key in ("VIRTUAL_ENV", "CONDA_PREFIX"):
+        value = environ.get(key)
+        if value and value != sys.base_prefix:
+            prefixes.append(value)
+    return [os.path.normpath(p) for p in prefixes]
+
+
+def clean_path(path: str, prefixes: Sequence[str]) -> str:
+    """PATH without entries inside `prefixes` (and without empty entries, which mean `.`)."""
+    kept = []
+    for entry in path.split(":"):
+        normalized = os.path.normpath(entry) if entry else ""
+        if not entry or any(normalized == p or normalized.startswith(p + "/") for p in prefixes):
+            continue
+        if entry not in kept:
+            kept.append(entry)
+    return ":".join(kept)
+
+
+def host_base_environment(environ: Mapping[str, str], *, keep_python: bool = False) -> Dict[str, str]:
+    """The node process environment without what Ray sets for its own workers and (unless
+    `keep_python`, for the guard of a container) without the worker's Python environment."""
+    env = {
         key: value
         for key, value in environ.items()
-        if not key.startswith(_WORKER_ONLY_PREFIXES)
-        and key not in _WORKER_ONLY
-        and not key.startswith("BASH_FUNC_")
+        if not key.startswith(_WORKER_ONLY_PREFIXES) and key not in _WORKER_ONLY
     }
+    if keep_python:
+        return env
+    prefixes = worker_prefixes(environ)
+    for key in _WORKER_PYTHON:
+        env.pop(key, None)
+    env["PATH"] = clean_path(environ.get("PATH", os.defpath), prefixes)
+    return env
 
 
 # Commands run on a pty nobody reads interactively: pagers must not wait for a keypress.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ from dstack_ray.exec.container import (
     find_runtime,
     staging_dir,
 )
-from dstack_ray.exec.pyenv import EnvironmentSetupError, activation, ensure_venv, find_nvcc
+from dstack_ray.exec.pyenv import EnvironmentSetupError, VenvMaker, activation_env, find_nvcc
 from dstack_ray.exec.repo import RepoError, RepoPayload, materialize_repo
 
 Report = Callable[[str], None]
@@ -99,10 +100,10 @@ def _apply_repo_and_files(payload: Optional[RunPayload], place: Callable[[str], 
     (relative, `~/...` or absolute) to where it goes on this node. Returns the repo directory."""
     repo_dir = place(".")
     if payload is not None and payload.repo is not None:
-        target = place(payload.repo.path)
         try:
+            target = place(payload.repo.path)
             repo_dir = materialize_repo(payload.repo.model_copy(update={"path": str(target)}), target.parent, report)
-        except RepoError as e:
+        except (RepoError, ValueError) as e:
             raise SetupFailure("container_exited_with_error", str(e)) from None
     for packed in payload.files if payload else []:
         try:
@@ -112,35 +113,119 @@ def _apply_repo_and_files(payload: Optional[RunPayload], place: Callable[[str], 
     return repo_dir
 
 
-def prepare_host(spec: NodeSpec, payload: Optional[RunPayload], node: NodeContext, report: Report) -> Prepared:
-    """Run on the node itself: the run's directory (or `working_dir`) as the working directory."""
-    if spec.working_dir:
-        working_dir = Path(os.path.expanduser(spec.working_dir))
-    else:
-        working_dir = node.run_dir / f"attempt-{node.attempt}"  # fresh, like dstack's container per attempt
-    working_dir.mkdir(parents=True, exist_ok=True)
-    repo_dir = _apply_repo_and_files(payload, lambda path: resolve_destination(path, working_dir, Path.home()), report)
-    hostfile = node.run_dir / "mpi" / "hostfile"
-    hostfile.parent.mkdir(parents=True, exist_ok=True)
-    hostfile.write_text(mpi_hostfile(node.cluster.ips, node.cluster.gpus_per_node))
-    commands = list(spec.commands)
-    extra: Dict[str, str] = {}
+@dataclass
+class HostLayout:
+    """Where a host-mode job lives on its node; nothing of the job is written elsewhere.
+
+    `run_dir/home` is the run's private HOME (0700, kept across attempts); each attempt gets a
+    fresh `attempt-N/` with `workflow/` (the working directory: repo and relative `files`,
+    dstack's `/workflow`), `venv/` (the job's Python), `bin/` (ssh wrappers), `mpi/hostfile`
+    and `ssh/` (the node's sshd for the run).
+    """
+
+    run_dir: Path
+    attempt: int
+
+    @property
+    def home(self) -> Path:
+        return self.run_dir / "home"
+
+    @property
+    def attempt_dir(self) -> Path:
+        return self.run_dir / f"attempt-{self.attempt}"
+
+    @property
+    def workflow(self) -> Path:
+        return self.attempt_dir / "workflow"
+
+    @property
+    def venv(self) -> Path:
+        return self.attempt_dir / "venv"
+
+    @property
+    def bin(self) -> Path:
+        return self.attempt_dir / "bin"
+
+    @property
+    def hostfile(self) -> Path:
+        return self.attempt_dir / "mpi" / "hostfile"
+
+    @property
+    def ssh(self) -> Path:
+        return self.attempt_dir / "ssh"
+
+    def confine(self, path: str, working_dir: Path) -> Path:
+        """A path as written in the task (`files`, `repos[].path`, `working_dir`): `~/x` in the
+        run's home, relative in `working_dir`. Anything landing outside the home and the
+        workflow directory (absolute, `..`, `~user`) is refused; the client refuses it before
+        submission, this is the node's own check."""
+        target = resolve_destination(path, working_dir, self.home)
+        if _inside(target, self.workflow) or _inside(target, self.home):
+            return target
+        raise ValueError(f"{path}: outside the run's directories (the working directory and `~`); use `image:` to write there")
+
+    def create(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.home, 0o700)
+        self.attempt_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.workflow.mkdir(exist_ok=True)
+        self.hostfile.parent.mkdir(exist_ok=True)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or str(path).startswith(f"{root}/")
+
+
+def host_working_dir(spec: "NodeSpec", layout: HostLayout) -> Path:
+    """`working_dir` on the host: unset = the attempt's workflow directory; `~/x` in the home;
+    relative (dstack's legacy form) joined to the workflow directory."""
+    if not spec.working_dir:
+        return layout.workflow
+    return layout.confine(spec.working_dir, layout.workflow)
+
+
+def prepare_host(
+    spec: NodeSpec,
+    payload: Optional[RunPayload],
+    node: NodeContext,
+    report: Report,
+    venvs: VenvMaker,
+) -> Prepared:
+    """Run on the node itself, in the job's own directories, Python and home."""
+    layout = HostLayout(node.run_dir, node.attempt)
+    layout.create()
     try:
-        if spec.python:
-            venv = ensure_venv(spec.python, node.run_dir.parent / f"venv-{spec.python}", node.node_ip)
-            commands.insert(0, activation(venv))
-            extra["DSTACK_VENV_DIR"] = str(venv)
+        working_dir = host_working_dir(spec, layout)
+        working_dir.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as e:
+        raise SetupFailure("executor_error", f"working_dir: {e}") from None
+
+    repo_dir = _apply_repo_and_files(payload, lambda path: layout.confine(path, working_dir), report)
+    layout.hostfile.write_text(mpi_hostfile(node.cluster.ips, node.cluster.gpus_per_node))
+    base = host_base_environment(os.environ)
+    try:
+        venv = venvs.take(spec.python, layout.venv, node.node_ip)
+        extra = activation_env(venv, f"{layout.bin}:{base.get('PATH', '')}")
         if spec.nvcc:
-            nvcc, version = find_nvcc(node.node_ip)
+            nvcc, version = find_nvcc(node.node_ip, base.get("PATH"))
             report(f"nvcc: {version}")
-            extra["PATH"] = f"{nvcc.parent}:{os.environ.get('PATH', '')}"
-    except EnvironmentSetupError as e:
+            extra["PATH"] = f"{extra['PATH']}:{nvcc.parent}"
+    except (EnvironmentSetupError, OSError, subprocess.SubprocessError) as e:
         raise SetupFailure("executor_error", str(e)) from None
-    argv = command_argv(spec.shell, commands, spec.entrypoint)
-    paths = JobPaths(working_dir=str(working_dir), repo_dir=str(repo_dir), hostfile=str(hostfile))
+    argv = command_argv(spec.shell, spec.commands, spec.entrypoint)
+    paths = JobPaths(
+        working_dir=str(working_dir),
+        repo_dir=str(repo_dir),
+        hostfile=str(layout.hostfile),
+        repo_id=_repo_id(payload),
+    )
     system = {**dstack_variables(node.identity, node.cluster, paths), **extra}
-    env = job_environment(host_base_environment(os.environ), system, spec.user_env, node.gpu_ids)
+    env = job_environment(base, system, spec.user_env, node.gpu_ids, home=str(layout.home))
     return Prepared(argv=argv, env=env, cwd=str(working_dir))
+
+
+def _repo_id(payload: Optional[RunPayload]) -> str:
+    return payload.repo.repo_id if payload is not None and payload.repo is not None else "none"
 
 
 def prepare_container(
@@ -166,21 +251,29 @@ def prepare_container(
         image = container.inspect()
     except ContainerError as e:
         raise SetupFailure("creating_container_error", str(e)) from None
-    working_dir = spec.working_dir or image.working_dir or DEFAULT_WORKING_DIR
-    home = container.home(image) if any(f.path.startswith("~") for f in (payload.files if payload else [])) else "/root"
+    wanted = [f.path for f in (payload.files if payload else [])] + [spec.working_dir or ""]
+    home = container.home(image) if any(p.startswith("~") for p in wanted) else "/root"
+    if spec.working_dir:
+        # `~` is the image user's home; a relative value is dstack's legacy form, below /workflow.
+        working_dir = container_path(spec.working_dir, DEFAULT_WORKING_DIR, home)
+    else:
+        working_dir = image.working_dir or DEFAULT_WORKING_DIR
     staging = staging_dir(node.run_dir)
     try:
         (staging / working_dir.lstrip("/")).mkdir(parents=True, exist_ok=True)
 
         def place(path: str) -> Path:
-            return staging / container_path(path, working_dir, home).lstrip("/")
+            target = Path(os.path.normpath(staging / container_path(path, working_dir, home).lstrip("/")))
+            if target != staging and not str(target).startswith(f"{staging}/"):
+                raise ValueError(f"{path}: leads outside the container's filesystem")
+            return target
 
         staged_repo = _apply_repo_and_files(payload, place, report)
         repo_dir = "/" + str(staged_repo.relative_to(staging))
         hostfile = node.run_dir / "mpi" / "hostfile"
         hostfile.parent.mkdir(parents=True, exist_ok=True)
         hostfile.write_text(mpi_hostfile(node.cluster.ips, node.cluster.gpus_per_node))
-        paths = JobPaths(working_dir=working_dir, repo_dir=repo_dir, hostfile=CONTAINER_HOSTFILE)
+        paths = JobPaths(working_dir=working_dir, repo_dir=repo_dir, hostfile=CONTAINER_HOSTFILE, repo_id=_repo_id(payload))
         env = {**NON_INTERACTIVE, **dstack_variables(node.identity, node.cluster, paths), **spec.user_env}
         argv = container_argv(spec.shell, spec.commands, spec.entrypoint, spec.container.docker)
         try:
@@ -191,6 +284,6 @@ def prepare_container(
             raise SetupFailure("creating_container_error", str(e)) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    guard_env = host_base_environment(os.environ)
+    guard_env = host_base_environment(os.environ, keep_python=True)
     return Prepared(argv=container.start_command(), env=guard_env, cwd=str(node.run_dir), cleanup=container.remove_command())
 

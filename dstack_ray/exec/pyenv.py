@@ -1,74 +1,214 @@
-"""`python:` and `nvcc:` for tasks that run on the host (no `image`).
+"""The job's own Python (dstack's base image venv) and `nvcc:` for tasks that run on the host.
 
-dstack's base image creates a virtual environment with the requested Python; on a Ray node we
-create one in the run's directory (with uv when the node has it, else `pythonX.Y -m venv`) and
-activate it before the commands. `nvcc: true` requires the CUDA compiler on the node.
+dstack's base image gives every job a fresh virtual environment with the requested Python; on
+a Ray node we give each host-mode job one of its own in the job's directory, made with uv (a
+dependency of dstack-ray, so every node has it) and seeded with pip, so that `pip install`
+never reaches the environment Ray and dstack-ray run from.
+
+Creating one costs about 0.3 s, which would sit between submission and the first line of output;
+so each node keeps one spare per Python version in the state directory, made in the background
+after a job took the previous one. A job takes a spare with one rename (atomic, so two agents on
+the node never get the same one); only the first job of a version on a node waits for uv.
+Virtual environments are made `--relocatable` so a renamed one still works.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 import subprocess
+import sys
+import threading
+import time
+import uuid
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
+
+logger = logging.getLogger(__name__)
 
 VENV_TIMEOUT = 300
+SPARES_PER_VERSION = 1
+PROMPT = "workflow"
+_STALE_SCRATCH_S = 3600
 
 
 class EnvironmentSetupError(Exception):
     """The node cannot provide what the task asks for; the message says what to install."""
 
 
-def _version_of(python: Path) -> Optional[str]:
+def uv_binary() -> str:
+    """The uv that ships with dstack-ray's `uv` dependency, else one on PATH."""
+    try:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        found = shutil.which("uv")
+        if found:
+            return found
+    raise EnvironmentSetupError("uv is not installed on this node; reinstall dstack-ray there (it depends on uv)")
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "failed"
+
+
+def _bundled_pip(python: Path) -> Optional[Path]:
+    """The pip wheel the interpreter ships for ensurepip (no network needed to seed with it)."""
     try:
         out = subprocess.run(
-            [str(python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            [str(python), "-c", "import ensurepip, os; print(os.path.dirname(ensurepip.__file__))"],
             capture_output=True, text=True, timeout=30,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() or None
+    bundled = Path(out.stdout.strip() or "/nonexistent") / "_bundled"
+    wheels = sorted(bundled.glob("pip-*.whl")) if out.returncode == 0 else []
+    return wheels[-1] if wheels else None
 
 
-def ensure_venv(version: str, directory: Path, node: str) -> Path:
-    """A virtual environment with Python `version` at `directory` (reused when it matches)."""
-    python = directory / "bin" / "python"
-    if python.exists() and _version_of(python) == version:
-        return directory
-    errors: List[str] = []
-    uv = shutil.which("uv")
-    if uv:
-        result = subprocess.run(
-            [uv, "venv", "--quiet", "--seed", "--python", version, str(directory)],
-            capture_output=True, text=True, timeout=VENV_TIMEOUT,
-        )
-        if result.returncode == 0 and _version_of(python) == version:
-            return directory
-        errors.append("uv: " + (result.stderr.strip().splitlines() or ["failed"])[-1])
-    interpreter = shutil.which(f"python{version}")
-    if interpreter and _version_of(Path(interpreter)) == version:
-        result = subprocess.run(
-            [interpreter, "-m", "venv", "--clear", str(directory)],
-            capture_output=True, text=True, timeout=VENV_TIMEOUT,
-        )
-        if result.returncode == 0:
-            return directory
-        errors.append(f"python{version} -m venv: " + (result.stderr.strip().splitlines() or ["failed"])[-1])
-    else:
-        errors.append(f"no python{version} on PATH")
-    raise EnvironmentSetupError(
-        f"Python {version} is not available on node {node} ({'; '.join(errors)});"
-        f" install python{version} or uv there, or use an `image` with it"
-    )
+class VenvMaker:
+    """Makes virtual environments with uv under a node's state directory.
+
+    `root` holds uv's cache, the Pythons uv downloads (when `downloads` allows it) and the
+    spares. `version` None means the Python that runs Ray on this node.
+    """
+
+    def __init__(self, root: Path, downloads: bool = True) -> None:
+        self.root = root
+        self.downloads = downloads
+        self._refilling: Dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+
+    def _uv_env(self, downloads: bool) -> Dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+        env["UV_CACHE_DIR"] = str(self.root / "uv-cache")
+        env["UV_PYTHON_INSTALL_DIR"] = str(self.root / "python")
+        env["UV_PYTHON_DOWNLOADS"] = "automatic" if downloads else "never"
+        env["UV_NO_CONFIG"] = "1"  # the node's uv.toml is not the task's
+        return env
+
+    def create(self, version: Optional[str], target: Path, node: str) -> Path:
+        """A fresh virtual environment with Python `version` (with pip) at `target`."""
+        uv = uv_binary()
+        python = version or sys.executable
+        tried: List[str] = []
+        attempts = [False, True] if version and self.downloads else [False]
+        for downloads in attempts:
+            result = subprocess.run(
+                [uv, "venv", "--quiet", "--relocatable", "--prompt", PROMPT, "--python", python, str(target)],
+                capture_output=True, text=True, timeout=VENV_TIMEOUT, env=self._uv_env(downloads),
+            )
+            if result.returncode == 0:
+                break
+            shutil.rmtree(target, ignore_errors=True)
+            tried.append(("uv (download allowed): " if downloads else "uv (installed Pythons): ") + _last_line(result.stderr))
+        else:
+            if not self.downloads and version:
+                tried.append("downloads are off on this cluster")
+            raise EnvironmentSetupError(
+                f"Python {version or python} is not available on node {node} ({'; '.join(tried)});"
+                f" install python{version or ''} there, let the node download it, or use an `image` with it"
+            )
+        self._seed_pip(uv, target, node)
+        return target
+
+    def _seed_pip(self, uv: str, venv: Path, node: str) -> None:
+        """pip in the venv, from the interpreter's own bundled wheel when it has one (offline),
+        else from the package index; without pip a task's `pip` would be the node's."""
+        python = venv / "bin" / "python"
+        wheel = _bundled_pip(python)
+        if wheel is not None:
+            args = [uv, "pip", "install", "--quiet", "--offline", "--no-deps", "--python", str(python), str(wheel)]
+        else:
+            args = [uv, "pip", "install", "--quiet", "--python", str(python), "pip"]
+        result = subprocess.run(args, capture_output=True, text=True, timeout=VENV_TIMEOUT, env=self._uv_env(False))
+        if result.returncode != 0:
+            shutil.rmtree(venv, ignore_errors=True)
+            raise EnvironmentSetupError(f"cannot install pip into the job's environment on node {node}: {_last_line(result.stderr)}")
+
+    # -- spares ---------------------------------------------------------------------------------
+
+    def _spares(self, version: Optional[str]) -> Path:
+        return self.root / "spares" / (version or f"worker-{sys.version_info[0]}.{sys.version_info[1]}")
+
+    def take(self, version: Optional[str], target: Path, node: str) -> Path:
+        """Move a spare to `target` (or make one there), then make the next spare."""
+        spares = self._spares(version)
+        taken = False
+        for spare in sorted(spares.glob("ready-*")) if spares.is_dir() else []:
+            try:
+                os.rename(spare, target)
+            except OSError:
+                continue  # another agent on this node took it first
+            if (target / "bin" / "python").exists():  # its interpreter is still installed
+                taken = True
+                break
+            shutil.rmtree(target, ignore_errors=True)
+        if not taken:
+            self.create(version, target, node)
+        self._refill(version, node)
+        return target
+
+    def _refill(self, version: Optional[str], node: str) -> None:
+        key = version or ""
+        with self._lock:
+            running = self._refilling.get(key)
+            if running is not None and running.is_alive():
+                return
+            thread = threading.Thread(target=self._make_spare, args=(version, node), name="dstack-venv-spare", daemon=True)
+            self._refilling[key] = thread
+            thread.start()
+
+    def _make_spare(self, version: Optional[str], node: str) -> None:
+        spares = self._spares(version)
+        try:
+            spares.mkdir(parents=True, exist_ok=True)
+            self._remove_stale_scratch(spares)
+            if len(list(spares.glob("ready-*"))) >= SPARES_PER_VERSION:
+                return
+            scratch = spares / f"making-{uuid.uuid4().hex}"
+            self.create(version, scratch, node)
+            os.rename(scratch, spares / f"ready-{time.time_ns()}-{uuid.uuid4().hex[:8]}")
+        except (OSError, subprocess.SubprocessError, EnvironmentSetupError) as e:
+            logger.warning("cannot prepare a spare Python environment: %s", e)
+
+    @staticmethod
+    def _remove_stale_scratch(spares: Path) -> None:
+        for scratch in spares.glob("making-*"):
+            try:
+                if time.time() - scratch.stat().st_mtime > _STALE_SCRATCH_S:
+                    shutil.rmtree(scratch, ignore_errors=True)
+            except OSError:
+                pass
 
 
-def activation(venv: Path) -> str:
-    return f". {venv}/bin/activate"
+_MAKERS: Dict[Tuple[str, bool], VenvMaker] = {}
 
 
-def find_nvcc(node: str) -> Tuple[Path, str]:
+def venv_maker(root: Path, downloads: bool) -> VenvMaker:
+    """One maker per state directory in this worker process (its spares are refilled once)."""
+    key = (str(root), downloads)
+    if key not in _MAKERS:
+        _MAKERS[key] = VenvMaker(root, downloads)
+    return _MAKERS[key]
+
+
+def activation_env(venv: Path, path: str) -> Dict[str, str]:
+    """What `. venv/bin/activate` exports, for commands and entrypoints alike."""
+    return {
+        "VIRTUAL_ENV": str(venv),
+        "VIRTUAL_ENV_PROMPT": PROMPT,
+        "PATH": f"{venv}/bin:{path}" if path else f"{venv}/bin",
+        "DSTACK_VENV_DIR": str(venv),
+    }
+
+
+def find_nvcc(node: str, path: Optional[str] = None) -> Tuple[Path, str]:
     """The CUDA compiler and its version line, or EnvironmentSetupError."""
-    candidates = [shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"]
+    candidates = [shutil.which("nvcc", path=path), "/usr/local/cuda/bin/nvcc"]
     for candidate in candidates:
         if candidate and Path(candidate).exists():
             try:

@@ -11,6 +11,7 @@ tree itself when it fits the upload limit; a node that cannot clone falls back t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import os
@@ -67,6 +68,26 @@ class RepoPayload(BaseModel):
     single_branch: bool = True
     user_name: Optional[str] = None
     user_email: Optional[str] = None
+    repo_id: str = "none"  # DSTACK_REPO_ID
+
+
+def repo_id_for(url: str) -> str:
+    """dstack's repo id: `<repo name>-<first 8 hex of sha256("host/owner/name")>`, from the clone
+    URL (`https://host/owner/name.git`, `git@host:owner/name.git`, `file:///path/name`)."""
+    text = url.strip()
+    scp = re.match(r"^(?:[^@/]+@)?([^:/]+):(?!//)(.*)$", text)
+    if "://" in text:
+        _, _, rest = text.partition("://")
+        host, _, path = rest.partition("/")
+        host = host.rpartition("@")[2]
+    elif scp:
+        host, path = scp.group(1), scp.group(2)
+    else:
+        host, path = "", text
+    path = path.strip("/").removesuffix(".git")
+    name = path.rsplit("/", 1)[-1] or "repo"
+    digest = hashlib.sha256(f"{host}/{path}".encode()).hexdigest()[:8]
+    return f"{name}-{digest}"
 
 
 _URL_PASSWORD = re.compile(r"(://[^/@:\s]*):[^/@\s]*@")
@@ -281,6 +302,7 @@ def _prepare_local(spec: RepoSpec, config_dir: Path, single_branch: bool) -> Rep
         single_branch=single_branch,
         user_name=_git_text(["config", "--get", "user.name"], repo_dir),
         user_email=_git_text(["config", "--get", "user.email"], repo_dir),
+        repo_id=repo_id_for(url),
     )
 
 
@@ -301,6 +323,7 @@ def prepare_repo(spec: RepoSpec, config_dir: Path, single_branch: Optional[bool]
             path=spec.path,
             if_exists=spec.if_exists,
             single_branch=single,
+            repo_id=repo_id_for(spec.url),
         )
     return _prepare_local(spec, config_dir, single)
 

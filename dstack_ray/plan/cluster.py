@@ -82,6 +82,7 @@ class ClusterView(BaseModel):
     node_types: List[NodeType] = Field(default_factory=list)
     autoscaling: bool = False
     availability_known: bool = False  # whether `NodeView.available` was read from Ray
+    default_image: Optional[str] = None  # the cluster's image for tasks without `image`
 
     @property
     def alive_nodes(self) -> List[NodeView]:

@@ -16,14 +16,16 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import ray
 from pydantic import BaseModel
 
 from dstack_ray.config.interpolate import substitute_groups_ips
 from dstack_ray.exec.commands import ClusterInfo, JobIdentity
+from dstack_ray.exec.commands import host_base_environment
 from dstack_ray.exec.prepare import (
+    HostLayout,
     NodeContext,
     NodeSpec,
     Prepared,
@@ -33,6 +35,8 @@ from dstack_ray.exec.prepare import (
     prepare_host,
 )
 from dstack_ray.exec.process import GuardedProcess
+from dstack_ray.exec.pyenv import activation_env, venv_maker
+from dstack_ray.exec.ssh import NodeSshd, RunKey, forget_keys, write_client_files, write_wrappers
 from dstack_ray.runtime.settings import RuntimeSettings
 
 logger = logging.getLogger(__name__)
@@ -51,11 +55,13 @@ class NodeAssignment(BaseModel):
     settings: RuntimeSettings
     gpu_sampler: str
     container_runtime: Optional[str] = None
+    ssh_key: Optional[RunKey] = None  # multi-node runs: the attempt's key pair for SSH between nodes
 
 
 class StartOrder(BaseModel):
     ips: List[str]
     gpus_per_node: List[int]
+    ssh_ports: List[Optional[int]] = []  # per rank; None where the node runs no sshd
 
 
 class NodeOutcome(BaseModel):
@@ -168,8 +174,10 @@ class LogShipper:
 def _run_dir(assignment: NodeAssignment) -> Path:
     """This rank's private directory for the run on this node (kept after the run)."""
     root = assignment.settings.resolved_state_dir() / "runs"
-    path = root / f"{assignment.run_name}-{assignment.run_id[:8]}" / f"node-{assignment.rank}"
-    path.mkdir(parents=True, exist_ok=True)
+    run = root / f"{assignment.run_name}-{assignment.run_id[:8]}"
+    run.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = run / f"node-{assignment.rank}"
+    path.mkdir(exist_ok=True, mode=0o700)
     return path
 
 
@@ -232,13 +240,64 @@ def _sample_gpus(host: Any, assignment: NodeAssignment, gpu_ids: List[str], done
         done.wait(assignment.settings.metrics_interval)
 
 
+def _start_sshd(assignment: NodeAssignment, raylet: int) -> Tuple[Optional[NodeSshd], Optional[int]]:
+    """The node's sshd for a multi-node host-mode run (before the node reports ready, so its
+    port goes out with the start order); (None, None) where there is none."""
+    if assignment.ssh_key is None or assignment.spec.container is not None:
+        return None, None
+    layout = HostLayout(_run_dir(assignment), assignment.attempt)
+    layout.create()
+    path = host_base_environment(os.environ).get("PATH", "")
+    session = {
+        **activation_env(layout.venv, f"{layout.bin}:{path}"),
+        "HOME": str(layout.home),
+        "DSTACK_RUN_NAME": assignment.run_name,
+        "DSTACK_RUN_ID": assignment.run_id,
+        "DSTACK_NODE_RANK": str(assignment.rank),
+        "DSTACK_NODES_NUM": str(assignment.nodes_num),
+        "DSTACK_MPI_HOSTFILE": str(layout.hostfile),
+    }
+    sshd = NodeSshd(layout.ssh, assignment.ssh_key)
+    try:
+        port = sshd.start(session, raylet, lambda chunk: logger.info("sshd: %s", chunk.decode(errors="replace").rstrip()))
+    except OSError as e:
+        logger.warning("%s", e)
+        return None, None
+    return (sshd, port) if port is not None else (None, None)
+
+
 def run_node(assignment: NodeAssignment, controller: Any, host: Any, payload: Optional[RunPayload] = None) -> NodeOutcome:
     """The body of the NodeAgent task for one rank of one attempt."""
     key = (assignment.run_id, assignment.attempt, assignment.rank)
     ip = ray.util.get_node_ip_address()
     node_id = ray.get_runtime_context().get_node_id()
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-    host.agent_ready.remote(*key, ip, node_id, gpu_ids)
+    # Our parent is the node's raylet: if it dies, the node is gone and so must the command be.
+    raylet = os.getppid()
+    sshd, ssh_port = _start_sshd(assignment, raylet)
+    try:
+        return _run(assignment, controller, host, payload, key, ip, node_id, gpu_ids, raylet, ssh_port)
+    finally:
+        if sshd is not None:
+            sshd.stop()
+        if assignment.ssh_key is not None and assignment.spec.container is None:
+            layout = HostLayout(_run_dir(assignment), assignment.attempt)
+            forget_keys(layout.home, layout.ssh)
+
+
+def _run(
+    assignment: NodeAssignment,
+    controller: Any,
+    host: Any,
+    payload: Optional[RunPayload],
+    key: Tuple[str, int, int],
+    ip: str,
+    node_id: str,
+    gpu_ids: List[str],
+    raylet: int,
+    ssh_port: Optional[int],
+) -> NodeOutcome:
+    host.agent_ready.remote(*key, ip, node_id, gpu_ids, ssh_port)
     if assignment.nodes_num == 1:
         order: Optional[StartOrder] = StartOrder(ips=[ip], gpus_per_node=[assignment.gpus])
     else:
@@ -249,8 +308,6 @@ def run_node(assignment: NodeAssignment, controller: Any, host: Any, payload: Op
     shipper = LogShipper(controller, *key, assignment.settings)
     try:
         prepared = _prepare(assignment, payload, order, ip, gpu_ids, host)
-        # Our parent is the node's raylet: if it dies, the node is gone and so must the command be.
-        raylet = os.getppid()
         process = GuardedProcess(
             prepared.argv, prepared.env, prepared.cwd, shipper.write, watch_pid=raylet, cleanup=prepared.cleanup
         )
@@ -303,7 +360,14 @@ def _prepare(
         host.agent_event.remote(*key, message)
 
     if spec.container is None:
-        return prepare_host(spec, payload, node, report)
+        settings = assignment.settings
+        venvs = venv_maker(settings.resolved_state_dir() / "python-envs", settings.python_downloads)
+        prepared = prepare_host(spec, payload, node, report, venvs)
+        if assignment.ssh_key is not None and any(order.ssh_ports):
+            layout = HostLayout(node.run_dir, node.attempt)
+            write_client_files(layout.home, assignment.ssh_key, order.ips, order.ssh_ports)
+            write_wrappers(layout.bin, layout.home)
+        return prepared
     return prepare_container(
         spec,
         payload,

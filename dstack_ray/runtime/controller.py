@@ -299,7 +299,9 @@ class Controller:
         return [j.model_dump(mode="json") for j in self.store.load_jobs(run.id)]
 
     async def cluster_view(self) -> Dict[str, Any]:
-        return live_cluster_view().model_dump(mode="json")
+        view = live_cluster_view()
+        view.default_image = self.settings.resolved_default_image()
+        return view.model_dump(mode="json")
 
     # -- scheduling: priority queue, capacity, cron ---------------------------------------------------
 

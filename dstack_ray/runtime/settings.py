@@ -12,6 +12,7 @@ NAMESPACE = "dstack"
 CONTROLLER_NAME = "dstack:controller"
 SUPERVISOR_NAME = "dstack:supervisor"
 STATE_DIR_ENV = "DSTACK_RAY_STATE_DIR"
+DEFAULT_IMAGE_ENV = "DSTACK_RAY_DEFAULT_IMAGE"
 
 
 def default_state_dir() -> Path:
@@ -33,6 +34,16 @@ class RuntimeSettings(BaseModel):
     container_runtime: Optional[str] = None  # podman or docker; None: whichever the node has
     clock_offset_file: Optional[str] = None  # tests: seconds to add to the scheduling clock
     scheduler_interval: float = 1.0  # how often queued runs and schedules are looked at
+    # Host-mode jobs: may uv download a `python:` version a node does not have (from uv's
+    # Python builds)? Tests and air-gapped clusters turn it off.
+    python_downloads: bool = True
+    # The cluster's default image: tasks without `image` run in it (podman/docker on every node),
+    # as dstack runs them in its base image. None: $DSTACK_RAY_DEFAULT_IMAGE on the head, else
+    # host mode (the job's own venv and home on the node).
+    default_image: Optional[str] = None
 
     def resolved_state_dir(self) -> Path:
         return Path(self.state_dir) if self.state_dir else default_state_dir()
+
+    def resolved_default_image(self) -> Optional[str]:
+        return self.default_image or os.environ.get(DEFAULT_IMAGE_ENV) or None

@@ -30,6 +30,7 @@ from dstack_ray.plan.planner import NodeBundle, RunPlan, build_plan
 from dstack_ray.config.volumes import InstanceMountPoint
 from dstack_ray.exec.container import DIND_IMAGE, ContainerSpec, InstanceMount
 from dstack_ray.exec.prepare import NodeSpec, RunPayload
+from dstack_ray.exec.ssh import RunKey, new_run_key
 from dstack_ray.runtime.agent import NodeAssignment, NodeOutcome, run_node
 from dstack_ray.runtime.clock import Clock
 from dstack_ray.runtime.models import (
@@ -98,6 +99,8 @@ class RunSupervisor:
         self._stopping = False
         self._slots: Dict[int, AgentSlot] = {}
         self._payload: Any = None
+        self._ssh_key: Optional[RunKey] = None  # the current attempt's, for multi-node runs
+        self._ssh_ports: Dict[int, Optional[int]] = {}
         self._samples: Dict[int, Dict[str, List[Sample]]] = {}
 
     # -- reporting ----------------------------------------------------------------------------
@@ -322,6 +325,8 @@ class RunSupervisor:
         specs = self._node_specs()
         payload = await self._payload_ref()
         sizes = [g.nodes for g in self.cfg.node_groups]
+        self._ssh_key = new_run_key(f"dstack-ray:{self.run.name}:{attempt}") if plan.nodes_num > 1 else None
+        self._ssh_ports = {}
         for bundle in plan.bundles:
             job = self.jobs[bundle.rank]
             assignment = NodeAssignment(
@@ -337,6 +342,7 @@ class RunSupervisor:
                 settings=self.settings,
                 gpu_sampler=self.spec.gpu_sampler or self.settings.gpu_sampler,
                 container_runtime=self.spec.container_runtime or self.settings.container_runtime,
+                ssh_key=self._ssh_key,
             )
             refs[bundle.rank] = self._launch(pg, bundle, assignment, payload)
             job.status = JobStatus.PROVISIONING
@@ -374,9 +380,10 @@ class RunSupervisor:
         specs = []
         for group in cfg.node_groups:
             container = None
-            if cfg.image or cfg.docker:
+            default_image = self.settings.resolved_default_image()
+            if cfg.image or cfg.docker or default_image:
                 container = ContainerSpec(
-                    image=cfg.image or DIND_IMAGE,
+                    image=cfg.image or (DIND_IMAGE if cfg.docker else default_image),
                     user=cfg.user,
                     privileged=cfg.privileged,
                     docker=bool(cfg.docker),
@@ -447,13 +454,21 @@ class RunSupervisor:
                     info = fut.result()
                     job = self.jobs[rank]
                     job.node_ip, job.node_id, job.gpu_ids = info["ip"], info["node_id"], info["gpu_ids"]
+                    self._ssh_ports[rank] = info.get("ssh_port")
                     del pending[rank]
             await self.report()
 
     async def _release(self, plan: RunPlan, slots: Dict[int, AgentSlot], outcomes: Dict[int, "asyncio.Future"], stop: "asyncio.Future") -> None:
         """Give every node the cluster's IPs, in the order `startup_order` asks for."""
         ips = [self.jobs[r].node_ip or "" for r in range(plan.nodes_num)]
-        order = {"ips": ips, "gpus_per_node": plan.gpus_per_node()}
+        ports = [self._ssh_ports.get(r) for r in range(plan.nodes_num)]
+        order = {"ips": ips, "gpus_per_node": plan.gpus_per_node(), "ssh_ports": ports}
+        without = [str(r) for r, port in enumerate(ports) if port is None]
+        if without and self._ssh_key is not None:
+            await self.report(
+                event=f"SSH between nodes is unavailable: node(s) {', '.join(without)} have no sshd"
+                " (install openssh-server there, or use an `image` with sshd)"
+            )
         startup = self.cfg.startup_order or StartupOrder.ANY
         master, workers = [0], list(range(1, plan.nodes_num))
         if startup == StartupOrder.ANY:
@@ -709,10 +724,12 @@ class SupervisorHost:
         if slot is not None:
             slot.orders.put_nowait({"reason": "closed", "abort": True})
 
-    async def agent_ready(self, run_id: str, attempt: int, rank: int, ip: str, node_id: str, gpu_ids: List[str]) -> None:
+    async def agent_ready(
+        self, run_id: str, attempt: int, rank: int, ip: str, node_id: str, gpu_ids: List[str], ssh_port: Optional[int] = None
+    ) -> None:
         slot = self.slots.get((run_id, attempt, rank))
         if slot is not None and not slot.ready.done():
-            slot.ready.set_result({"ip": ip, "node_id": node_id, "gpu_ids": gpu_ids})
+            slot.ready.set_result({"ip": ip, "node_id": node_id, "gpu_ids": gpu_ids, "ssh_port": ssh_port})
 
     async def agent_wait_start(self, run_id: str, attempt: int, rank: int) -> Optional[Dict[str, Any]]:
         slot = self.slots.get((run_id, attempt, rank))

@@ -26,6 +26,7 @@ def settings(tmp_path_factory):
         metrics_interval=0.5,
         scheduler_interval=0.5,
         clock_offset_file=str(tmp_path_factory.mktemp("clock") / "offset"),
+        python_downloads=False,  # tests reach no Python build server
     )
 
 

@@ -8,6 +8,7 @@ import textwrap
 import pytest
 
 from dstack_ray.config import ConfigurationError
+from dstack_ray.exec.repo import repo_id_for
 from dstack_ray.runtime.models import JobTerminationReason, RunStatus
 
 
@@ -22,6 +23,8 @@ def write_config(directory, name, body):
 
 
 def test_files_arrive_on_every_node_with_ignore_rules(client, tmp_path):
+    """Two ranks share this host (simulated nodes): each unpacks into its own run directories,
+    so neither removes what the other wrote (this raced when targets were absolute)."""
     src = tmp_path / "src"
     (src / "pkg").mkdir(parents=True)
     (src / "pkg" / "model.py").write_text("print('model')\n")
@@ -37,10 +40,10 @@ def test_files_arrive_on_every_node_with_ignore_rules(client, tmp_path):
         nodes: 2
         files:
           - src
-          - notes.txt:/tmp/dstack-ray-files-test/notes.txt
+          - notes.txt:~/shared/notes.txt
         commands:
           - find src -type f | sort
-          - cat /tmp/dstack-ray-files-test/notes.txt
+          - cat ~/shared/notes.txt
         resources:
           cpu: 1
           memory: 256MB
@@ -102,6 +105,8 @@ def test_local_repo_arrives_with_diff_and_untracked_files(client, repo_pair):
           - test ! -e junk.tmp && echo no-junk
           - git log --format=%s -1
           - echo repo=$DSTACK_REPO_DIR
+          - echo id=$DSTACK_REPO_ID
+          - test "$DSTACK_REPO_DIR" = "$DSTACK_WORKING_DIR" && test "$PWD" = "$DSTACK_WORKING_DIR" && echo same
         resources:
           cpu: 1
           memory: 256MB
@@ -112,6 +117,8 @@ def test_local_repo_arrives_with_diff_and_untracked_files(client, repo_pair):
     lines = list(run.logs())
     assert lines[:4] == ["modified locally", "untracked", "no-junk", "first"]
     assert lines[4].startswith("repo=/")
+    assert lines[5] == f"id={repo_id_for(str(origin))}" and lines[5].startswith("id=origin-")
+    assert lines[6] == "same"
 
 
 def test_url_repo_is_cloned_at_the_commit(client, repo_pair, tmp_path):

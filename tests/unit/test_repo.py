@@ -3,6 +3,7 @@ git repos with file:// remotes (no network)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -16,7 +17,7 @@ import dstack_ray.exec.repo as repo_module
 from dstack_ray.config import ConfigurationError
 from dstack_ray.config.repos import RepoSpec
 from dstack_ray.exec.archive import ArchiveTooLarge
-from dstack_ray.exec.repo import RepoError, RepoPayload, materialize_repo, prepare_repo
+from dstack_ray.exec.repo import RepoError, RepoPayload, materialize_repo, prepare_repo, repo_id_for
 
 BINARY_V1 = bytes(range(256)) * 4
 BINARY_V2 = bytes(reversed(range(256))) * 4 + b"\x00tail"
@@ -264,8 +265,23 @@ def test_url_repo_payload(tmp_path: Path) -> None:
         commit="abc123",
         path="src",
         single_branch=True,
+        repo_id="repo-" + hashlib.sha256(b"github.com/org/repo").hexdigest()[:8],
     )
     assert payload.diff == b"" and payload.tree is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://github.com/org/repo.git",
+        "https://user:token@github.com/org/repo",
+        "git@github.com:org/repo.git",
+        "ssh://git@github.com/org/repo.git",
+    ],
+)
+def test_repo_id_is_dstacks_slug_of_host_and_path(url: str) -> None:
+    """DSTACK_REPO_ID: `<name>-<sha256("host/owner/name")[:8]>`, whatever the URL form."""
+    assert repo_id_for(url) == "repo-" + hashlib.sha256(b"github.com/org/repo").hexdigest()[:8]
 
 
 # --- node side -----------------------------------------------------------------------

@@ -17,9 +17,10 @@ from dstack_ray.config import (
     PortMapping,
     ResourcesSpec,
     TaskConfiguration,
+    load_configuration,
     parse_configuration,
 )
-from dstack_ray.config.checks import check_submittable, inferred_gpu_vendor, with_server_defaults
+from dstack_ray.config.checks import check_host_paths, check_submittable, inferred_gpu_vendor, with_server_defaults
 from dstack_ray.config.files import FilePathMapping
 from dstack_ray.config.gpus import AcceleratorVendor
 from dstack_ray.config.ports import filter_reserved_ports
@@ -845,17 +846,57 @@ class TestSubmission:
     def test_retry_ok(self, retry):
         submit(task(retry=retry))
 
-    @pytest.mark.parametrize(("working_dir", "ok"), [("/w", True), ("/", True), ("w", False), ("./w", False), ("~", False)])
-    def test_working_dir_must_be_absolute(self, working_dir, ok):
-        if ok:
-            submit(task(working_dir=working_dir))
-        else:
-            (issue,) = submit_issues(task(working_dir=working_dir))
-            assert (issue.path, issue.message) == ("working_dir", "working_dir must be absolute")
+    @pytest.mark.parametrize("working_dir", ["/w", "/", "w", "./w", "~", "~/w"])
+    def test_working_dir_relative_and_home_are_accepted(self, working_dir):
+        """Deviation (README): dstack's CLI wants an absolute working_dir; here `~/x` and the
+        legacy relative form are accepted, since host-mode tasks may not use absolute paths."""
+        submit(task(working_dir=working_dir))
 
     def test_all_problems_reported_together(self):
-        issues = submit_issues(task(name="Bad", working_dir="rel", retry={"duration": -5}))
-        assert sorted(i.path for i in issues) == ["name", "retry.duration", "working_dir"]
+        issues = submit_issues(task(name="Bad", retry={"duration": -5}))
+        assert sorted(i.path for i in issues) == ["name", "retry.duration"]
+
+
+class TestHostPaths:
+    """Without `image`, targets outside the run's directories are refused before submission."""
+
+    @pytest.mark.parametrize("target", ["x", "./x/y", "~", "~/x", "~/.ssh/id_rsa", "a/../b"])
+    def test_inside_the_run_is_accepted(self, target):
+        check_host_paths(parse_configuration(task(files=[f"local:{target}"], working_dir=target)))
+
+    @pytest.mark.parametrize(
+        ("target", "why"),
+        [
+            ("/root/.ssh/id_rsa", "absolute path"),
+            ("/etc/x", "absolute path"),
+            ("/", "absolute path"),
+            ("../x", "`..` leads outside"),
+            ("~/../x", "`..` leads outside"),
+            ("a/../../x", "`..` leads outside"),
+            ("~root/x", "`~user` paths"),
+        ],
+    )
+    def test_outside_is_refused_naming_field_and_path(self, target, why):
+        for field, data in [
+            ("files[1]", task(files=["ok:ok", f"local:{target}"])),
+            ("working_dir", task(working_dir=target)),
+        ] + ([] if target.startswith("~r") else [  # the repo path rejects `~user` when parsed
+            ("repos[0].path", task(repos=[{"url": "https://github.com/org/repo.git", "path": target}])),
+        ]):
+            with pytest.raises(ConfigurationError) as info:
+                check_host_paths(parse_configuration(data))
+            (issue,) = info.value.issues
+            assert issue.path == field
+            assert target in issue.message and why in issue.message
+            assert "`image:`" in issue.hint
+
+    def test_line_of_the_entry_is_named(self, tmp_path):
+        path = tmp_path / "t.dstack.yml"
+        path.write_text("type: task\ncommands: [x]\nfiles:\n  - a:b\n  - c:/etc/passwd\n")
+        with pytest.raises(ConfigurationError) as info:
+            check_host_paths(load_configuration(path))
+        assert info.value.issues[0].line == 5 and str(path) in str(info.value)
+
 
     UNSUPPORTED_GPU_SPECS = ["amd", "MI300X", "intel", "Gaudi2", "tenstorrent", "n300", "tt"]
 

@@ -1,0 +1,223 @@
+"""SSH between the nodes of a multi-node run, as dstack's `setupClusterSsh` gives it.
+
+Each attempt of a multi-node run has a fresh ed25519 key pair (made by its supervisor). Every
+node of the run starts the node's own `sshd` as the Ray worker's user, on a free port (dstack's
+10022 when it is free), with the run key as its host key and as the only authorized key, and a
+config of its own in the job's directory. The run's private home then gets `~/.ssh/dstack_job`,
+`~/.ssh/config` (a block per node IP and a `node-<rank>` alias) and `~/.ssh/known_hosts`; since
+OpenSSH reads the config from the passwd home, not `$HOME`, `ssh` and `scp` wrappers on the
+job's PATH pass `-F ~/.ssh/config`, so `ssh <ip>` and `mpirun --hostfile $DSTACK_MPI_HOSTFILE`
+work with no flags. The sshd runs under the guard, so it ends with the job or its node agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import shlex
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+from pydantic import BaseModel
+
+from dstack_ray.exec.process import GuardedProcess
+
+DSTACK_SSH_PORT = 10022
+_SSHD_START_TIMEOUT = 10.0
+_SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd")
+
+
+class RunKey(BaseModel):
+    """The key pair of one attempt of a run (OpenSSH formats)."""
+
+    private: str
+    public: str
+
+    def __repr__(self) -> str:  # never print the private key
+        return f"RunKey(public={self.public!r})"
+
+    __str__ = __repr__
+
+
+def new_run_key(comment: str) -> RunKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    ).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    return RunKey(private=private, public=f"{public} {comment}")
+
+
+def find_sshd() -> Optional[str]:
+    found = shutil.which("sshd")
+    if found:
+        return found
+    return next((c for c in _SSHD_CANDIDATES if os.access(c, os.X_OK)), None)
+
+
+def _free_port(preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError("no free TCP port for sshd")
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _session_env(env: Dict[str, str]) -> List[str]:
+    """The `SetEnv` line for SSH sessions: where the job lives (not the user's `env`, which may
+    hold secrets, and nothing sshd's one-line syntax cannot carry). sshd uses only the first
+    `SetEnv` line, so every variable goes on one."""
+    names = ["HOME", "PATH", "VIRTUAL_ENV", "DSTACK_VENV_DIR"] + sorted(k for k in env if k.startswith("DSTACK_"))
+    pairs = []
+    for name in dict.fromkeys(names):
+        value = env.get(name)
+        if value is not None and not any(c in value for c in '\n"\\'):
+            pairs.append(f'"{name}={value}"')
+    return [f"SetEnv {' '.join(pairs)}"] if pairs else []
+
+
+class NodeSshd:
+    """The sshd of one job on its node."""
+
+    def __init__(self, directory: Path, key: RunKey) -> None:
+        self.directory = directory
+        self.key = key
+        self.port: Optional[int] = None
+        self._process: Optional[GuardedProcess] = None
+
+    def start(self, session_env: Dict[str, str], watch_pid: Optional[int], on_output: Callable[[bytes], None]) -> Optional[int]:
+        """Start sshd and return its port; None where the node has no sshd."""
+        sshd = find_sshd()
+        if sshd is None:
+            return None
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.directory, 0o700)
+        _write_private(self.directory / "host_key", self.key.private)
+        _write_private(self.directory / "authorized_keys", self.key.public + "\n")
+        if os.geteuid() == 0:
+            # sshd started as root insists on its privilege-separation directory (an empty,
+            # root-owned directory that the openssh-server package normally creates at boot).
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        last_error = "sshd did not start"
+        for _ in range(3):  # the chosen port may be taken before sshd binds it
+            port = _free_port(DSTACK_SSH_PORT)
+            config = self.directory / "sshd_config"
+            _write_private(config, self._config(port, session_env))
+            output: List[bytes] = []
+
+            def capture(chunk: bytes) -> None:
+                output.append(chunk)
+                on_output(chunk)
+
+            process = GuardedProcess(
+                [sshd, "-D", "-e", "-f", str(config)], {"PATH": os.defpath}, str(self.directory),
+                capture, use_pty=False, watch_pid=watch_pid,
+            )
+            # Our own sshd says it listens (another one may hold the port: two ranks of a run on
+            # one host can pick the same free port at the same moment, and only one binds it).
+            listening = f"Server listening on 0.0.0.0 port {port}.".encode()
+            deadline = time.monotonic() + _SSHD_START_TIMEOUT
+            while time.monotonic() < deadline and process.poll() is None and listening not in b"".join(output):
+                time.sleep(0.02)
+            if process.poll() is None and listening in b"".join(output):
+                self.port, self._process = port, process
+                return port
+            process.kill()
+            process.wait(5)
+            last_error = b"".join(output).decode(errors="replace").strip() or last_error
+        raise OSError(f"sshd failed to start: {last_error.splitlines()[-1]}")
+
+    def _config(self, port: int, session_env: Dict[str, str]) -> str:
+        d = self.directory
+        lines = [
+            f"Port {port}",
+            "ListenAddress 0.0.0.0",
+            f"HostKey {d / 'host_key'}",
+            f"AuthorizedKeysFile {d / 'authorized_keys'}",
+            f"PidFile {d / 'sshd.pid'}",
+            f"AllowUsers {getpass.getuser()}",
+            "PubkeyAuthentication yes",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "PermitRootLogin prohibit-password",
+            "UsePAM no",
+            "StrictModes no",
+            "PrintMotd no",
+            "AcceptEnv LANG LC_*",
+            *_session_env(session_env),
+        ]
+        return "\n".join(lines) + "\n"
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(10)
+            self._process = None
+
+
+def forget_keys(home: Path, sshd_dir: Path) -> None:
+    """Remove the run key from the node once the job ended (config and known_hosts stay)."""
+    for path in (home / ".ssh" / "dstack_job", home / ".ssh" / "dstack_job.pub", sshd_dir / "host_key", sshd_dir / "authorized_keys"):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def write_client_files(home: Path, key: RunKey, ips: Sequence[str], ports: Sequence[Optional[int]]) -> None:
+    """`~/.ssh/dstack_job`, `config` and `known_hosts` in the run's home for every node."""
+    ssh_dir = home / ".ssh"
+    ssh_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(ssh_dir, 0o700)
+    identity = ssh_dir / "dstack_job"
+    _write_private(identity, key.private)
+    _write_private(ssh_dir / "dstack_job.pub", key.public + "\n")
+    host_key = " ".join(key.public.split()[:2])
+    user = getpass.getuser()
+    blocks, known, seen = [], [], set()
+    for rank, (ip, port) in enumerate(zip(ips, ports)):
+        if not ip or port is None:
+            continue
+        names = [f"node-{rank}"] + ([ip] if ip not in seen else [])
+        seen.add(ip)
+        blocks.append(
+            f"Host {' '.join(names)}\n"
+            f"    HostName {ip}\n"
+            f"    Port {port}\n"
+            f"    User {user}\n"
+            f"    IdentityFile {identity}\n"
+            "    IdentitiesOnly yes\n"
+            "    StrictHostKeyChecking yes\n"
+            f"    UserKnownHostsFile {ssh_dir / 'known_hosts'}\n"
+            "    LogLevel ERROR\n"
+        )
+        known.append(f"[{ip}]:{port} {host_key}")
+    _write_private(ssh_dir / "config", "\n".join(blocks))
+    _write_private(ssh_dir / "known_hosts", "\n".join(dict.fromkeys(known)) + "\n")
+
+
+def write_wrappers(bin_dir: Path, home: Path) -> None:
+    """`ssh` and `scp` on the job's PATH that read the run's `~/.ssh/config`."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for tool in ("ssh", "scp"):
+        real = shutil.which(tool, path=os.defpath + ":/usr/bin:/bin")
+        if real is None:
+            continue
+        script = f"#!/bin/sh\nexec {shlex.quote(real)} -F {shlex.quote(str(home / '.ssh' / 'config'))} \"$@\"\n"
+        path = bin_dir / tool
+        path.write_text(script)
+        os.chmod(path, 0o755)
