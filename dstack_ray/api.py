@@ -212,7 +212,10 @@ class Client:
         return load_configuration(configuration, profile=profile, no_profile=no_profile)
 
     def cluster_view(self) -> ClusterView:
-        return ClusterView.model_validate(self._call(self._controller.cluster_view))
+        view = ClusterView.model_validate(self._call(self._controller.cluster_view))
+        if self._settings.default_image:  # this client's own default image wins
+            view.default_image = self._settings.default_image
+        return view
 
     def plan(self, cfg: TaskConfiguration) -> RunPlan:
         cluster = self.cluster_view()
@@ -321,6 +324,7 @@ class Client:
             args=list(args),
             gpu_sampler=self._settings.gpu_sampler,
             container_runtime=self._settings.container_runtime,
+            default_image=self._settings.default_image,
             has_payload=payload is not None,
         )
         payload_json = payload.model_dump_json() if payload is not None else None

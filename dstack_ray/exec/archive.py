@@ -216,17 +216,13 @@ def pack_files(mappings: List[FilePathMapping], config_dir: Path) -> List[Packed
 
 
 def resolve_destination(path: str, working_dir: Path, home: Path) -> Path:
-    """The runner's path expansion: `~` and `~/x` are in `home`, relative paths in `working_dir`."""
-    cleaned = posixpath.normpath(path)
-    if cleaned == "~":
-        return Path(posixpath.normpath(str(home)))
-    if cleaned.startswith("~"):
-        if cleaned.startswith("~/"):
-            return Path(posixpath.normpath(posixpath.join(str(home), cleaned[2:])))
+    """The runner's path expansion: `~` and `~/x` are in `home`, relative paths in `working_dir`.
+    `~` is expanded before `..` is resolved (`~/../x` is next to the home, not `x`)."""
+    if path == "~" or path.startswith("~/"):
+        return Path(posixpath.normpath(posixpath.join(str(home), path[2:])))
+    if path.startswith("~"):
         raise ValueError(f"{path}: `~username` paths are not supported")
-    if not posixpath.isabs(cleaned):
-        return Path(posixpath.normpath(posixpath.join(str(working_dir), cleaned)))
-    return Path(cleaned)
+    return Path(posixpath.normpath(posixpath.join(str(working_dir), path)))
 
 
 def _member_parts(member: tarfile.TarInfo, name: str) -> Tuple[str, ...]:

@@ -157,6 +157,14 @@ class Container:
             cmd=config.get("Cmd") or [],
         )
 
+    def runs(self, script: str) -> bool:
+        """Whether `/bin/sh -c script` succeeds in a throwaway container of the image."""
+        try:
+            self._run(["run", "--rm", "--network", "none", "--entrypoint", "/bin/sh", self.spec.image, "-c", script])
+            return True
+        except ContainerError:
+            return False
+
     def home(self, image: ImageConfig) -> str:
         """The run user's home in the image: $HOME, else /etc/passwd, else /root."""
         if image.env.get("HOME"):

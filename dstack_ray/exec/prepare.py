@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -44,6 +44,7 @@ from dstack_ray.exec.container import (
 )
 from dstack_ray.exec.pyenv import EnvironmentSetupError, VenvMaker, activation_env, find_nvcc
 from dstack_ray.exec.repo import RepoError, RepoPayload, materialize_repo
+from dstack_ray.exec.ssh import HAS_SSHD_CHECK, RunKey, stage_container_sshd, with_sshd, write_client_files
 
 Report = Callable[[str], None]
 
@@ -93,6 +94,8 @@ class NodeContext:
     node_ip: str
     run_dir: Path  # this run's private directory on this node (per rank)
     attempt: int
+    ssh_key: Optional[RunKey] = None  # multi-node runs: the attempt's key pair
+    ssh_ports: List[Optional[int]] = field(default_factory=list)  # per rank, from the start order
 
 
 def _apply_repo_and_files(payload: Optional[RunPayload], place: Callable[[str], Path], report: Report) -> Path:
@@ -252,7 +255,12 @@ def prepare_container(
     except ContainerError as e:
         raise SetupFailure("creating_container_error", str(e)) from None
     wanted = [f.path for f in (payload.files if payload else [])] + [spec.working_dir or ""]
-    home = container.home(image) if any(p.startswith("~") for p in wanted) else "/root"
+    rank = node.identity.rank
+    ssh_port = node.ssh_ports[rank] if node.ssh_key is not None and rank < len(node.ssh_ports) else None
+    if ssh_port is not None and not container.runs(HAS_SSHD_CHECK):
+        report("SSH between nodes is unavailable: the image has no sshd")
+        ssh_port = None
+    home = container.home(image) if ssh_port is not None or any(p.startswith("~") for p in wanted) else "/root"
     if spec.working_dir:
         # `~` is the image user's home; a relative value is dstack's legacy form, below /workflow.
         working_dir = container_path(spec.working_dir, DEFAULT_WORKING_DIR, home)
@@ -276,6 +284,11 @@ def prepare_container(
         paths = JobPaths(working_dir=working_dir, repo_dir=repo_dir, hostfile=CONTAINER_HOSTFILE, repo_id=_repo_id(payload))
         env = {**NON_INTERACTIVE, **dstack_variables(node.identity, node.cluster, paths), **spec.user_env}
         argv = container_argv(spec.shell, spec.commands, spec.entrypoint, spec.container.docker)
+        if ssh_port is not None and node.ssh_key is not None:
+            stage_container_sshd(staging, node.ssh_key, ssh_port)
+            user = (spec.container.user or image.user or "root").split(":")[0]
+            write_client_files(place("~"), node.ssh_key, node.cluster.ips, node.ssh_ports, seen_home=home, user=user)
+            argv = with_sshd(argv or image.entrypoint + image.cmd)
         try:
             container.create(argv, env, working_dir, node.gpu_ids, hostfile)
             container.copy_in(staging)

@@ -144,31 +144,35 @@ class NodeSshd:
         raise OSError(f"sshd failed to start: {last_error.splitlines()[-1]}")
 
     def _config(self, port: int, session_env: Dict[str, str]) -> str:
-        d = self.directory
-        lines = [
-            f"Port {port}",
-            "ListenAddress 0.0.0.0",
-            f"HostKey {d / 'host_key'}",
-            f"AuthorizedKeysFile {d / 'authorized_keys'}",
-            f"PidFile {d / 'sshd.pid'}",
-            f"AllowUsers {getpass.getuser()}",
-            "PubkeyAuthentication yes",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "PermitRootLogin prohibit-password",
-            "UsePAM no",
-            "StrictModes no",
-            "PrintMotd no",
-            "AcceptEnv LANG LC_*",
-            *_session_env(session_env),
-        ]
-        return "\n".join(lines) + "\n"
+        lines = sshd_config(port, str(self.directory), allow_user=getpass.getuser())
+        return "\n".join(lines + _session_env(session_env)) + "\n"
 
     def stop(self) -> None:
         if self._process is not None:
             self._process.kill()
             self._process.wait(10)
             self._process = None
+
+
+def sshd_config(port: int, directory: str, allow_user: Optional[str] = None) -> List[str]:
+    """The sshd settings of a run: key-only, its own host key and authorized keys in
+    `directory` (as sshd sees it), nothing read from the system's sshd config."""
+    return [
+        f"Port {port}",
+        "ListenAddress 0.0.0.0",
+        f"HostKey {directory}/host_key",
+        f"AuthorizedKeysFile {directory}/authorized_keys",
+        f"PidFile {directory}/sshd.pid",
+        *([f"AllowUsers {allow_user}"] if allow_user else []),
+        "PubkeyAuthentication yes",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "PermitRootLogin prohibit-password",
+        "UsePAM no",
+        "StrictModes no",
+        "PrintMotd no",
+        "AcceptEnv LANG LC_*",
+    ]
 
 
 def forget_keys(home: Path, sshd_dir: Path) -> None:
@@ -178,17 +182,29 @@ def forget_keys(home: Path, sshd_dir: Path) -> None:
             path.unlink()
 
 
-def write_client_files(home: Path, key: RunKey, ips: Sequence[str], ports: Sequence[Optional[int]]) -> None:
-    """`~/.ssh/dstack_job`, `config` and `known_hosts` in the run's home for every node."""
+def write_client_files(
+    home: Path,
+    key: RunKey,
+    ips: Sequence[str],
+    ports: Sequence[Optional[int]],
+    *,
+    seen_home: Optional[str] = None,
+    user: Optional[str] = None,
+) -> None:
+    """`~/.ssh/dstack_job`, `config` and `known_hosts` in the run's home for every node.
+    `seen_home`/`user`: the home and user as the commands see them (inside a container)."""
     ssh_dir = home / ".ssh"
     ssh_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(ssh_dir, 0o700)
-    identity = ssh_dir / "dstack_job"
-    _write_private(identity, key.private)
+    _write_private(ssh_dir / "dstack_job", key.private)
     _write_private(ssh_dir / "dstack_job.pub", key.public + "\n")
+    visible = Path(seen_home or home) / ".ssh"  # the directory as the commands see it
+    identity = visible / "dstack_job"
     host_key = " ".join(key.public.split()[:2])
-    user = getpass.getuser()
-    blocks, known, seen = [], [], set()
+    user = user or getpass.getuser()
+    blocks: List[str] = []
+    known: List[str] = []
+    seen: set = set()
     for rank, (ip, port) in enumerate(zip(ips, ports)):
         if not ip or port is None:
             continue
@@ -202,7 +218,7 @@ def write_client_files(home: Path, key: RunKey, ips: Sequence[str], ports: Seque
             f"    IdentityFile {identity}\n"
             "    IdentitiesOnly yes\n"
             "    StrictHostKeyChecking yes\n"
-            f"    UserKnownHostsFile {ssh_dir / 'known_hosts'}\n"
+            f"    UserKnownHostsFile {visible / 'known_hosts'}\n"
             "    LogLevel ERROR\n"
         )
         known.append(f"[{ip}]:{port} {host_key}")
@@ -221,3 +237,34 @@ def write_wrappers(bin_dir: Path, home: Path) -> None:
         path = bin_dir / tool
         path.write_text(script)
         os.chmod(path, 0o755)
+
+
+# -- in a container (host networking): the image's own sshd, started before the command -----------
+
+CONTAINER_SSH_DIR = "/dstack/ssh"
+_SSHD_LAUNCHER = (
+    'S=$(command -v sshd || { [ -x /usr/sbin/sshd ] && echo /usr/sbin/sshd; }); '
+    f'if [ -n "$S" ]; then mkdir -p /run/sshd; "$S" -f {CONTAINER_SSH_DIR}/sshd_config >/dev/null 2>&1; fi; '
+    'exec "$@"'
+)
+HAS_SSHD_CHECK = "command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ]"
+
+
+def free_port() -> int:
+    """A port for the run's sshd inside a container (host networking: a free port of the node)."""
+    return _free_port(DSTACK_SSH_PORT)
+
+
+def stage_container_sshd(staging: Path, key: RunKey, port: int) -> None:
+    """The sshd config, host key and authorized key at /dstack/ssh in the container's files."""
+    directory = staging / CONTAINER_SSH_DIR.lstrip("/")
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _write_private(directory / "host_key", key.private)
+    _write_private(directory / "authorized_keys", key.public + "\n")
+    _write_private(directory / "sshd_config", "\n".join(sshd_config(port, CONTAINER_SSH_DIR)) + "\n")
+
+
+def with_sshd(argv: Sequence[str]) -> List[str]:
+    """`argv` started by /bin/sh after the image's sshd (the shell `exec`s it: signals and the
+    exit status are the command's)."""
+    return ["/bin/sh", "-c", _SSHD_LAUNCHER, "dstack-sshd", *argv]

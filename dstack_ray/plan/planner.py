@@ -256,6 +256,10 @@ def build_plan(cfg: TaskConfiguration, cluster: ClusterView) -> RunPlan:
             rank += 1
     distinct = len(bundles) > 1
     plan = RunPlan(bundles=bundles, strategy="STRICT_SPREAD" if distinct else "PACK", notes=_notes(cfg))
+    if cfg.image is None and not cfg.docker and cluster.default_image:
+        plan.notes.append(f"no `image`: runs in the cluster's default image {cluster.default_image}")
+        if cfg.python or cfg.nvcc:
+            plan.notes.append("`python`/`nvcc` are not applied inside the default image: it brings its own Python and CUDA")
     if selector:
         plan.notes.append("placed with node labels " + ", ".join(f"{k}={v}" for k, v in selector.items()))
     elif cfg.spot_policy is not None and cfg.spot_policy.value == "spot":

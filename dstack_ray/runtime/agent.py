@@ -36,7 +36,7 @@ from dstack_ray.exec.prepare import (
 )
 from dstack_ray.exec.process import GuardedProcess
 from dstack_ray.exec.pyenv import activation_env, venv_maker
-from dstack_ray.exec.ssh import NodeSshd, RunKey, forget_keys, write_client_files, write_wrappers
+from dstack_ray.exec.ssh import NodeSshd, RunKey, forget_keys, free_port, write_client_files, write_wrappers
 from dstack_ray.runtime.settings import RuntimeSettings
 
 logger = logging.getLogger(__name__)
@@ -242,9 +242,12 @@ def _sample_gpus(host: Any, assignment: NodeAssignment, gpu_ids: List[str], done
 
 def _start_sshd(assignment: NodeAssignment, raylet: int) -> Tuple[Optional[NodeSshd], Optional[int]]:
     """The node's sshd for a multi-node host-mode run (before the node reports ready, so its
-    port goes out with the start order); (None, None) where there is none."""
-    if assignment.ssh_key is None or assignment.spec.container is not None:
+    port goes out with the start order); (None, None) where there is none. A container runs the
+    image's sshd itself (host networking): only its port is chosen here."""
+    if assignment.ssh_key is None:
         return None, None
+    if assignment.spec.container is not None:
+        return None, free_port()
     layout = HostLayout(_run_dir(assignment), assignment.attempt)
     layout.create()
     path = host_base_environment(os.environ).get("PATH", "")
@@ -354,6 +357,8 @@ def _prepare(
         node_ip=ip,
         run_dir=_run_dir(assignment),
         attempt=assignment.attempt,
+        ssh_key=assignment.ssh_key,
+        ssh_ports=list(order.ssh_ports),
     )
 
     def report(message: str) -> None:

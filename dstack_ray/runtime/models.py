@@ -226,6 +226,7 @@ class RunSpec(Model):
     gpu_sampler: Optional[str] = None  # import path of the GPU sampler (Client settings)
     has_payload: bool = False  # files or a repo were shipped (the Controller keeps them)
     container_runtime: Optional[str] = None  # podman or docker (Client settings)
+    default_image: Optional[str] = None  # the image for tasks without one (Client settings)
 
     def task(self):
         from dstack_ray.config.task import TaskConfiguration

@@ -380,7 +380,7 @@ class RunSupervisor:
         specs = []
         for group in cfg.node_groups:
             container = None
-            default_image = self.settings.resolved_default_image()
+            default_image = self.spec.default_image or self.settings.resolved_default_image()
             if cfg.image or cfg.docker or default_image:
                 container = ContainerSpec(
                     image=cfg.image or (DIND_IMAGE if cfg.docker else default_image),

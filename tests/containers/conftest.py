@@ -13,6 +13,7 @@ import pytest
 from tests.helpers import simulated_cluster
 
 IMAGE = "localhost/dstack-test-busybox:latest"
+SSHD_IMAGE = "localhost/dstack-test-sshd:latest"
 APPLETS = "sh echo cat ls env sleep id pwd printf mkdir test true false date hostname nc sed grep head tail sort df wc tr".split()
 
 
@@ -44,8 +45,35 @@ def podman_env(tmp_path_factory):
         stdin=tar.stdout, check=True, capture_output=True,
     )
     tar.wait()
+    _add_openssh(rootfs)
+    _import(rootfs, SSHD_IMAGE)
     yield os.environ["CONTAINERS_CONF"]
     subprocess.run("podman ps -aq --filter name=dstack- | xargs -r podman rm -f", shell=True, capture_output=True)
+
+
+def _add_openssh(rootfs: Path) -> None:
+    """This machine's sshd and ssh with the libraries they load, and the privilege-separation
+    user sshd wants: an image with OpenSSH, built without a registry."""
+    binaries = ["/usr/sbin/sshd", "/usr/bin/ssh"]
+    libraries = set()
+    for binary in binaries:
+        out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
+        libraries |= {part for line in out.splitlines() for part in line.split() if part.startswith("/")}
+    for path in binaries + sorted(libraries):
+        target = rootfs / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)  # follows symlinks: the library itself under its soname
+    (rootfs / "bin" / "ssh").symlink_to("/usr/bin/ssh")
+    with open(rootfs / "etc" / "passwd", "a") as f:
+        f.write("sshd:x:100:65534::/run/sshd:/bin/false\n")
+    with open(rootfs / "etc" / "group", "a") as f:
+        f.write("nogroup:x:65534:\n")
+
+
+def _import(rootfs: Path, image: str) -> None:
+    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+    subprocess.run(["podman", "import", "--change", "ENV PATH=/bin", "-", image], stdin=tar.stdout, check=True, capture_output=True)
+    tar.wait()
 
 
 @pytest.fixture(scope="package")
@@ -57,7 +85,9 @@ def cluster(podman_env):
 def settings(tmp_path_factory):
     from dstack_ray.runtime.settings import RuntimeSettings
 
-    return RuntimeSettings(state_dir=str(tmp_path_factory.mktemp("state")), stop_grace_seconds=2, retry_delays=[0.5])
+    return RuntimeSettings(
+        state_dir=str(tmp_path_factory.mktemp("state")), stop_grace_seconds=2, retry_delays=[0.5], python_downloads=False
+    )
 
 
 @pytest.fixture(scope="package")

@@ -6,7 +6,7 @@ import subprocess
 import textwrap
 
 from dstack_ray.runtime.models import JobTerminationReason, RunStatus
-from tests.containers.conftest import IMAGE
+from tests.containers.conftest import IMAGE, SSHD_IMAGE
 from tests.helpers import no_leftovers, processes_matching, wait_for
 
 SMALL = {"cpu": 1, "memory": "256MB"}
@@ -196,12 +196,67 @@ def test_python_venv_on_the_host(client):
                         "commands": ["python --version", 'python -c "import sys; print(sys.prefix != sys.base_prefix)"', "echo $DSTACK_VENV_DIR"]})
     assert run.wait(180) == RunStatus.DONE, run.events()
     version, in_venv, venv = output(run)
-    assert version.startswith("Python 3.11") and in_venv == "True" and venv.endswith("venv-3.11")
+    assert version.startswith("Python 3.11") and in_venv == "True" and venv.endswith("/attempt-0/venv")
 
 
 def test_missing_python_version_is_a_clear_error(client):
-    run = client.apply({"type": "task", "name": "host-python-missing", "python": "3.9", "resources": SMALL, "commands": ["true"]})
+    run = client.apply({"type": "task", "name": "host-python-missing", "python": "3.14", "resources": SMALL, "commands": ["true"]})
     assert run.wait(180) == RunStatus.FAILED
     job = run.jobs[0]
     assert job.termination_reason == JobTerminationReason.EXECUTOR_ERROR
-    assert "Python 3.9 is not available on node" in job.termination_message
+    assert "Python 3.14 is not available on node" in job.termination_message
+
+
+def test_default_image_runs_tasks_without_image(cluster, settings, tmp_path):
+    """A cluster default image: a task without `image` runs in it exactly as an `image:` task,
+    and host-mode path rules no longer apply (the plan says where it runs)."""
+    from dstack_ray import Client
+
+    client = Client(settings=settings.model_copy(update={"default_image": IMAGE}))
+    (tmp_path / "notes.txt").write_text("into the image\n")
+    config = write_config(
+        tmp_path,
+        "default-image",
+        """
+        type: task
+        name: default-image
+        shell: sh  # a task without `image` defaults to bash, which busybox lacks
+        resources:
+          cpu: 1
+          memory: 256MB
+        files:
+          - notes.txt:/opt/notes.txt
+        commands:
+          - cat /opt/notes.txt /opt/image-data/kept.txt
+          - echo "var=$IMAGE_VAR"
+        """,
+    )
+    cfg = client.load(config)
+    assert client.plan(cfg).notes[0] == f"no `image`: runs in the cluster's default image {IMAGE}"
+    run = client.apply(config)
+    assert run.wait(120) == RunStatus.DONE, (run.events(), run.jobs[0].termination_message)
+    assert output(run) == ["into the image", "from the image", "var=from-image"]
+    assert containers_named("dstack-default-image") == []
+
+
+def test_ssh_between_containers_with_the_images_sshd(client, settings):
+    """Multi-node containers: the image's sshd runs with the run key on a free port of the node
+    (host networking); `ssh node-<rank>` and `ssh <ip>` work from the image user's home."""
+    probe = 'ssh node-1 "echo from-rank-1" && ssh "$DSTACK_MASTER_NODE_IP" true && echo by-ip'
+    run = client.apply(
+        {
+            "type": "task", "name": "image-ssh", "image": SSHD_IMAGE, "nodes": 2, "resources": SMALL,
+            "startup_order": "workers-first", "stop_criteria": "master-done",
+            "commands": [f'if [ "$DSTACK_NODE_RANK" = 0 ]; then {probe}; else sleep 120; fi'],
+        }
+    )
+    assert run.wait(180) == RunStatus.DONE, (run.events(), output(run))
+    assert output(run)[-2:] == ["from-rank-1", "by-ip"]
+    assert containers_named("dstack-image-ssh") == []
+    assert no_leftovers("/dstack/ssh/sshd_config") == []
+
+
+def test_image_without_sshd_still_runs_and_says_so(client):
+    run = client.apply(task("image-nossh", ['echo "rank $DSTACK_NODE_RANK"'], nodes=2))
+    assert run.wait(180) == RunStatus.DONE, run.events()
+    assert any("SSH between nodes is unavailable: the image has no sshd" in message for _, message in run.events())

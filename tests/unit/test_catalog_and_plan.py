@@ -140,6 +140,16 @@ def test_autoscaler_node_types_make_it_fit_later():
     assert [(o.backend, o.instance_type, o.availability) for o in offers] == [("ray autoscaler", "gpu", "up to 2 more")]
 
 
+def test_plan_names_the_clusters_default_image():
+    cluster = ClusterView(nodes=[node("a", 2)], default_image="localhost/base:1")
+    notes = build_plan(cfg(resources={"cpu": 1}, python="3.12"), cluster).notes
+    assert notes == [
+        "no `image`: runs in the cluster's default image localhost/base:1",
+        "`python`/`nvcc` are not applied inside the default image: it brings its own Python and CUDA",
+    ]
+    assert build_plan(cfg(resources={"cpu": 1}, image="x"), cluster).notes == []
+
+
 def test_plan_notes_only_for_fields_ray_cannot_express():
     plain = build_plan(cfg(resources={"cpu": 1}), ClusterView(nodes=[node("a", 2)]))
     assert plain.notes == []

@@ -1,0 +1,169 @@
+"""The pieces of a host-mode job's environment, without Ray: the cleaned environment, the job's
+venv (real uv, no downloads), the layout's path confinement and the run's sshd (real sshd)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dstack_ray.exec.commands import clean_path, host_base_environment
+from dstack_ray.exec.prepare import HostLayout
+from dstack_ray.exec.pyenv import EnvironmentSetupError, VenvMaker
+from dstack_ray.exec.ssh import NodeSshd, _session_env, forget_keys, new_run_key, write_client_files, write_wrappers
+from tests.helpers import no_leftovers
+
+CURRENT = f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+def python_version(venv: Path) -> str:
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+# --- the worker's environment stays out ---------------------------------------------------------
+
+
+def test_worker_python_environment_is_stripped():
+    worker_bin = f"{sys.prefix}/bin"
+    environ = {
+        "PATH": f"{worker_bin}:/opt/other/venv/bin:/usr/bin::/bin:/usr/bin",
+        "VIRTUAL_ENV": "/opt/other/venv",
+        "PYTHONPATH": "/ray/site",
+        "PYTHONHOME": "/ray",
+        "RAY_RAYLET_PID": "1",
+        "RAY_ADDRESS": "10.0.0.1:6379",
+        "CONDA_PREFIX": "/opt/other/venv",
+        "LANG": "C.UTF-8",
+    }
+    env = host_base_environment(environ)
+    assert env["PATH"] == "/usr/bin:/bin"
+    assert env["LANG"] == "C.UTF-8"
+    for key in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "RAY_RAYLET_PID", "RAY_ADDRESS", "CONDA_PREFIX"):
+        assert key not in env
+    # the guard of a container keeps its own Python environment
+    assert host_base_environment(environ, keep_python=True)["PYTHONPATH"] == "/ray/site"
+
+
+def test_clean_path_keeps_order_and_drops_duplicates_and_dot():
+    assert clean_path("/a:/venv/bin::/b:/a:/venv", ["/venv"]) == "/a:/b"
+
+
+# --- the job's venv -------------------------------------------------------------------------------
+
+
+def test_fresh_venv_with_pip_and_nothing_else(tmp_path):
+    maker = VenvMaker(tmp_path / "envs", downloads=False)
+    venv = maker.create(None, tmp_path / "venv", "node")
+    assert python_version(venv) == CURRENT
+    out = subprocess.run([str(venv / "bin" / "pip"), "list", "--format=freeze"], capture_output=True, text=True, check=True)
+    assert [line.split("==")[0] for line in out.stdout.split()] == ["pip"]
+    assert "include-system-site-packages = false" in (venv / "pyvenv.cfg").read_text()
+
+
+def other_interpreter():
+    """An installed Python of another minor version (pyenv's or the system's), if any."""
+    for pattern in ("/root/.pyenv/versions/3.*/bin/python3.*", "/usr/bin/python3.*", "/usr/local/bin/python3.*"):
+        for path in sorted(glob.glob(pattern)):
+            name = Path(path).name
+            if name.count(".") == 1 and name[len("python"):] != CURRENT and name[len("python3."):].isdigit() and int(name[len("python3."):]) >= 9:
+                return path, name[len("python"):]
+    return None
+
+
+def test_python_version_is_found_on_path(tmp_path, monkeypatch):
+    found = other_interpreter()
+    path, version = found if found else (sys.executable, CURRENT)
+    monkeypatch.setenv("PATH", f"{Path(path).parent}:{os.environ['PATH']}")
+    venv = VenvMaker(tmp_path / "envs", downloads=False).create(version, tmp_path / "venv", "node")
+    assert python_version(venv) == version
+
+
+def test_missing_version_names_it_and_what_was_tried(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(EnvironmentSetupError) as info:
+        VenvMaker(tmp_path / "envs", downloads=False).create("3.14", tmp_path / "venv", "10.0.0.7")
+    message = str(info.value)
+    assert message.startswith("Python 3.14 is not available on node 10.0.0.7 (uv (installed Pythons): ")
+    assert "downloads are off on this cluster" in message and "use an `image`" in message
+    assert not (tmp_path / "venv").exists()
+
+
+def test_spares_make_later_jobs_fast_and_never_shared(tmp_path):
+    maker = VenvMaker(tmp_path / "envs", downloads=False)
+    first = maker.take(None, tmp_path / "job-1", "node")
+    refill = maker._refilling[""]
+    refill.join(60)
+    started = time.monotonic()
+    second = maker.take(None, tmp_path / "job-2", "node")
+    took = time.monotonic() - started
+    assert took < 0.2, took  # a rename, not a new venv (about 0.3 s)
+    assert first != second and python_version(second) == CURRENT
+    assert (second / "bin" / "pip").exists()
+    maker._refilling[""].join(60)
+    assert len(list((tmp_path / "envs" / "spares").glob("*/ready-*"))) == 1
+
+
+# --- confinement ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../x", "~/../x", "/", "x/../../../y", "~root"])
+def test_layout_confines_every_target(tmp_path, path):
+    layout = HostLayout(tmp_path / "node-0", 0)
+    with pytest.raises(ValueError, match="outside the run's directories|`~username` paths are not supported"):
+        layout.confine(path, layout.workflow)
+
+
+def test_layout_places_home_and_relative_targets(tmp_path):
+    layout = HostLayout(tmp_path / "node-0", 1)
+    assert layout.confine("~/.ssh/id_rsa", layout.workflow) == layout.home / ".ssh" / "id_rsa"
+    assert layout.confine("~", layout.workflow) == layout.home
+    assert layout.confine("data/x", layout.workflow) == layout.workflow / "data" / "x"
+    assert layout.confine("x", layout.home / "work") == layout.home / "work" / "x"
+
+
+# --- SSH ----------------------------------------------------------------------------------------------
+
+
+def test_session_env_carries_no_user_values():
+    line, = _session_env({"HOME": "/h", "PATH": "/p", "DSTACK_NODES_IPS": "a\nb", "SECRET": "x", "DSTACK_NODE_RANK": "1"})
+    assert line == 'SetEnv "HOME=/h" "PATH=/p" "DSTACK_NODE_RANK=1"'
+
+
+def test_run_sshd_serves_the_run_key_and_goes_away(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    key = new_run_key("test")
+    assert "PRIVATE" not in repr(key) and "PRIVATE" not in str(key)
+    sshd = NodeSshd(tmp_path / "ssh", key)
+    port = sshd.start({"HOME": str(home), "PATH": "/usr/bin:/bin", "DSTACK_NODE_RANK": "3"}, None, lambda chunk: None)
+    try:
+        assert port is not None
+        write_client_files(home, key, ["127.0.0.1"], [port])
+        write_wrappers(tmp_path / "bin", home)
+        for target in ("127.0.0.1", "node-0"):
+            out = subprocess.run(
+                [str(tmp_path / "bin" / "ssh"), target, "echo $DSTACK_NODE_RANK $HOME"],
+                capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+            )
+            assert (out.returncode, out.stdout.strip()) == (0, f"3 {home}"), out.stderr
+        assert oct((home / ".ssh" / "dstack_job").stat().st_mode & 0o777) == "0o600"
+        other = new_run_key("other")  # a client without the run's key is refused
+        (tmp_path / "other").write_text(other.private)
+        os.chmod(tmp_path / "other", 0o600)
+        denied = subprocess.run(
+            ["ssh", "-F", "/dev/null", "-p", str(port), "-i", str(tmp_path / "other"), "-o", "IdentitiesOnly=yes",
+             "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "127.0.0.1", "true"],
+            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+        )
+        assert denied.returncode != 0
+    finally:
+        sshd.stop()
+    assert no_leftovers(str(tmp_path / "ssh" / "sshd_config"), timeout=5) == []
+    forget_keys(home, tmp_path / "ssh")
+    assert not (home / ".ssh" / "dstack_job").exists() and not (tmp_path / "ssh" / "host_key").exists()
