@@ -16,6 +16,7 @@ from dstack_ray.config.errors import ConfigurationError, short_repr
 # rejected. Python's `$` would also match before a final `\n`: ENV_ITEM_FULL_RE uses `\Z`.
 ENV_ITEM_PATTERN = r"^([a-zA-Z_][a-zA-Z0-9_]*)(=.*$|$)"
 ENV_ITEM_FULL_RE = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)(=.*\Z|\Z)")
+ENV_KEY_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
 class EnvSentinel(CoreModel):
@@ -56,6 +57,16 @@ class Env(RootModel[Dict[str, Union[str, EnvSentinel]]]):
     @field_validator("root", mode="before", json_schema_input_type=_EnvInput)
     @classmethod
     def _from_list(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            # Deviation: dstack leaves mapping keys unchecked; a key a shell cannot export
+            # (`#X`, `A-B`, `A B`) would be dropped or mangled on the node, so it is refused.
+            for key in value:
+                if not isinstance(key, str) or not ENV_KEY_RE.fullmatch(key):
+                    raise ValueError(
+                        f"Invalid environment variable name {short_repr(key)}: it starts with a letter"
+                        " or _ and has letters, digits and _"
+                    )
+            return value
         if not isinstance(value, list):
             return value
         parsed: Dict[str, Union[str, EnvSentinel]] = {}

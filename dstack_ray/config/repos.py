@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 import string
 from pathlib import PurePosixPath
 from typing import Any, Optional
@@ -12,11 +13,15 @@ from pydantic_core import CoreSchema, core_schema
 from typing_extensions import Annotated
 
 from dstack_ray.config.common import CoreModel
+from dstack_ray.config.errors import short_repr
 
 
 class RepoExistsAction(str, enum.Enum):
     ERROR = "error"
     SKIP = "skip"
+
+
+COMMIT_RE = re.compile(r"[0-9a-fA-F]{4,64}")
 
 
 class RepoSpec(CoreModel):
@@ -74,6 +79,21 @@ class RepoSpec(CoreModel):
         if not self.local_path and not self.url:
             raise ValueError("Either `local_path` or `url` must be specified")
         return self
+
+    @field_validator("hash")
+    @classmethod
+    def _commit_hash(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not COMMIT_RE.fullmatch(value):
+            raise ValueError(f"invalid commit hash {short_repr(value)}: use 4 to 64 hex digits")
+        return value
+
+    @field_validator("branch", "url")
+    @classmethod
+    def _not_an_option(cls, value: Optional[str]) -> Optional[str]:
+        # git would read a leading `-` as an option (`--upload-pack=<command>` runs a command).
+        if value is not None and (value.startswith("-") or any(c.isspace() or ord(c) < 32 for c in value)):
+            raise ValueError(f"invalid value {short_repr(value)}: it may not start with `-` or contain spaces")
+        return value
 
     @field_validator("path")
     @classmethod

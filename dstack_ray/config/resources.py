@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T", bound=Union[int, float])
 
+# No node has more: a larger (or infinite, or NaN) amount is a typo that would overflow the
+# arithmetic of every admission pass.
+MAX_RESOURCE_VALUE = 1e9
+
 _SCALAR_INPUTS = [core_schema.int_schema(), core_schema.str_schema()]
 
 
@@ -64,6 +68,11 @@ class Range(BaseModel, Generic[T]):
     def _check_bounds(self) -> "Range[T]":
         if self.min is None and self.max is None:
             raise ValueError("Invalid empty range: ..")
+        for bound in (self.min, self.max):
+            if bound is not None and not (0 <= bound <= MAX_RESOURCE_VALUE):
+                raise ValueError(
+                    f"Invalid value {short_repr(bound)}: use a number from 0 to {MAX_RESOURCE_VALUE:g}"
+                )
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"Invalid range order: {self.min}..{self.max}")
         return self
@@ -103,6 +112,13 @@ class Memory(float):
 
     @classmethod
     def parse(cls, value: Any) -> "Memory":
+        memory = cls._parse(value)
+        if not math.isfinite(memory) or memory < 0:
+            raise ValueError(f"Invalid memory size: {short_repr(value)}. Use a non-negative size such as 512MB or 16GB")
+        return memory
+
+    @classmethod
+    def _parse(cls, value: Any) -> "Memory":
         if isinstance(value, (float, int)):
             return cls(value)
         if isinstance(value, str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import re
+import shlex
 from collections import Counter
 from pathlib import PurePosixPath
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
@@ -13,6 +14,7 @@ from typing_extensions import Annotated
 
 from dstack_ray.config.common import CoreModel
 from dstack_ray.config.env import Env
+from dstack_ray.config.errors import short_repr
 from dstack_ray.config.files import FilePathMapping
 from dstack_ray.config.ports import PortMappingOrShorthand
 from dstack_ray.config.profiles import ProfileParams
@@ -55,6 +57,8 @@ def check_unix_user(value: str) -> str:
         problem = "too many parts"
     elif not parts[0]:
         problem = "empty user name or id"
+    elif any(part.startswith("-") and not part.lstrip("-").isdigit() for part in parts):
+        problem = "a name cannot start with `-`"
     elif parts[0].lstrip("-").isdigit() and int(parts[0]) < 0:
         problem = f"negative uid {parts[0]}"
     elif len(parts) == 2 and not parts[1]:
@@ -141,6 +145,23 @@ class TaskConfiguration(ProfileParams):
         Optional[List[NodeGroup]],
         Field(description="Node groups for heterogeneous multi-node tasks (not with `nodes`)"),
     ] = None
+
+    @field_validator("image")
+    @classmethod
+    def _valid_image(cls, value: Optional[str]) -> Optional[str]:
+        if value and (value.startswith("-") or any(c.isspace() for c in value)):
+            raise ValueError(f"invalid image reference {short_repr(value)}: e.g. `python:3.12` or `ghcr.io/org/image:tag`")
+        return value
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _splittable_entrypoint(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            try:
+                shlex.split(value)
+            except ValueError as e:
+                raise ValueError(f"entrypoint cannot be split into arguments ({e}): check its quotes") from None
+        return value
 
     # Where the configuration was read from, so later checks can name file and line.
     _source_file: Optional[str] = PrivateAttr(default=None)

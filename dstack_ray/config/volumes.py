@@ -14,6 +14,9 @@ from dstack_ray.config.common import CoreModel
 def _absolute_path(path: str) -> str:
     if not path:
         raise ValueError("empty path")
+    if ":" in path or "," in path:
+        # the container runtime reads `:ro`, `:z`, `,` as mount options
+        raise ValueError(f"`:` and `,` are not allowed in a volume path: {path}")
     posix = PurePosixPath(path)
     if not posix.is_absolute():
         raise ValueError(f"path must be absolute: {path}")

@@ -102,14 +102,18 @@ class TestMappingForm:
             ({"A": ""}, {"A": ""}),
             ({"A": "multi\nline"}, {"A": "multi\nline"}),
             ({}, {}),
-            # dstack does not validate mapping keys (a TODO in its code): neither do we.
-            ({"1bad": "x"}, {"1bad": "x"}),
-            ({"": "x"}, {"": "x"}),
-            ({"A-B": "x"}, {"A-B": "x"}),
         ],
     )
     def test_values(self, mapping, expected):
         assert parsed_env(mapping) == expected
+
+    @pytest.mark.parametrize("key", ["1bad", "", "A-B", "#X", "A B", "A=B"])
+    def test_keys_are_validated_like_list_items(self, key):
+        """Deviation: dstack leaves mapping keys unchecked; a key no shell can export would be
+        dropped or mangled on the node (`#X` vanished from a container's env file)."""
+        with pytest.raises(ConfigurationError, match="Invalid environment variable name") as info:
+            parse_configuration(task_env({key: "x"}))
+        assert info.value.issues[0].path.startswith("env")
 
     def test_object_value_is_a_sentinel(self):
         assert parsed_env({"A": {"key": "A"}}) == {"A": EnvSentinel(key="A")}

@@ -55,7 +55,6 @@ class TestIntRange:
             pytest.param({"min": 1}, rng(1, None), id="dict-min-only"),
             pytest.param({"max": 3}, rng(None, 3), id="dict-max-only"),
             pytest.param({"min": "2", "max": "4"}, rng(2, 4), id="dict-of-strings"),
-            pytest.param("-1", rng(-1, -1), id="negative-is-not-rejected"),
         ],
     )
     def test_valid(self, value, expected):
@@ -76,6 +75,12 @@ class TestIntRange:
             pytest.param([1, 2], "valid dictionary", id="list"),
             pytest.param(None, "valid dictionary", id="null"),
             pytest.param({"min": 1, "step": 2}, "Extra inputs are not permitted", id="unknown-key"),
+            # Deviation from dstack (it accepts these): a negative or absurd amount is a typo, and
+            # one run with `cpu: <400 digits>` made every admission pass overflow.
+            pytest.param("-1", "use a number from 0 to 1e\\+09", id="negative"),
+            pytest.param("1..-1", "use a number from 0 to 1e\\+09", id="negative-end"),
+            pytest.param("9" * 400, "use a number from 0 to 1e\\+09", id="400-digits"),
+            pytest.param(10**10, "use a number from 0 to 1e\\+09", id="too-large"),
         ],
     )
     def test_invalid(self, value, message):
@@ -738,3 +743,33 @@ class TestResourcesInTask:
     def test_resources_must_be_a_mapping(self):
         with pytest.raises(ConfigurationError, match="resources"):
             parse_configuration(task_with_resources("A100"))
+
+
+class TestHostileAmounts:
+    """Amounts that used to pass validation and then broke every admission pass or raised a
+    traceback: each is now an error naming the field."""
+
+    @pytest.mark.parametrize(
+        ("resources", "field"),
+        [
+            ({"memory": 1e300}, "resources.memory"),
+            ({"memory": ".inf"}, "resources.memory"),
+            ({"memory": float("inf")}, "resources.memory"),
+            ({"memory": float("nan")}, "resources.memory"),
+            ({"memory": "1e400GB"}, "resources.memory"),
+            ({"memory": "-8GB"}, "resources.memory"),
+            ({"memory": "-1..8"}, "resources.memory"),
+            ({"cpu": int("9" * 400)}, "resources.cpu"),
+            ({"cpu": -2}, "resources.cpu"),
+            ({"shm_size": "-1GB"}, "resources.shm_size"),
+            ({"shm_size": float("inf")}, "resources.shm_size"),
+            ({"gpu": 10**12}, "resources.gpu"),
+            ({"disk": "1e400GB"}, "resources.disk"),
+        ],
+    )
+    def test_rejected_with_the_field_named(self, resources, field):
+        from dstack_ray.config import ConfigurationError, parse_configuration
+
+        with pytest.raises(ConfigurationError) as info:
+            parse_configuration({"type": "task", "commands": ["true"], "resources": resources})
+        assert info.value.issues[0].path.startswith(field), info.value
