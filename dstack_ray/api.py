@@ -11,6 +11,7 @@ import shlex
 import socket
 import sys
 import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -132,6 +133,30 @@ def pack_payload(cfg: TaskConfiguration) -> Optional[RunPayload]:
     config_dir = Path(cfg.source_file).resolve().parent if cfg.source_file else Path.cwd()
     repo = prepare_repo(cfg.repos[0], config_dir, cfg.single_branch) if cfg.repos else None
     return RunPayload(files=pack_files(cfg.files, config_dir), repo=repo)
+
+
+def _registry_auth_value(text: str, field: str, env: Mapping[str, str], cfg: TaskConfiguration) -> str:
+    """`${{ env.X }}` in `registry_auth` from the configuration's `env` (and `-e`), as dstack
+    reads it. A value without `${{` is taken as written (`$$` stays `$$`), and no error repeats
+    any part of the value: it is a secret."""
+    where = dict(path=f"registry_auth.{field}", file=cfg.source_file, line=cfg.source_line(("registry_auth", field)))
+    if "${{" not in text:
+        return text
+    if "secrets." in text:
+        raise ConfigurationError(
+            "`${{ secrets.* }}` is not supported: dstack-ray has no secrets store",
+            hint="put the value in `env` (or pass `-e NAME=VALUE`) and use `${{ env.NAME }}`",
+            **where,
+        )
+    try:
+        return interpolate(text, {"env": env})
+    except ConfigurationError as e:
+        missing = "missing vars" in str(e)
+        raise ConfigurationError(
+            "refers to a variable the configuration's `env` does not set" if missing else "invalid `${{ }}` reference",
+            hint="set it in `env` or pass `-e NAME=VALUE`; write `$${{` for a literal `${{`",
+            **where,
+        ) from None
 
 
 class Client:
@@ -281,11 +306,11 @@ class Client:
         else:
             updates["groups"] = [g.model_copy(update={"commands": [interpolate_in(c) for c in g.commands]}) for g in cfg.groups]
         if cfg.registry_auth is not None:
-            env_ns = {"env": dict(environ)}
+            configured = {k: v for k, v in resolved.items() if isinstance(v, str)}
             updates["registry_auth"] = cfg.registry_auth.model_copy(
                 update={
-                    "username": interpolate(cfg.registry_auth.username, env_ns, skip=("secrets",)),
-                    "password": interpolate(cfg.registry_auth.password, env_ns, skip=("secrets",)),
+                    field: _registry_auth_value(getattr(cfg.registry_auth, field), field, configured, cfg)
+                    for field in ("username", "password")
                 }
             )
         # exclude_unset keeps track of what the user wrote (the plan notes depend on it).
@@ -325,6 +350,7 @@ class Client:
             gpu_sampler=self._settings.gpu_sampler,
             container_runtime=self._settings.container_runtime,
             default_image=self._settings.default_image,
+            submission_id=uuid.uuid4().hex,
             has_payload=payload is not None,
         )
         payload_json = payload.model_dump_json() if payload is not None else None

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from dstack_ray.runtime.settings import default_state_dir
+from dstack_ray.runtime.settings import default_state_dir, private_dir
 
 GCS_PORT = 6391
 DASHBOARD_PORT = 8265
@@ -51,16 +51,19 @@ def auth_token_path() -> Path:
 
 
 def ensure_auth_token() -> None:
-    """Ray's token authentication needs a token: make one with Ray's own tool if none exists."""
-    if os.environ.get("RAY_AUTH_TOKEN") or auth_token_path().exists():
-        return
-    subprocess.run(
-        [*RAY_CLI, "get-auth-token", "--generate"],
-        stdout=subprocess.DEVNULL,  # it prints the token: keep it out of every log
-        stderr=subprocess.DEVNULL,
-        check=True,
-        timeout=60,
-    )
+    """Ray's token authentication needs a token: make one with Ray's own tool if none exists.
+    Ray writes it readable by everyone; only its owner may read it (and its directory)."""
+    path = auth_token_path()
+    if not os.environ.get("RAY_AUTH_TOKEN") and not path.exists():
+        subprocess.run(
+            [*RAY_CLI, "get-auth-token", "--generate"],
+            stdout=subprocess.DEVNULL,  # it prints the token: keep it out of every log
+            stderr=subprocess.DEVNULL,
+            check=True,
+            timeout=60,
+        )
+    if path.exists() and path.stat().st_uid == os.getuid():
+        os.chmod(path, 0o600)
 
 
 def _info_file() -> Path:
@@ -125,8 +128,7 @@ def start(num_cpus: Optional[int] = None, num_gpus: Optional[int] = None, timeou
         args.append(f"--num-cpus={num_cpus}")
     if num_gpus is not None:
         args.append(f"--num-gpus={num_gpus}")
-    log = default_state_dir() / "local-head.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
+    log = private_dir(default_state_dir()) / "local-head.log"
     env = dict(os.environ)
     if env.get("RAY_AUTH_MODE", "token") == "token":
         ensure_auth_token()

@@ -48,6 +48,8 @@ class RegistryAuth(CoreModel):
     def __repr__(self) -> str:
         return f"RegistryAuth(username={self.username!r}, password='***')"
 
+    __str__ = __repr__
+
 
 def check_unix_user(value: str) -> str:
     """`user[:group]` with names or non-negative ids, as docker takes it."""

@@ -241,6 +241,10 @@ def _member_parts(member: tarfile.TarInfo, name: str) -> Tuple[str, ...]:
 def _validate(member: tarfile.TarInfo, destination: Path) -> Tuple[str, ...]:
     """The checks that need only the archive: names, types, where symlinks point (as text)."""
     parts = _member_parts(member, member.name)
+    if member.issparse():
+        # `pack` never writes sparse members; one from elsewhere would unpack dense (a 10 KB
+        # archive can declare terabytes).
+        raise UnsafeArchive(f"Refusing archive member {member.name!r}: sparse file")
     if member.ischr() or member.isblk() or member.isfifo():
         raise UnsafeArchive(f"Refusing archive member {member.name!r}: device or fifo")
     if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):

@@ -154,17 +154,17 @@ def job_environment(
     gpu_ids: Sequence[str],
     home: Optional[str] = None,
 ) -> Dict[str, str]:
-    """Base (image or host) env, then DSTACK_* variables, then the user's `env` (the user wins).
-
-    CUDA_VISIBLE_DEVICES comes from the GPUs Ray assigned; a node without GPUs gets none at all
-    (never the empty string Ray gives CPU-only workers).
+    """Base (host) env, then DSTACK_* variables, then the user's `env` (the user wins), except
+    for CUDA_VISIBLE_DEVICES: it is always the GPUs Ray assigned, so a job never uses a GPU
+    another job holds; a job without GPUs gets none at all (never the empty string Ray gives
+    CPU-only workers, nor a value from `env`).
     """
     env = {**NON_INTERACTIVE, **base}
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    if gpu_ids:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
     if home:
         env["HOME"] = home
     env.update(system)
     env.update(user_env)
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    if gpu_ids:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
     return env

@@ -1,7 +1,8 @@
 """Running a node's commands in a container with the node's podman or docker CLI.
 
 The container gets host networking (so ranks reach each other on node IPs), the run's env
-(through an env file: values never appear in process lists), the GPUs Ray assigned, and the
+(`--env NAME` with the value in the CLI's environment: values never appear in process lists),
+the GPUs Ray assigned, and the
 working directory and files copied in before it starts. It is named after the run, attempt and
 rank, and the guard removes it however the command ends.
 """
@@ -98,7 +99,7 @@ class Container:
         self.podman = _is_podman(runtime)
         self._auth: List[str] = []
 
-    def _run(self, args: Sequence[str], input: Optional[str] = None, what: str = "") -> str:
+    def _run(self, args: Sequence[str], input: Optional[str] = None, what: str = "", env: Optional[Dict[str, str]] = None) -> str:
         try:
             result = subprocess.run(
                 [self.runtime, *self._auth_prefix(), *args],
@@ -106,6 +107,7 @@ class Container:
                 capture_output=True,
                 text=True,
                 timeout=COMMAND_TIMEOUT,
+                env={**os.environ, **env} if env else None,
             )
         except subprocess.TimeoutExpired:
             raise ContainerError(f"{what or args[0]} timed out after {COMMAND_TIMEOUT}s") from None
@@ -133,6 +135,12 @@ class Container:
             self._auth = ["--config", str(self.private_dir / "docker")]
             args = ["login", "--username", self.spec.registry_username, "--password-stdin", registry]
         self._run(args, input=self.spec.registry_password or "", what=f"login to {registry}")
+
+    def forget_credentials(self) -> None:
+        """Remove what `login` stored on the node (the registry password, base64-encoded)."""
+        (self.private_dir / "auth.json").unlink(missing_ok=True)
+        shutil.rmtree(self.private_dir / "docker", ignore_errors=True)
+        self._auth = []
 
     def image_present(self) -> bool:
         check = ["image", "exists", self.spec.image] if self.podman else ["image", "inspect", self.spec.image]
@@ -192,20 +200,15 @@ class Container:
     ) -> None:
         """Create the container (not started); `argv` empty means the image's ENTRYPOINT/CMD."""
         self.remove()  # a container left by a lost earlier agent of the same rank
-        env_file = self.private_dir / "env"
-        fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            for key, value in env.items():
-                if "\n" in value:
-                    value = value.replace("\n", " ")  # env files are one variable per line
-                f.write(f"{key}={value}\n")
         args = [
             "create",
             *self._authfile(),
             "--name", self.name,
             "--network", "host",
             "--tty",
-            "--env-file", str(env_file),
+            # `--env NAME` takes the value from the CLI's own environment: values keep their
+            # newlines (an env file cannot) and never appear in a process list.
+            *(f"--env={key}" for key in env),
             "--workdir", working_dir,
             "--volume", f"{hostfile}:{CONTAINER_HOSTFILE}:ro",
         ]
@@ -227,13 +230,12 @@ class Container:
                 source.mkdir(parents=True, exist_ok=True)
             args += ["--volume", f"{source}:{mount.path}"]
         if argv:
-            args += ["--entrypoint", json.dumps(argv[:1])]
+            # A plain path: podman also reads JSON here, docker does not (it would take
+            # `["/bin/sh"]` as the program's name).
+            args += ["--entrypoint", argv[0]]
         args.append(self.spec.image)
         args += argv[1:]
-        try:
-            self._run(args, what="creating the container")
-        finally:
-            env_file.unlink(missing_ok=True)
+        self._run(args, what="creating the container", env=env)
 
     def copy_in(self, staging: Path) -> None:
         """Copy a staging tree that mirrors container paths (`staging/workflow/...`) into `/`."""

@@ -249,8 +249,11 @@ def prepare_container(
         if not container.image_present():
             on_pulling()
             report(f"pulling {spec.container.image}")
-            container.login()  # credentials are only needed to pull
-            container.pull()
+            try:
+                container.login()  # credentials are only needed to pull
+                container.pull()
+            finally:
+                container.forget_credentials()
         image = container.inspect()
     except ContainerError as e:
         raise SetupFailure("creating_container_error", str(e)) from None

@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Literal, Optional, Sequence, Set
 from pydantic import BaseModel, ConfigDict
 
 from dstack_ray.config.errors import ConfigurationError
-from dstack_ray.config.repos import RepoExistsAction, RepoSpec
+from dstack_ray.config.repos import COMMIT_RE, RepoExistsAction, RepoSpec
 from dstack_ray.exec.archive import (
     add_to_archive,
     check_upload_size,
@@ -90,12 +90,25 @@ def repo_id_for(url: str) -> str:
     return f"{name}-{digest}"
 
 
-_URL_PASSWORD = re.compile(r"(://[^/@:\s]*):[^/@\s]*@")
+_URL_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*)://([^/@\s]*)@")
 
 
-def _redact(text: str) -> str:
-    """Hide a password or token written into a URL (`https://user:token@host/...`)."""
-    return _URL_PASSWORD.sub(r"\1:***@", text)
+def redact_url(text: str) -> str:
+    """Hide a password or token written into a URL: `https://user:token@host` keeps the user,
+    `https://TOKEN@host` (a token alone) hides it all; `ssh://git@host` is left as it is."""
+
+    def hide(match: "re.Match[str]") -> str:
+        scheme, userinfo = match.group(1), match.group(2)
+        if ":" in userinfo:
+            return f"{scheme}://{userinfo.split(':', 1)[0]}:***@"
+        if scheme.lower() in ("http", "https"):
+            return f"{scheme}://***@"
+        return match.group(0)
+
+    return _URL_USERINFO.sub(hide, text)
+
+
+_redact = redact_url
 
 
 class _GitFailed(Exception):
@@ -337,6 +350,12 @@ def _is_empty(directory: Path) -> bool:
 def _checkout(payload: RepoPayload, clone_dir: Path, log: Callable[[str], None]) -> None:
     """Clone into the empty `clone_dir`, check out the commit, apply the diff."""
     assert payload.url is not None
+    # The configuration checks these; the node checks again before they reach git's argv,
+    # where `--upload-pack=<command>` as a "commit" would run a command.
+    if payload.commit is not None and not COMMIT_RE.fullmatch(payload.commit):
+        raise _GitFailed(["checkout"], f"invalid commit hash {payload.commit[:16]!r}")
+    if payload.branch is not None and payload.branch.startswith("-"):
+        raise _GitFailed(["clone"], f"invalid branch {payload.branch[:16]!r}")
     args = ["clone", "--quiet"]
     if payload.branch:
         args += ["--branch", payload.branch]

@@ -256,6 +256,13 @@ def build_plan(cfg: TaskConfiguration, cluster: ClusterView) -> RunPlan:
             rank += 1
     distinct = len(bundles) > 1
     plan = RunPlan(bundles=bundles, strategy="STRICT_SPREAD" if distinct else "PACK", notes=_notes(cfg))
+    if "CUDA_VISIBLE_DEVICES" in cfg.env and cfg.image is None and not cfg.docker:
+        plan.notes.append("CUDA_VISIBLE_DEVICES in `env` is replaced by the GPUs Ray assigns to each node")
+    if "stop_duration" in cfg.model_fields_set:
+        plan.notes.append(
+            "stop_duration: on stop, commands get SIGINT and are killed 10 s later, as dstack's"
+            " runner does; the stop duration only bounds the whole stop"
+        )
     if cfg.image is None and not cfg.docker and cluster.default_image:
         plan.notes.append(f"no `image`: runs in the cluster's default image {cluster.default_image}")
         if cfg.python or cfg.nvcc:

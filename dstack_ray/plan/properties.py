@@ -12,6 +12,7 @@ from dstack_ray.config.gpus import CPUArchitecture
 from dstack_ray.config.profiles import DEFAULT_STOP_DURATION, SpotPolicy, effective_retry
 from dstack_ray.config.resources import ResourcesSpec
 from dstack_ray.config.task import PRIORITY_DEFAULT, TaskConfiguration
+from dstack_ray.exec.repo import redact_url
 
 DEFAULT_RUN_IDLE_DURATION = 300
 
@@ -106,5 +107,5 @@ def run_properties(
         rows.append(("Files", ", ".join(f"{f.local_path} -> {f.path}" for f in cfg.files)))
     if cfg.repos:
         repo = cfg.repos[0]
-        rows.append(("Repo", f"{repo.local_path or repo.url} -> {repo.path}"))
+        rows.append(("Repo", f"{repo.local_path or redact_url(repo.url or '')} -> {repo.path}"))
     return rows

@@ -37,7 +37,7 @@ from dstack_ray.exec.prepare import (
 from dstack_ray.exec.process import GuardedProcess
 from dstack_ray.exec.pyenv import activation_env, venv_maker
 from dstack_ray.exec.ssh import NodeSshd, RunKey, forget_keys, free_port, write_client_files, write_wrappers
-from dstack_ray.runtime.settings import RuntimeSettings
+from dstack_ray.runtime.settings import RuntimeSettings, private_dir
 
 logger = logging.getLogger(__name__)
 
@@ -173,9 +173,9 @@ class LogShipper:
 
 def _run_dir(assignment: NodeAssignment) -> Path:
     """This rank's private directory for the run on this node (kept after the run)."""
-    root = assignment.settings.resolved_state_dir() / "runs"
+    root = private_dir(private_dir(assignment.settings.resolved_state_dir()) / "runs")
     run = root / f"{assignment.run_name}-{assignment.run_id[:8]}"
-    run.mkdir(parents=True, exist_ok=True, mode=0o700)
+    run.mkdir(exist_ok=True, mode=0o700)
     path = run / f"node-{assignment.rank}"
     path.mkdir(exist_ok=True, mode=0o700)
     return path

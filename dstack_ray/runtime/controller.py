@@ -55,11 +55,13 @@ class Controller:
     def __init__(self, settings: Dict[str, Any]) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
         self.settings = RuntimeSettings.model_validate(settings)
-        state_dir = self.settings.resolved_state_dir()
+        state_dir = self.settings.state_dir_for(ray.get_runtime_context().gcs_address)
         self.settings.state_dir = str(state_dir)
         self.store = Store(state_dir / "state.db")
         self.logs = LogStore(state_dir / "logs")
         self.runs: Dict[str, RunRecord] = {r.id: r for r in self.store.load_runs()}
+        for run_id, error in self.store.quarantined:
+            logger.error("run record %s cannot be read and was quarantined: %s", run_id, error)
         self.conditions: Dict[str, asyncio.Condition] = {}
         self.log_events: Dict[Tuple[str, int, int], asyncio.Event] = defaultdict(asyncio.Event)
         self.handed: Dict[str, str] = {}  # run id -> incarnation of the host supervising it
@@ -79,7 +81,11 @@ class Controller:
 
     async def ping(self) -> Dict[str, Any]:
         await self._ensure_background()
-        return {"state_dir": self.settings.state_dir, "host": self.host_incarnation}
+        return {
+            "state_dir": self.settings.state_dir,
+            "host": self.host_incarnation,
+            "quarantined": [{"run_id": run_id, "error": why} for run_id, why in self.store.quarantined],
+        }
 
     async def _ensure_background(self) -> None:
         if self.background is None or self.background.done():
@@ -167,6 +173,12 @@ class Controller:
     async def submit(self, spec: Dict[str, Any], payload: Optional[str] = None) -> Dict[str, Any]:
         await self._ensure_background()
         run_spec = RunSpec.model_validate(spec)
+        if run_spec.submission_id:
+            # Ray retries this call on a restarted Controller when the first one crashed after
+            # saving the run: answer with that run instead of a duplicate or a false conflict.
+            for known in self.runs.values():
+                if known.spec.get("submission_id") == run_spec.submission_id:
+                    return known.model_dump(mode="json")
         name = run_spec.run_name or generate_run_name({r.name for r in self.runs.values()})
         existing = self._find(name)
         if existing is not None:
@@ -278,8 +290,9 @@ class Controller:
         return run.model_dump(mode="json")
 
     def _delete(self, run: RunRecord) -> None:
-        """Hide a run from listings (a resubmission under its name keeps its logs on disk)."""
-        self.store.mark_deleted(run.id)
+        """Hide a run from listings (a resubmission under its name keeps its logs on disk, and
+        its record without secrets)."""
+        self.store.mark_deleted(run)
         self.runs.pop(run.id, None)
         self._payload_path(run.id).unlink(missing_ok=True)
 
@@ -288,6 +301,7 @@ class Controller:
         if not run.status.is_finished():
             raise ControllerError(f"run {name} is active ({run.status.value}); stop it before deleting")
         self._delete(run)
+        self.store.delete_run(run.id)
         self.logs.delete_run(run.id)
 
     async def events(self, name: str) -> List[Tuple[str, str]]:
@@ -353,9 +367,17 @@ class Controller:
         cluster = await asyncio.get_running_loop().run_in_executor(None, live_cluster_view)
         free = free_capacity(cluster, self._reserved())
         for run, future in sorted(waiting, key=lambda item: (-item[0].priority, item[0].submitted_at)):
-            cfg = RunSpec.model_validate(run.spec).task()
-            plan = build_plan(cfg, cluster)
-            if plan.no_capacity or plan.needs_new_nodes or place(plan, free):
+            try:
+                cfg = RunSpec.model_validate(run.spec).task()
+                plan = build_plan(cfg, cluster)
+                admit = bool(plan.no_capacity) or plan.needs_new_nodes or place(plan, free)
+            except Exception as e:  # one bad run must not stop every later admission
+                logger.exception("cannot judge run %s for admission", run.name)
+                self.store.add_event(run.id, f"admission check failed ({type(e).__name__}: {e}); its supervisor decides")
+                self.admission.pop(run.id, None)
+                future.set_result(True)
+                continue
+            if admit:
                 # Nothing can ever hold it, or only new nodes can: let the Supervisor decide
                 # (no capacity) or let its placement group ask the autoscaler.
                 self.admission.pop(run.id, None)

@@ -227,6 +227,7 @@ class RunSpec(Model):
     has_payload: bool = False  # files or a repo were shipped (the Controller keeps them)
     container_runtime: Optional[str] = None  # podman or docker (Client settings)
     default_image: Optional[str] = None  # the image for tasks without one (Client settings)
+    submission_id: Optional[str] = None  # unique per `Client.apply` call: a retried submit is answered once
 
     def task(self):
         from dstack_ray.config.task import TaskConfiguration

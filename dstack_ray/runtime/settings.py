@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import List, Optional
 
@@ -13,6 +14,16 @@ CONTROLLER_NAME = "dstack:controller"
 SUPERVISOR_NAME = "dstack:supervisor"
 STATE_DIR_ENV = "DSTACK_RAY_STATE_DIR"
 DEFAULT_IMAGE_ENV = "DSTACK_RAY_DEFAULT_IMAGE"
+
+
+def private_dir(path: Path) -> Path:
+    """`path` as a directory only its owner can enter (run specs hold secrets), made if needed."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        os.chmod(path, 0o700)
+    except OSError:
+        pass
+    return path
 
 
 def default_state_dir() -> Path:
@@ -41,6 +52,14 @@ class RuntimeSettings(BaseModel):
     # as dstack runs them in its base image. None: $DSTACK_RAY_DEFAULT_IMAGE on the head, else
     # host mode (the job's own venv and home on the node).
     default_image: Optional[str] = None
+
+    def state_dir_for(self, gcs_address: str) -> Path:
+        """The state directory of the cluster at `gcs_address`: the configured one, else one
+        per cluster below the default, so two Ray clusters on one machine never share runs."""
+        if self.state_dir:
+            return Path(self.state_dir)
+        key = re.sub(r"[^A-Za-z0-9.-]", "_", gcs_address) or "default"
+        return default_state_dir() / "clusters" / key
 
     def resolved_state_dir(self) -> Path:
         return Path(self.state_dir) if self.state_dir else default_state_dir()

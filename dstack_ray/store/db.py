@@ -8,9 +8,10 @@ import sqlite3
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Tuple
 
 from dstack_ray.runtime.models import JobRecord, RunRecord
+from dstack_ray.runtime.settings import private_dir
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -46,6 +47,27 @@ CREATE INDEX IF NOT EXISTS metrics_run ON metrics (run_id, attempt, rank, at);
 """
 
 
+SCHEMA_VERSION = 1
+QUARANTINED = 2  # `runs.deleted` of a record that could not be read
+
+
+class StoreError(RuntimeError):
+    """The state database cannot be used; the message says what to do."""
+
+
+def scrubbed_spec(spec: dict) -> dict:
+    """A run spec without secrets: env values and the registry password become `***`."""
+    spec = json.loads(json.dumps(spec))
+    configuration = spec.get("configuration") or {}
+    env = configuration.get("env")
+    if isinstance(env, dict):
+        configuration["env"] = {key: "***" for key in env}
+    auth = configuration.get("registry_auth")
+    if isinstance(auth, dict):
+        auth["password"] = "***"
+    return spec
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -54,17 +76,29 @@ class Store:
     """Records as JSON documents keyed by run; every write is committed before it returns."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         self.path = path
         self._lock = threading.Lock()
+        # Run specs carry registry credentials and env values: the file is 0600 before SQLite
+        # opens it, and SQLite gives its -wal and -shm files the database file's mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
+        for extra in ("-wal", "-shm"):
+            if Path(f"{path}{extra}").exists():
+                os.chmod(f"{path}{extra}", 0o600)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA secure_delete=ON")  # deleted records are overwritten, not left in free pages
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{path} was written by a newer dstack-ray (schema {version}, this one reads {SCHEMA_VERSION});"
+                " upgrade dstack-ray on the head node, or point DSTACK_RAY_STATE_DIR elsewhere"
+            )
         self._db.executescript(_SCHEMA)
-        try:
-            os.chmod(path, 0o600)  # run specs carry registry credentials and env values
-        except OSError:
-            pass
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self.quarantined: List[Tuple[str, str]] = []  # (run id, why) of records set aside
 
     def close(self) -> None:
         self._db.close()
@@ -81,21 +115,43 @@ class Store:
                 (run.id, run.name, run.submitted_at.isoformat(), document),
             )
 
-    def mark_deleted(self, run_id: str) -> None:
+    def mark_deleted(self, run: RunRecord) -> None:
+        """Hide a run from listings, keeping its history but not its secrets."""
+        document = run.model_copy(update={"spec": scrubbed_spec(run.spec)}).model_dump_json(exclude={"jobs"})
         with self._lock:
-            self._db.execute("UPDATE runs SET deleted = 1 WHERE id = ?", (run_id,))
+            self._db.execute("UPDATE runs SET deleted = 1, record = ? WHERE id = ?", (document, run.id))
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def delete_run(self, run_id: str) -> None:
+        """Remove a run and everything recorded about it (`delete`)."""
+        with self._lock:
+            for table in ("runs WHERE id", "jobs WHERE run_id", "events WHERE run_id", "metrics WHERE run_id"):
+                self._db.execute(f"DELETE FROM {table} = ?", (run_id,))
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def load_runs(self, include_deleted: bool = False) -> List[RunRecord]:
-        query = "SELECT record FROM runs"
-        if not include_deleted:
-            query += " WHERE deleted = 0"
+        """The runs; a record that cannot be read (written by another version, damaged) is
+        quarantined: hidden from listings, kept in the database, and named in `quarantined`."""
+        query = "SELECT id, record FROM runs"
+        query += " WHERE deleted IN (0, 1)" if include_deleted else " WHERE deleted = 0"
         query += " ORDER BY submitted_at"
         with self._lock:
             rows = self._db.execute(query).fetchall()
-        runs = [RunRecord.model_validate_json(row[0]) for row in rows]
-        for run in runs:
-            run.jobs = self.load_jobs(run.id, run.attempt)
+        runs = []
+        for run_id, document in rows:
+            try:
+                run = RunRecord.model_validate_json(document)
+                run.jobs = self.load_jobs(run.id, run.attempt)
+            except ValueError as e:  # pydantic's ValidationError and JSON errors are ValueErrors
+                self._quarantine(run_id, str(e).splitlines()[0])
+                continue
+            runs.append(run)
         return runs
+
+    def _quarantine(self, run_id: str, why: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE runs SET deleted = ? WHERE id = ?", (QUARANTINED, run_id))
+        self.quarantined.append((run_id, why))
 
     # -- jobs -------------------------------------------------------------------------------
 

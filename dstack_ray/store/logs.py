@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Tuple
 
+from dstack_ray.runtime.settings import private_dir
+
 
 class LogGap(Exception):
     """An append starts beyond the end of the file: an earlier chunk is missing."""
@@ -18,7 +20,7 @@ class LogGap(Exception):
 class LogStore:
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        private_dir(root)
 
     def path(self, run_id: str, attempt: int, rank: int) -> Path:
         return self.root / run_id / f"attempt-{attempt}" / f"rank-{rank}.log"
