@@ -31,6 +31,8 @@ from dstack_ray.runtime.settings import CONTROLLER_NAME, NAMESPACE, RuntimeSetti
 logger = logging.getLogger(__name__)
 
 _UNKNOWN = object()
+PAYLOAD_LIMIT_ENV = "DSTACK_RAY_PAYLOAD_LIMIT"
+DEFAULT_PAYLOAD_LIMIT = 64 << 20
 
 ConfigurationInput = Union[str, os.PathLike, TaskConfiguration, Mapping[str, Any]]
 
@@ -132,7 +134,20 @@ def pack_payload(cfg: TaskConfiguration) -> Optional[RunPayload]:
         )
     config_dir = Path(cfg.source_file).resolve().parent if cfg.source_file else Path.cwd()
     repo = prepare_repo(cfg.repos[0], config_dir, cfg.single_branch) if cfg.repos else None
-    return RunPayload(files=pack_files(cfg.files, config_dir), repo=repo)
+    payload = RunPayload(files=pack_files(cfg.files, config_dir), repo=repo)
+    total = sum(len(f.data) for f in payload.files)
+    if repo is not None:
+        total += len(repo.diff) + len(repo.tree or b"")
+    limit = int(os.environ.get(PAYLOAD_LIMIT_ENV) or DEFAULT_PAYLOAD_LIMIT)
+    if limit and total > limit:
+        raise ConfigurationError(
+            f"`files` and `repos` add up to {total} bytes, over the limit of {limit} bytes per run"
+            " (each is stored on the head node and sent to every node)",
+            path="files" if cfg.files else "repos",
+            file=cfg.source_file,
+            hint=f"ship less (.dstackignore), or raise {PAYLOAD_LIMIT_ENV} (0: no limit)",
+        )
+    return payload
 
 
 def _registry_auth_value(text: str, field: str, env: Mapping[str, str], cfg: TaskConfiguration) -> str:

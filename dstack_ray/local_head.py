@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,8 +71,9 @@ def _info_file() -> Path:
     return default_state_dir() / "local-head.json"
 
 
-def _temp_dir() -> str:
-    return os.environ.get("DSTACK_RAY_TEMP_DIR") or f"/tmp/dstack-ray-{os.getuid()}"
+def _temp_dir() -> Optional[str]:
+    """The configured temp directory; None: a new, unpredictable one is made at start."""
+    return os.environ.get("DSTACK_RAY_TEMP_DIR") or None
 
 
 def _port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -109,7 +111,9 @@ def start(num_cpus: Optional[int] = None, num_gpus: Optional[int] = None, timeou
     running = status()
     if running is not None:
         return running
-    temp_dir = _temp_dir()
+    # A fresh private directory: its path is how `stop` finds the head's processes, so no
+    # other process can carry it by chance (a predictable /tmp path could be planted).
+    temp_dir = _temp_dir() or tempfile.mkdtemp(prefix="dstack-ray-")
     gcs_port = _free_port(GCS_PORT)
     dashboard_port = _free_port(DASHBOARD_PORT)
     args = [
@@ -155,20 +159,31 @@ def start(num_cpus: Optional[int] = None, num_gpus: Optional[int] = None, timeou
     return head
 
 
-def _head_processes(temp_dir: str) -> List[int]:
-    """PIDs of the Ray processes of the head that uses `temp_dir` (and nothing else)."""
-    marker = temp_dir.encode()
+def _head_processes(temp_dir: Optional[str]) -> List[int]:
+    """PIDs of this user's Ray processes of the head that uses `temp_dir` (and nothing else):
+    an argument of theirs is that directory or a path inside it."""
+    if not temp_dir:
+        return []
+    root = temp_dir.rstrip("/").encode()
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes()
+            if entry.stat().st_uid != os.getuid():
+                continue
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if marker in cmdline:
+        if any(_names_dir(argument, root) for argument in arguments):
             pids.append(int(entry.name))
     return pids
+
+
+def _names_dir(argument: bytes, root: bytes) -> bool:
+    """`root`, a path below it, or an option set to one (`--temp-dir=root`)."""
+    value = argument.split(b"=", 1)[1] if argument.startswith(b"--") and b"=" in argument else argument
+    return value == root or value.startswith(root + b"/")
 
 
 def stop(timeout: float = 20) -> bool:

@@ -32,6 +32,7 @@ import time
 from typing import List, Optional
 
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_PDEATHSIG = 1
 
 
 def _become_subreaper() -> None:
@@ -124,6 +125,12 @@ def _spawn(argv: List[str], tty_fd: Optional[int]) -> int:
     pid = os.fork()
     if pid == 0:
         try:
+            # If the guard itself is killed (SIGKILL), the command goes with it; the agent then
+            # ends what the command started (see process.py).
+            try:
+                ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            except OSError:
+                pass
             os.setsid()
             if tty_fd is not None:
                 fcntl.ioctl(tty_fd, termios.TIOCSCTTY, 0)
@@ -132,8 +139,15 @@ def _spawn(argv: List[str], tty_fd: Optional[int]) -> int:
                 os.close(tty_fd)
             else:
                 os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
-                signal.signal(sig, signal.SIG_DFL)
+            # Every signal as a fresh process has it: Ray workers ignore some (SIGHUP, SIGXFSZ),
+            # and an inherited "ignore" would survive the exec.
+            for sig in signal.valid_signals():
+                if sig not in (signal.SIGKILL, signal.SIGSTOP):
+                    try:
+                        signal.signal(sig, signal.SIG_DFL)
+                    except (OSError, ValueError):
+                        pass
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])
             os.execvpe(argv[0], argv, os.environ)
         except BaseException as e:  # exec failed: say why on the output the agent reads
             try:
@@ -172,6 +186,9 @@ def main(argv: List[str]) -> int:
         argv = argv[2:]
     try:
         return _supervise(argv, tty_fd, watch_pid)
+    except BaseException:
+        _kill_all(None)  # a guard that fails must not leave the command running
+        raise
     finally:
         _run_cleanup(cleanup)
 
@@ -195,6 +212,21 @@ def _run_cleanup(cleanup: List[str]) -> None:
         os.kill(pid, signal.SIGKILL)
     except OSError:
         pass
+
+
+def _parse_order(line: bytes) -> Optional[tuple[str, float]]:
+    """`stop [grace-seconds]` or `kill`; None for anything else."""
+    words = line.decode(errors="replace").split()
+    if words == ["kill"]:
+        return ("kill", 0.0)
+    if words[:1] == ["stop"] and len(words) <= 2:
+        try:
+            grace = float(words[1]) if len(words) > 1 else 10.0
+        except ValueError:
+            return None
+        if 0 <= grace < float("inf"):
+            return ("stop", grace)
+    return None
 
 
 def _supervise(argv: List[str], tty_fd: Optional[int], watch_pid: Optional[int]) -> int:
@@ -239,14 +271,13 @@ def _supervise(argv: List[str], tty_fd: Optional[int], watch_pid: Optional[int])
         orders += chunk
         while b"\n" in orders:
             line, orders = orders.split(b"\n", 1)
-            words = line.decode(errors="replace").split()
-            if not words:
-                continue
-            if words[0] == "stop":
-                grace = float(words[1]) if len(words) > 1 else 10.0
+            order = _parse_order(line)
+            if order is None:
+                continue  # not an order: ignore it rather than fail with the command running
+            if order[0] == "stop":
                 _interrupt(pgid)
-                kill_at = time.monotonic() + grace
-            elif words[0] == "kill":
+                kill_at = time.monotonic() + order[1]
+            else:
                 _kill_all(pgid)
 
 

@@ -231,6 +231,16 @@ def _repo_id(payload: Optional[RunPayload]) -> str:
     return payload.repo.repo_id if payload is not None and payload.repo is not None else "none"
 
 
+def staged_path(staging: Path, path: str, working_dir: str, home: str) -> Path:
+    """Where a container path (`files`, repo; `~` = the image user's `home`, relative = in
+    `working_dir`) is staged on the host before it is copied in. `..` in the path, or in a
+    crafted image HOME or WorkingDir, cannot leave the staging directory."""
+    target = Path(os.path.normpath(staging / container_path(path, working_dir, home).lstrip("/")))
+    if not _inside(target, staging):
+        raise ValueError(f"{path}: leads outside the container's filesystem")
+    return target
+
+
 def prepare_container(
     spec: NodeSpec,
     payload: Optional[RunPayload],
@@ -274,10 +284,7 @@ def prepare_container(
         (staging / working_dir.lstrip("/")).mkdir(parents=True, exist_ok=True)
 
         def place(path: str) -> Path:
-            target = Path(os.path.normpath(staging / container_path(path, working_dir, home).lstrip("/")))
-            if target != staging and not str(target).startswith(f"{staging}/"):
-                raise ValueError(f"{path}: leads outside the container's filesystem")
-            return target
+            return staged_path(staging, path, working_dir, home)
 
         staged_repo = _apply_repo_and_files(payload, place, report)
         repo_dir = "/" + str(staged_repo.relative_to(staging))

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import pty
+import signal
 import subprocess
 import sys
 import termios
 import threading
+import time
 from typing import Callable, Dict, List, Optional
 
 OutputCallback = Callable[[bytes], None]
@@ -44,6 +46,11 @@ class GuardedProcess:
         cleanup: Optional[List[str]] = None,
     ) -> None:
         self._on_output = on_output
+        self._cleanup = cleanup
+        # Every process of the command carries its job's id in its environment: if the guard is
+        # killed outright, that is how what it started is found (see `wait`).
+        job_id = env.get("DSTACK_JOB_ID")
+        self._marker = f"DSTACK_JOB_ID={job_id}".encode() if job_id else None
         guard = [sys.executable, "-m", "dstack_ray.exec.guard"]
         if watch_pid is not None:
             guard += ["--watch-pid", str(watch_pid)]
@@ -114,5 +121,39 @@ class GuardedProcess:
 
     def wait(self, timeout: Optional[float] = None) -> int:
         code = self._proc.wait(timeout=timeout)
+        if code < 0:  # the guard was killed by a signal: do what it could not
+            self._kill_leftovers()
         self._reader.join(timeout=timeout)
         return code
+
+    def _kill_leftovers(self) -> None:
+        """SIGKILL every process of this job (by its environment) and run the cleanup."""
+        if self._marker is not None:
+            for _ in range(20):  # processes may fork while we look: repeat until none are left
+                found = [pid for pid in _processes_with(self._marker) if pid != os.getpid()]
+                if not found:
+                    break
+                for pid in found:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+                time.sleep(0.05)
+        if self._cleanup:
+            subprocess.run(self._cleanup, stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+
+
+def _processes_with(marker: bytes) -> List[int]:
+    """PIDs of live processes whose environment holds `marker` (`NAME=value`) exactly."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0"):
+            found.append(int(entry))
+    return found

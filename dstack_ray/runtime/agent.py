@@ -16,7 +16,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import ray
 from pydantic import BaseModel
@@ -88,9 +88,22 @@ class LogShipper:
     """
 
     MAX_PARTIAL = 64 * 1024
+    STORE_ATTEMPTS = 5  # a chunk the head refuses this often (disk full...) is dropped, with an event
 
-    def __init__(self, controller: Any, run_id: str, attempt: int, rank: int, settings: RuntimeSettings) -> None:
+    def __init__(
+        self,
+        controller: Any,
+        run_id: str,
+        attempt: int,
+        rank: int,
+        settings: RuntimeSettings,
+        on_loss: Callable[[str], None] = lambda message: None,
+    ) -> None:
         self._controller = controller
+        self._on_loss = on_loss
+        self._limit = settings.log_limit_bytes
+        self._dropped = 0  # bytes the head could not store
+        self._capped = False
         self._key = (run_id, attempt, rank)
         self._interval = settings.log_flush_interval
         self._chunk = settings.log_chunk_bytes
@@ -147,7 +160,16 @@ class LogShipper:
             last_send = time.monotonic()
 
     def _send(self, data: bytes) -> None:
-        delay = 0.2
+        if self._capped:
+            return
+        if self._limit and self._offset + len(data) > self._limit:
+            self._capped = True
+            self._on_loss(
+                f"output passed the log limit of {self._limit} bytes (log_limit_bytes): the rest is not"
+                " stored (the Ray dashboard still shows it in this node's task log)"
+            )
+            return
+        delay, refusals = 0.2, 0
         while True:
             try:
                 ray.get(self._controller.append_logs.remote(*self._key, self._offset, data))
@@ -156,9 +178,18 @@ class LogShipper:
             except ray.exceptions.RayActorError:
                 time.sleep(delay)  # the Controller is restarting: keep the lines and retry
                 delay = min(delay * 2, 5.0)
-            except Exception as e:  # never lose the command's output silently
-                logger.exception("cannot store logs: %s", e)
+            except Exception as e:  # the head refused the chunk (a full disk, ...)
+                refusals += 1
+                logger.warning("cannot store logs (%d/%d): %s", refusals, self.STORE_ATTEMPTS, e)
+                if refusals >= self.STORE_ATTEMPTS:
+                    # Never block the command: drop this chunk (the next one is written where
+                    # it would have been, so the stored log stays consistent) and say so.
+                    self._dropped += len(data)
+                    reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                    self._on_loss(f"{len(data)} bytes of output could not be stored on the head and were dropped ({reason[:200]})")
+                    return
                 time.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def close(self, timeout: float = 60.0) -> None:
         """Send the last (partial) line and everything pending, then stop."""
@@ -308,7 +339,7 @@ def _run(
         order = StartOrder.model_validate(reply) if reply else None
     if order is None:
         return NodeOutcome(stopped="cancelled")
-    shipper = LogShipper(controller, *key, assignment.settings)
+    shipper = LogShipper(controller, *key, assignment.settings, on_loss=lambda message: host.agent_event.remote(*key, message))
     try:
         prepared = _prepare(assignment, payload, order, ip, gpu_ids, host)
         process = GuardedProcess(

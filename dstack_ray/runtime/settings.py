@@ -37,6 +37,7 @@ class RuntimeSettings(BaseModel):
     stop_grace_seconds: float = 10.0  # dstack's runner waits 10 s between SIGINT and SIGKILL
     log_flush_interval: float = 0.05
     log_chunk_bytes: int = 4 << 20
+    log_limit_bytes: int = 10 << 30  # per job and attempt; 0: no limit
     retry_delays: List[float] = Field(default_factory=lambda: [15, 30, 60, 120, 300, 600])
     provisioning_timeout: float = 600.0  # autoscaling clusters: wait this long for new nodes
     agent_start_timeout: float = 120.0  # scheduled node tasks must report within this

@@ -143,7 +143,7 @@ class Store:
                 run = RunRecord.model_validate_json(document)
                 run.jobs = self.load_jobs(run.id, run.attempt)
             except ValueError as e:  # pydantic's ValidationError and JSON errors are ValueErrors
-                self._quarantine(run_id, str(e).splitlines()[0])
+                self._quarantine(run_id, " ".join(str(e).split())[:300])
                 continue
             runs.append(run)
         return runs

@@ -34,15 +34,24 @@ class LogStore:
     def append(self, run_id: str, attempt: int, rank: int, offset: int, data: bytes) -> int:
         """Write `data` that starts at byte `offset`; skip what is already there. Returns the size."""
         path = self.path(run_id, attempt, rank)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab") as f:
-            size = f.tell()
+        if not path.parent.is_dir():
+            private_dir(path.parent.parent)
+            private_dir(path.parent)
+        # Only the owner may read a run's output (it may print its secrets).
+        with open(path, "ab", buffering=0, opener=lambda name, flags: os.open(name, flags, 0o600)) as f:
+            size = f.seek(0, os.SEEK_END)
             if offset > size:
                 raise LogGap(f"{path}: append at {offset} but the file has {size} bytes")
             skip = size - offset
             if skip < len(data):
-                f.write(data[skip:])
-                f.flush()
+                chunk = memoryview(data)[skip:]
+                try:
+                    while chunk:
+                        chunk = chunk[f.write(chunk) or 0 :]
+                except OSError:
+                    # A full disk: leave no half chunk, so a later append at `offset` fits.
+                    f.truncate(size)
+                    raise
             return max(size, offset + len(data))
 
     def read(self, run_id: str, attempt: int, rank: int, offset: int, limit: int) -> Tuple[bytes, int]:
