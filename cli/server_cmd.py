@@ -16,15 +16,23 @@ app = typer.Typer(help="Manage the local Ray head that dstack-ray uses when no -
 def start(
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="Logical CPUs to offer (default: all)."),
     num_gpus: Optional[int] = typer.Option(None, "--num-gpus", help="GPUs to offer (default: detected)."),
+    no_auth: bool = typer.Option(
+        False, "--no-auth", help="Turn Ray's token authentication off. Some head ports listen on the network: anyone who reaches them can run code."
+    ),
 ) -> None:
     """Start the local head (it keeps running until `server stop`)."""
     running = local_head.status()
     if running is not None:
         console.print(f"The local Ray head is already running at {running.address} (dashboard: {running.dashboard_url})")
         return
+    if no_auth:
+        console.print(
+            "[bold yellow]Warning:[/] starting the local Ray head without authentication; Ray binds some"
+            " of its ports to this machine's network address, so anyone who can reach them can run code here."
+        )
     console.print("Starting the local Ray head…")
     try:
-        head = local_head.start(num_cpus=num_cpus, num_gpus=num_gpus)
+        head = local_head.start(num_cpus=num_cpus, num_gpus=num_gpus, auth=not no_auth)
     except local_head.LocalHeadError as e:
         raise CLIError(str(e)) from None
     console.print(f"The local Ray head is running at {head.address}")

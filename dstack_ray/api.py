@@ -75,8 +75,8 @@ def _connect(address: Optional[str]) -> None:
 
         head = local_head.status() or local_head.start()
         address = head.address
-        if local_head.auth_token_path().exists() or os.environ.get("RAY_AUTH_TOKEN"):
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
+        if head.auth:
+            os.environ["RAY_AUTH_MODE"] = "token"
     import ray
 
     if ray.is_initialized():

@@ -38,6 +38,7 @@ class LocalHead:
     dashboard_url: str
     temp_dir: str
     started_at: float
+    auth: bool = True  # Ray's token authentication is on
 
     @property
     def gcs_port(self) -> int:
@@ -65,6 +66,8 @@ def ensure_auth_token() -> None:
         )
     if path.exists() and path.stat().st_uid == os.getuid():
         os.chmod(path, 0o600)
+        if path.parent.stat().st_uid == os.getuid():
+            os.chmod(path.parent, 0o700)
 
 
 def _info_file() -> Path:
@@ -106,8 +109,10 @@ def status() -> Optional[LocalHead]:
     return None
 
 
-def start(num_cpus: Optional[int] = None, num_gpus: Optional[int] = None, timeout: float = 90) -> LocalHead:
-    """Start the local head (or return the running one)."""
+def start(num_cpus: Optional[int] = None, num_gpus: Optional[int] = None, timeout: float = 90, auth: bool = True) -> LocalHead:
+    """Start the local head (or return the running one). Ray's token authentication is on:
+    Ray binds some of the head's ports to the machine's address even when asked for loopback
+    (see the README), so only `auth=False` (`server start --no-auth`) turns it off."""
     running = status()
     if running is not None:
         return running
@@ -134,9 +139,11 @@ def start(num_cpus: Optional[int] = None, num_gpus: Optional[int] = None, timeou
         args.append(f"--num-gpus={num_gpus}")
     log = private_dir(default_state_dir()) / "local-head.log"
     env = dict(os.environ)
-    if env.get("RAY_AUTH_MODE", "token") == "token":
+    if auth:
         ensure_auth_token()
         env["RAY_AUTH_MODE"] = "token"
+    else:
+        env["RAY_AUTH_MODE"] = "disabled"
     with open(log, "ab") as out:
         proc = subprocess.run(
             [*RAY_CLI, *args],
@@ -154,6 +161,7 @@ def start(num_cpus: Optional[int] = None, num_gpus: Optional[int] = None, timeou
         dashboard_url=f"http://127.0.0.1:{dashboard_port}",
         temp_dir=temp_dir,
         started_at=time.time(),
+        auth=auth,
     )
     _info_file().write_text(json.dumps(asdict(head)))
     return head

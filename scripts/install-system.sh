@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System packages the tests use: podman with runc and busybox for a local image (containers),
-# and OpenSSH (server and client) for SSH between the nodes of a multi-node run.
+# OpenSSH (server and client) for SSH between the nodes of a multi-node run, and the docker CLI
+# (no docker daemon is started: the tests point it at podman's Docker-compatible API).
 # Needs root and apt (Debian/Ubuntu); elsewhere it says what is missing and goes on.
 set -euo pipefail
 needed=()
@@ -10,6 +11,7 @@ command -v runc >/dev/null 2>&1 || needed+=(runc)
 command -v git >/dev/null 2>&1 || needed+=(git)
 [ -x /usr/sbin/sshd ] || needed+=(openssh-server)
 command -v ssh >/dev/null 2>&1 || needed+=(openssh-client)
+command -v docker >/dev/null 2>&1 || needed+=(docker.io)  # the docker CLI, tested against podman's API
 if [ ${#needed[@]} -eq 0 ]; then
   exit 0
 fi

@@ -7,6 +7,7 @@ import json
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -202,3 +203,62 @@ def test_delete(cli):
     cli("apply", "-f", "del.dstack.yml", "-y", check_rc=0)
     cli("delete", "cli-del", "-y", check_rc=0)
     assert "cli-del" not in cli("ps", "-a").stdout
+
+
+def test_hostile_configurations_get_clear_errors_and_the_head_keeps_working(cli):
+    """65 hostile or odd configurations through load -> plan -> apply on the embedded head:
+    each is a clear error naming its field (and line), or a documented acceptance that runs;
+    no traceback, and the Controller still admits a run afterwards."""
+    from tests.cli.bad_inputs import CASES
+
+    repo_root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.cli.bad_inputs", str(cli.cwd)],
+        env=cli.env, cwd=repo_root, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcomes = {entry["case"]: entry for entry in map(json.loads, result.stdout.splitlines())}
+    assert len(CASES) >= 60
+    for case, body, expected, field in CASES:
+        got = outcomes[case]
+        assert got["outcome"] == expected, (case, got)
+        if expected == "error":
+            assert got["field"].startswith(field), (case, got)
+            assert "Traceback" not in got["message"] and got["message"].strip(), (case, got)
+            if field and got["line"] is None and not case.startswith("files-missing"):
+                raise AssertionError(f"{case}: no line named: {got}")
+    assert outcomes["env-multiline"]["logs"] == ["2"]
+    assert outcomes["files-home"]["logs"] == ["data"]
+    assert outcomes["working-dir-relative"]["logs"][0].endswith("/workflow/sub")
+    assert outcomes["working-dir-home"]["logs"][0].endswith("/home/w")
+    assert outcomes["dollar-dollar"]["logs"] == ["pid-ok"]
+    assert outcomes["cuda-in-env"]["logs"] == ["none"]  # Ray assigned no GPU: none is visible
+    assert outcomes["unicode-env"]["logs"] == ["héllo ✓"]
+    assert outcomes["after-the-table"] == {"case": "after-the-table", "outcome": "done", "logs": ["admitted"]}
+
+
+def test_hostile_input_never_shows_a_traceback_in_the_cli(cli):
+    for name, body in [
+        ("huge", "type: task\ncommands: [\"true\"]\nresources:\n  memory: 1e300\n"),
+        ("inf", "type: task\ncommands: [\"true\"]\nresources:\n  memory: .inf\n"),
+        ("inject", "type: task\ncommands: [\"true\"]\nrepos:\n  - url: https://example.com/r.git\n    hash: \"--upload-pack=touch /tmp/x\"\n"),
+    ]:
+        write_task(cli.cwd, name, body)
+        result = cli("apply", "-f", f"{name}.dstack.yml", "-y", "-d")
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "Traceback" not in result.stdout + result.stderr
+        assert f"{name}.dstack.yml:" in result.stderr, result.stderr
+
+
+def test_local_head_keeps_token_auth_and_private_files(cli):
+    import stat
+
+    home = Path(cli.env["HOME"])
+    token = home / ".ray" / "auth_token"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and stat.S_IMODE(token.parent.stat().st_mode) == 0o700
+    state = Path(cli.env["DSTACK_RAY_STATE_DIR"])
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    for path in state.rglob("state.db*"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    info = json.loads((state / "local-head.json").read_text())
+    assert info["auth"] is True and Path(info["temp_dir"]).name.startswith("dstack-ray")

@@ -47,8 +47,20 @@ def podman_env(tmp_path_factory):
     tar.wait()
     _add_openssh(rootfs)
     _import(rootfs, SSHD_IMAGE)
-    yield os.environ["CONTAINERS_CONF"]
-    subprocess.run("podman ps -aq --filter name=dstack- | xargs -r podman rm -f", shell=True, capture_output=True)
+    # The docker CLI, talking to podman's Docker-compatible API (no docker daemon here).
+    socket_dir = tmp_path_factory.mktemp("podman-api")
+    service = subprocess.Popen(
+        ["podman", "system", "service", "--time=0", f"unix://{socket_dir}/podman.sock"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    os.environ["DOCKER_HOST"] = f"unix://{socket_dir}/podman.sock"  # before Ray starts: workers inherit it
+    try:
+        yield os.environ["CONTAINERS_CONF"]
+    finally:
+        service.terminate()
+        service.wait(30)
+        os.environ.pop("DOCKER_HOST", None)
+        subprocess.run("podman ps -aq --filter name=dstack- | xargs -r podman rm -f", shell=True, capture_output=True)
 
 
 def _add_openssh(rootfs: Path) -> None:

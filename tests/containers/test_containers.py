@@ -260,3 +260,51 @@ def test_image_without_sshd_still_runs_and_says_so(client):
     run = client.apply(task("image-nossh", ['echo "rank $DSTACK_NODE_RANK"'], nodes=2))
     assert run.wait(180) == RunStatus.DONE, run.events()
     assert any("SSH between nodes is unavailable: the image has no sshd" in message for _, message in run.events())
+
+
+def test_docker_and_podman_run_containers_alike(cluster, settings):
+    """The same tasks through the docker CLI (against podman's Docker API) and through podman:
+    entrypoint, commands, env values with newlines, user, working dir, files and exit codes."""
+    import shutil
+
+    from dstack_ray import Client
+
+    assert shutil.which("docker"), "scripts/install-system.sh installs the docker CLI"
+    outputs = {}
+    for runtime in ("podman", "docker"):
+        client = Client(settings=settings.model_copy(update={"container_runtime": runtime}))
+        shell_run = client.apply(
+            task(f"alike-{runtime}", ['printf "[%s]\\n" "$MULTI"', "pwd", "id -u", "echo $DSTACK_NODES_IPS | wc -l", "exit 3"],
+                 env={"MULTI": "line one\nline two"}, working_dir="/home/app/work", user="1000")
+        )
+        entry_run = client.apply(task(f"alike-entry-{runtime}", ["from", "entrypoint"], entrypoint="/bin/echo"))
+        assert shell_run.wait(120) == RunStatus.FAILED and shell_run.status_message == "exited (3)", shell_run.events()
+        assert entry_run.wait(120) == RunStatus.DONE, (entry_run.events(), entry_run.jobs[0].termination_message)
+        outputs[runtime] = (output(shell_run), list(entry_run.logs()))
+        assert containers_named(f"dstack-alike-{runtime}") == []
+    assert outputs["docker"] == outputs["podman"]
+    assert outputs["podman"] == (["[line one", "line two]", "/home/app/work", "1000", "1"], ["from entrypoint"])
+
+
+def test_no_secret_is_readable_or_visible(client, settings, tmp_path):
+    """After a run with a registry password and a secret env value: the state dir and the run's
+    files are private, and the secrets appear in no process list, event or log of ours."""
+    import stat
+    from pathlib import Path
+
+    password, value = "reg-Pa55-7391", "env-S3cret-7391"
+    run = client.apply(task("perm-check", ["echo up", "sleep 2"], env={"API_KEY": value}, registry_auth={"username": "me", "password": password}))
+    seen = []
+    assert wait_for(lambda: seen.append(" ".join(processes_matching(""))) or run.refresh().status.is_finished(), 120)
+    assert run.wait(60) == RunStatus.DONE, run.events()
+    assert all(password not in text and value not in text for text in seen)
+    state = Path(settings.state_dir)
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    for path in [state / "state.db", *state.glob("state.db-*"), *state.rglob("*.log"), *state.rglob("payloads/*")]:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+    for path in state.rglob("*"):
+        if path.is_file() and path.suffix != ".db" and "state.db" not in path.name:
+            data = path.read_bytes()
+            assert password.encode() not in data, path  # auth.json is gone after the pull
+    events = " ".join(message for _, message in run.events())
+    assert password not in events and value not in events

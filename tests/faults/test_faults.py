@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
@@ -152,3 +153,82 @@ def test_a_burst_of_300_submissions(client):
     assert all(name in listed and listed[name].status == RunStatus.DONE for name in names)
     outputs = {run.name: list(run.logs()) for run in runs[::25]}
     assert all(lines == ["ok"] for lines in outputs.values()), outputs
+
+
+# --- hardening: faults that used to lose work or leave processes ----------------------------------
+
+
+def test_sigkill_of_the_guard_leaves_no_process_of_the_run(client):
+    run = client.apply(task("kill-guard", ["echo before", "sleep 31390 & sleep 31391; wait"]))
+    running(run)
+    assert wait_for(lambda: "before" in list(run.logs()), 30)
+    guards = [int(line.split(":", 1)[0]) for line in processes_matching("dstack_ray.exec.guard") if "sleep 31391" in line]
+    assert guards
+    for pid in guards:
+        os.kill(pid, signal.SIGKILL)
+    assert run.wait(60) == RunStatus.FAILED
+    assert run.jobs[0].exit_code is not None or run.jobs[0].termination_message
+    assert no_leftovers("sleep 3139") == []
+
+
+def test_a_full_head_disk_does_not_block_the_command(client, settings):
+    """The head's log volume fills up mid-run: the command is never blocked, the run ends as
+    the command does, and an event says what could not be stored."""
+    run = client.apply(task("disk-full", ["sleep 2", "head -c 3000000 /dev/zero | tr '\\0' 'x' | fold -w 100", "echo finished"]))
+    logs = Path(settings.state_dir) / "logs" / run.id
+    logs.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(logs)], check=True)
+    try:
+        assert run.wait(120) == RunStatus.DONE, run.events()
+        messages = [message for _, message in run.events()]
+        assert any("could not be stored on the head and were dropped" in m and "No space left" in m for m in messages), messages
+    finally:
+        subprocess.run(["umount", "-l", str(logs)], check=False)
+
+
+def test_an_unreadable_record_is_quarantined_and_the_controller_starts(client, settings):
+    good = client.apply(task("before-corruption", ["echo kept"]))
+    assert good.wait(60) == RunStatus.DONE
+    victim = client.apply(task("to-be-corrupted", ["true"]))
+    assert victim.wait(60) == RunStatus.DONE
+    db = sqlite3.connect(Path(settings.state_dir) / "state.db")
+    import json
+
+    document = json.loads(db.execute("SELECT record FROM runs WHERE id = ?", (victim.id,)).fetchone()[0])
+    document["status"] = "from-a-newer-version"
+    db.execute("UPDATE runs SET record = ? WHERE id = ?", (json.dumps(document), victim.id))
+    db.commit()
+    db.close()
+    for pid in pids("ray::Controller") + pids("DstackController"):
+        os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: _ping(client) is not None, 60)
+    quarantined = _ping(client)["quarantined"]
+    assert [q["run_id"] for q in quarantined] == [victim.id] and "status" in quarantined[0]["error"]
+    names = [r.name for r in client.list_runs()]
+    assert "before-corruption" in names and "to-be-corrupted" not in names
+    after = client.apply(task("after-corruption", ["echo admitted"]))
+    assert after.wait(60) == RunStatus.DONE and list(after.logs()) == ["admitted"]
+
+
+def _ping(client):
+    try:
+        return client._call(client._controller.ping, timeout=5)
+    except Exception:
+        return None
+
+
+def test_a_retried_submit_is_answered_once(client):
+    """Ray retries `submit` on a restarted Controller when the first call saved the run but its
+    reply was lost: the retry must not create a second run nor report a false conflict."""
+    import uuid
+
+    from dstack_ray.config import parse_configuration
+    from dstack_ray.runtime.models import RunSpec
+
+    cfg = parse_configuration(task("retried-submit", ["echo once"]))
+    spec = RunSpec(run_name="", configuration=cfg.model_dump(mode="json", exclude_unset=True), submission_id=uuid.uuid4().hex)
+    spec.configuration.pop("name")
+    first = client._call(client._controller.submit, spec.model_dump(mode="json"), None)
+    second = client._call(client._controller.submit, spec.model_dump(mode="json"), None)
+    assert first["id"] == second["id"] and first["name"] == second["name"]
+    assert [r.name for r in client.list_runs()].count(first["name"]) == 1
