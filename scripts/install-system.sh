@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # System packages the tests use: podman with runc and busybox for a local image (containers),
-# OpenSSH (server and client) for SSH between the nodes of a multi-node run, and the docker CLI
-# (no docker daemon is started: the tests point it at podman's Docker-compatible API).
+# OpenSSH (server and client) for SSH between the nodes of a multi-node run, and docker.io (the
+# tests start a private dockerd of their own; no system service is started here).
 # Needs root and apt (Debian/Ubuntu); elsewhere it says what is missing and goes on.
 set -euo pipefail
 needed=()
@@ -11,7 +11,7 @@ command -v runc >/dev/null 2>&1 || needed+=(runc)
 command -v git >/dev/null 2>&1 || needed+=(git)
 [ -x /usr/sbin/sshd ] || needed+=(openssh-server)
 command -v ssh >/dev/null 2>&1 || needed+=(openssh-client)
-command -v docker >/dev/null 2>&1 || needed+=(docker.io)  # the docker CLI, tested against podman's API
+command -v dockerd >/dev/null 2>&1 || needed+=(docker.io)  # the docker runtime tests start a private dockerd
 if [ ${#needed[@]} -eq 0 ]; then
   exit 0
 fi
@@ -27,5 +27,5 @@ created_policy=0
 if [ ! -e "$policy" ]; then
   printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && created_policy=1
 fi
-trap '[ "$created_policy" = 1 ] && rm -f "$policy"' EXIT
+trap 'if [ "$created_policy" = 1 ]; then rm -f "$policy"; fi' EXIT
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${needed[@]}" >/dev/null

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ def podman_env(tmp_path_factory):
     conf.write_text('[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]\n[engine]\nruntime = "runc"\n')
     os.environ["CONTAINERS_CONF"] = str(conf)  # before Ray starts: its workers inherit it
     rootfs = tmp_path_factory.mktemp("rootfs")
+    rootfs.chmod(0o755)  # the image's `/` (docker keeps its mode: user 1000 must enter it)
     for directory in ("bin", "etc", "tmp", "root", "home/app", "opt/image-data"):
         (rootfs / directory).mkdir(parents=True)
     shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")
@@ -47,19 +49,11 @@ def podman_env(tmp_path_factory):
     tar.wait()
     _add_openssh(rootfs)
     _import(rootfs, SSHD_IMAGE)
-    # The docker CLI, talking to podman's Docker-compatible API (no docker daemon here).
-    socket_dir = tmp_path_factory.mktemp("podman-api")
-    service = subprocess.Popen(
-        ["podman", "system", "service", "--time=0", f"unix://{socket_dir}/podman.sock"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    os.environ["DOCKER_HOST"] = f"unix://{socket_dir}/podman.sock"  # before Ray starts: workers inherit it
+    dockerd = _start_dockerd(tmp_path_factory.mktemp("docker"), rootfs)
     try:
         yield os.environ["CONTAINERS_CONF"]
     finally:
-        service.terminate()
-        service.wait(30)
-        os.environ.pop("DOCKER_HOST", None)
+        _stop_dockerd(dockerd)
         subprocess.run("podman ps -aq --filter name=dstack- | xargs -r podman rm -f", shell=True, capture_output=True)
 
 
@@ -80,6 +74,46 @@ def _add_openssh(rootfs: Path) -> None:
         f.write("sshd:x:100:65534::/run/sshd:/bin/false\n")
     with open(rootfs / "etc" / "group", "a") as f:
         f.write("nogroup:x:65534:\n")
+
+
+def _start_dockerd(root: Path, rootfs: Path):
+    """A private docker daemon (its own socket, data and exec roots, no network set-up) with the
+    busybox image, for the docker runtime tests; DOCKER_HOST points the docker CLI at it."""
+    if shutil.which("dockerd") is None:
+        return None  # the docker test says what is missing
+    socket = root / "docker.sock"
+    log = open(root / "dockerd.log", "wb")
+    process = subprocess.Popen(
+        ["dockerd", "--host", f"unix://{socket}", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
+         "--pidfile", str(root / "dockerd.pid"), "--iptables=false", "--ip6tables=false", "--bridge=none",
+         "--storage-driver=vfs", "--exec-opt", "native.cgroupdriver=cgroupfs",
+         "--default-ulimit", "nofile=20000:20000", "--default-ulimit", "nproc=32768:32768"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    os.environ["DOCKER_HOST"] = f"unix://{socket}"  # before Ray starts: its workers inherit it
+    for _ in range(150):
+        if subprocess.run(["docker", "version"], capture_output=True).returncode == 0:
+            break
+        time.sleep(0.1)
+    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+    subprocess.run(["docker", "import", "--change", "ENV PATH=/bin", "-", IMAGE], stdin=tar.stdout, check=True, capture_output=True)
+    tar.wait()
+    return process, root
+
+
+def _stop_dockerd(dockerd) -> None:
+    if dockerd is None:
+        return
+    process, root = dockerd
+    subprocess.run("docker ps -aq | xargs -r docker rm -f", shell=True, capture_output=True)
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+    os.environ.pop("DOCKER_HOST", None)
+    subprocess.run(["umount", "-l", str(root / "exec" / "netns" / "default")], capture_output=True)
 
 
 def _import(rootfs: Path, image: str) -> None:
