@@ -22,6 +22,7 @@ def settings(tmp_path_factory):
         stop_grace_seconds=2,
         retry_delays=[20],
         scheduler_interval=0.5,
+        log_limit_bytes=1 << 20,  # small, for the log-limit test (the others print little)
     )
 
 

@@ -174,7 +174,7 @@ def test_sigkill_of_the_guard_leaves_no_process_of_the_run(client):
 def test_a_full_head_disk_does_not_block_the_command(client, settings):
     """The head's log volume fills up mid-run: the command is never blocked, the run ends as
     the command does, and an event says what could not be stored."""
-    run = client.apply(task("disk-full", ["sleep 2", "head -c 3000000 /dev/zero | tr '\\0' 'x' | fold -w 100", "echo finished"]))
+    run = client.apply(task("disk-full", ["sleep 2", "head -c 800000 /dev/zero | tr '\\0' 'x' | fold -w 100", "echo finished"]))
     logs = Path(settings.state_dir) / "logs" / run.id
     logs.mkdir(parents=True, exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(logs)], check=True)
@@ -232,3 +232,11 @@ def test_a_retried_submit_is_answered_once(client):
     second = client._call(client._controller.submit, spec.model_dump(mode="json"), None)
     assert first["id"] == second["id"] and first["name"] == second["name"]
     assert [r.name for r in client.list_runs()].count(first["name"]) == 1
+
+
+def test_output_past_the_log_limit_is_not_stored_and_says_so(client, settings):
+    run = client.apply(task("log-limit", ["head -c 3000000 /dev/zero | tr '\\0' 'y' | fold -w 100", "echo done-writing"]))
+    assert run.wait(120) == RunStatus.DONE, run.events()
+    stored = (Path(settings.state_dir) / "logs" / run.id / "attempt-0" / "rank-0.log").stat().st_size
+    assert stored <= 1 << 20
+    assert any("passed the log limit of 1048576 bytes" in message for _, message in run.events())

@@ -39,11 +39,9 @@ def client(cluster, settings):
 
 @pytest.fixture
 def gpu_nodes(cluster):
-    """Keep three GPU worker nodes: a test that removes one gets it replaced afterwards."""
+    """Keep three GPU worker nodes: a test that removes one gets it replaced afterwards. (The
+    cluster's own list, not `ray.nodes()`: Ray may take a while to mark a killed node dead.)"""
     yield cluster
-    import ray
-
-    alive = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU")]
-    for _ in range(3 - len(alive)):
+    for _ in range(3 - len(cluster.worker_nodes)):
         cluster.add_node(**GPU_NODE)
     cluster.wait_for_nodes()

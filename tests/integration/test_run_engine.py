@@ -236,7 +236,7 @@ def test_node_removed_mid_run_is_an_interruption(client, gpu_nodes):
     assert jobs[0].termination_reason == JobTerminationReason.TERMINATED_BY_SERVER
     assert "up" in list(run.logs(rank=0))
     assert no_leftovers("sleep 31342", timeout=30) == []
-    assert not any(n["NodeID"] == victim_id and n["Alive"] for n in ray.nodes())
+    assert wait_for(lambda: not any(n["NodeID"] == victim_id and n["Alive"] for n in ray.nodes()), 60)
 
 
 def test_run_is_visible_followable_and_stoppable_from_another_process(client, cluster, settings):

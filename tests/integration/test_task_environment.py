@@ -199,7 +199,7 @@ def test_targets_outside_the_run_are_refused_before_submission(client, tmp_path)
     assert len(client.list_runs()) == count  # nothing was submitted
 
 
-def test_ssh_between_the_nodes_of_a_run(client, settings):
+def test_ssh_between_the_nodes_of_a_run(client, settings, gpu_nodes):
     probe = "for i in 0 1 2; do ssh node-$i 'echo rank=$DSTACK_NODE_RANK home=$HOME'; done"
     run = client.apply(
         {

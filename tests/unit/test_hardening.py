@@ -425,3 +425,19 @@ def test_each_cluster_gets_its_own_default_state_dir(tmp_path, monkeypatch):
     first, second = default.state_dir_for("127.0.0.1:6391"), default.state_dir_for("127.0.0.1:6392")
     assert first != second and first.parent == second.parent == tmp_path / "clusters"
     assert RuntimeSettings(state_dir="/x").state_dir_for("127.0.0.1:6391") == Path("/x")
+
+
+def test_a_runs_payload_is_capped(tmp_path, monkeypatch):
+    from dstack_ray.api import pack_payload
+    from dstack_ray.config import load_configuration
+
+    for i in range(3):
+        (tmp_path / f"part{i}.bin").write_bytes(os.urandom(40_000))
+    config = tmp_path / "big.dstack.yml"
+    config.write_text("type: task\ncommands: [\"true\"]\nfiles:\n  - part0.bin\n  - part1.bin\n  - part2.bin\n")
+    monkeypatch.setenv("DSTACK_RAY_PAYLOAD_LIMIT", "100000")
+    with pytest.raises(ConfigurationError, match="over the limit of 100000 bytes per run") as info:
+        pack_payload(load_configuration(config))
+    assert info.value.issues[0].path == "files"
+    monkeypatch.setenv("DSTACK_RAY_PAYLOAD_LIMIT", "0")
+    assert len(pack_payload(load_configuration(config)).files) == 3
