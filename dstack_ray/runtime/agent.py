@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import threading
 import time
@@ -314,9 +315,13 @@ def run_node(assignment: NodeAssignment, controller: Any, host: Any, payload: Op
     finally:
         if sshd is not None:
             sshd.stop()
-        if assignment.ssh_key is not None and assignment.spec.container is None:
+        if assignment.spec.container is None:
             layout = HostLayout(_run_dir(assignment), assignment.attempt)
-            forget_keys(layout.home, layout.ssh)
+            if assignment.ssh_key is not None:
+                forget_keys(layout.home, layout.ssh)
+            # The job's Python environment goes with the job, as dstack's container does (what
+            # the run wrote to its working directory and home stays).
+            threading.Thread(target=shutil.rmtree, args=(layout.venv,), kwargs={"ignore_errors": True}, daemon=True).start()
 
 
 def _run(

@@ -18,7 +18,7 @@ import pytest
 
 from dstack_ray.config import ConfigurationError
 from dstack_ray.runtime.models import RunStatus
-from tests.helpers import no_leftovers
+from tests.helpers import no_leftovers, wait_for
 
 SMALL = {"cpu": 1, "memory": "256MB"}
 
@@ -102,6 +102,7 @@ resources:
     assert out["pythonpath"] == "unset" and out["ray-vars"] == "0"
     assert "ray-not-importable" in list(run.logs())
     assert site_packages_listing() == before  # the environment Ray runs from is unchanged
+    assert wait_for(lambda: not Path(out["prefix"]).exists(), 30)  # the job's venv goes with the job
 
 
 def test_python_version_and_a_fresh_venv_per_run(client):

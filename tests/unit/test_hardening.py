@@ -320,9 +320,10 @@ def test_server_stop_matches_the_heads_directory_only(tmp_path):
     lookalike = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"{head_dir}-other/x", f"x{head_dir}"])
     member = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"--temp-dir={head_dir}"])
     try:
-        found = _head_processes(head_dir)
-        assert member.pid in found
-        assert lookalike.pid not in found
+        # (right after the fork a child still shows its parent's command line)
+        assert wait_for(lambda: member.pid in _head_processes(head_dir), 10)
+        assert wait_for(lambda: Path(f"/proc/{lookalike.pid}/cmdline").read_bytes().count(head_dir.encode()) == 2, 10)
+        assert lookalike.pid not in _head_processes(head_dir)
     finally:
         for p in (lookalike, member):
             p.kill()
