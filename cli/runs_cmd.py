@@ -142,11 +142,17 @@ def stream_logs(
     since: Optional[datetime] = None,
     on_new_attempt: Optional[Callable[[Any], None]] = None,
 ) -> None:
-    """Print rank `rank`'s output until the run ends, moving on to each new attempt (retry)."""
+    """Print rank `rank`'s output until the run ends, moving on to each new attempt (retry).
+    Pieces of lines are printed as they come (a `\\r` progress bar redraws live), as dstack does."""
     attempt = run.record.attempt
     while True:
-        for line in run.logs(rank=rank, follow=True, attempt=attempt, since=since):
-            sys.stdout.write(line + "\n")
+        open_line = False
+        for line in run.logs(rank=rank, follow=True, attempt=attempt, since=since, partial=True):
+            sys.stdout.write(line if line.partial else line + "\n")
+            sys.stdout.flush()
+            open_line = line.partial
+        if open_line:  # the command ended without a newline
+            sys.stdout.write("\n")
             sys.stdout.flush()
         run.refresh()
         if run.record.attempt != attempt:

@@ -38,33 +38,61 @@ ConfigurationInput = Union[str, os.PathLike, TaskConfiguration, Mapping[str, Any
 
 
 class LogLine(str):
-    """A line of a run's output; `.time` is when the node agent read it, `.rank` its node."""
+    """A line of a run's output; `.time` is when the node agent read it, `.rank` its node.
+    `.partial`: only when asked for (`logs(..., partial=True)`), a piece of a line that is still
+    being written (no newline yet; it may hold `\\r` redraws)."""
 
     time: datetime
     rank: int
+    partial: bool
 
-    def __new__(cls, text: str, time: datetime, rank: int) -> "LogLine":
+    def __new__(cls, text: str, time: datetime, rank: int, partial: bool = False) -> "LogLine":
         line = super().__new__(cls, text)
         line.time = time
         line.rank = rank
+        line.partial = partial
         return line
 
 
 def _parse_log(data: bytes, rank: int) -> List[LogLine]:
-    """Stored lines (`<timestamp> <text>`) -> LogLines. Lines read together share a timestamp,
-    so each distinct one is parsed once."""
+    """Stored records -> LogLines: `<timestamp> <text>` is a line (or the end of one), and
+    `<timestamp>\\t<text>` a partial record, more of the same line follows. Records read together
+    share a timestamp, so each distinct one is parsed once."""
     lines = []
     last_stamp, last_time = b"", datetime.now(timezone.utc)
     for raw in data.split(b"\n")[:-1]:
-        stamp, _, text = raw.partition(b" ")
+        space, tab = raw.find(b" "), raw.find(b"\t")
+        cut = min(i for i in (space, tab, len(raw)) if i >= 0)
+        stamp, partial, text = raw[:cut], cut == tab, raw[cut + 1 :]
         if stamp != last_stamp:
             try:
                 last_time = datetime.fromisoformat(stamp.decode().replace("Z", "+00:00"))
             except ValueError:
-                stamp, text = b"", raw
+                stamp, text, partial = b"", raw, False
             last_stamp = stamp
-        lines.append(LogLine(text.decode("utf-8", errors="replace"), last_time, rank))
+        lines.append(LogLine(text.decode("utf-8", errors="replace"), last_time, rank, partial))
     return lines
+
+
+class _LineJoiner:
+    """Joins partial records with the record that completes them (the line view)."""
+
+    def __init__(self) -> None:
+        self.pending: Optional[LogLine] = None
+
+    def feed(self, line: LogLine) -> Optional[LogLine]:
+        if self.pending is not None:
+            line = LogLine(self.pending + line, self.pending.time, line.rank, line.partial)
+            self.pending = None
+        if line.partial:
+            self.pending = line
+            return None
+        return LogLine(line.rstrip("\r"), line.time, line.rank)
+
+    def flush(self) -> Optional[LogLine]:
+        """A line the command never ended with a newline (its last)."""
+        line, self.pending = self.pending, None
+        return LogLine(line.rstrip("\r"), line.time, line.rank) if line is not None else None
 
 
 def _connect(address: Optional[str]) -> None:
@@ -479,21 +507,28 @@ class Run:
         follow: bool = False,
         attempt: Optional[int] = None,
         since: Optional[datetime] = None,
+        partial: bool = False,
     ) -> Iterator[LogLine]:
         """The output lines of one node (rank) of an attempt (default: the latest).
 
         With `follow`, keeps yielding new lines until that node has ended and everything it
-        wrote was read.
+        wrote was read. With `partial`, pieces of lines still being written are yielded as they
+        arrive (`line.partial`; print them without a newline): progress bars show live.
         """
         controller = self._client._controller
         run_attempt = self._record.attempt if attempt is None else attempt
         offset = 0
+        joiner = _LineJoiner()
         while True:
             data, offset, final = self._client._call(
                 controller.read_logs, self.id, run_attempt, rank, offset, 5.0 if follow else 0.0
             )
-            for line in _parse_log(data, rank):
-                if since is None or line.time >= since:
+            for record in _parse_log(data, rank):
+                line = record if partial else joiner.feed(record)
+                if line is not None and (since is None or line.time >= since):
                     yield line
             if final or (not follow and not data):
+                last = joiner.flush()
+                if last is not None and (since is None or last.time >= since):
+                    yield last
                 return

@@ -11,6 +11,7 @@ command -v runc >/dev/null 2>&1 || needed+=(runc)
 command -v git >/dev/null 2>&1 || needed+=(git)
 [ -x /usr/sbin/sshd ] || needed+=(openssh-server)
 command -v ssh >/dev/null 2>&1 || needed+=(openssh-client)
+command -v tmux >/dev/null 2>&1 || needed+=(tmux)  # the terminal test of live output
 command -v dockerd >/dev/null 2>&1 || needed+=(docker.io)  # the docker runtime tests start a private dockerd
 if [ ${#needed[@]} -eq 0 ]; then
   exit 0

@@ -118,24 +118,37 @@ class LogShipper:
         self._thread.start()
 
     def write(self, chunk: bytes) -> None:
-        data = self._partial + chunk
-        lines = data.split(b"\n")
-        self._partial = lines.pop()
+        """Complete lines become line records; what follows the last newline goes out at once
+        as a partial record (`<stamp>\\t<bytes>`), byte for byte, so `\\r` redraws (progress
+        bars) show live; the rest of that line comes in later records and readers join them."""
+        lines = chunk.split(b"\n")
+        tail = lines.pop()
+        self._echo(list(lines), tail)
+        stamp = _timestamp()
+        formatted = b"".join(stamp + b" " + line.rstrip(b"\r") + b"\n" for line in lines)
+        if tail:
+            formatted += stamp + b"\t" + tail + b"\n"
+        if formatted:
+            self._add(formatted)
+
+    def _echo(self, lines: List[bytes], tail: bytes) -> None:
+        """Complete lines on this worker's stdout, for the Ray dashboard (line-based)."""
+        if lines:
+            lines[0] = self._partial + lines[0]
+            self._partial = b""
+        self._partial += tail
         if len(self._partial) > self.MAX_PARTIAL:
             lines.append(self._partial)
             self._partial = b""
-        self._add(lines)
-
-    def _add(self, lines: List[bytes]) -> None:
         if not lines:
             return
-        stamp = _timestamp()
-        formatted = b"".join(stamp + b" " + line.rstrip(b"\r") + b"\n" for line in lines)
         try:
             sys.stdout.buffer.write(b"".join(line + b"\n" for line in lines))
             sys.stdout.flush()
         except (OSError, ValueError):
             pass
+
+    def _add(self, formatted: bytes) -> None:
         with self._cond:
             self._pending += formatted
             # Back-pressure: a command that writes faster than the head can store waits.
@@ -193,10 +206,10 @@ class LogShipper:
                 delay = min(delay * 2, 2.0)
 
     def close(self, timeout: float = 60.0) -> None:
-        """Send the last (partial) line and everything pending, then stop."""
+        """Send everything pending (a last line without newline is already a partial record,
+        which readers take as the final line), then stop."""
         if self._partial:
-            self._add([self._partial])
-            self._partial = b""
+            self._echo([b""], b"")
         with self._cond:
             self._closed = True
             self._cond.notify_all()

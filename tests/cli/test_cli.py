@@ -262,3 +262,34 @@ def test_local_head_keeps_token_auth_and_private_files(cli):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     info = json.loads((state / "local-head.json").read_text())
     assert info["auth"] is True and Path(info["temp_dir"]).name.startswith("dstack-ray")
+
+
+def test_a_progress_bar_redraws_live_in_the_terminal(cli):
+    """Under tmux, as a user watches it: `apply` shows a `\\r` progress bar updating while the
+    task still runs (the pane shows a middle step before the task's last line)."""
+    import os
+
+    write_task(cli.cwd, "progress", "type: task\nname: progress\ncommands:\n  - for i in $(seq 1 20); do printf '\\rprogress %d/20' $i; sleep 0.3; done; echo; echo finished\nresources:\n  cpu: 1\n  memory: 0..\n")
+    socket = f"dstack-ray-test-{os.getpid()}"
+    tmux = ["tmux", "-L", socket]
+    command = " ".join([*CLI, "apply", "-f", "progress.dstack.yml", "-y"])
+    subprocess.run([*tmux, "new-session", "-d", "-s", "live", "-x", "160", "-y", "40", "-c", str(cli.cwd), command], env=cli.env, check=True, timeout=30)
+    try:
+        screens = []
+
+        def screen() -> str:
+            text = subprocess.run([*tmux, "capture-pane", "-p", "-t", "live"], capture_output=True, text=True, timeout=10).stdout
+            screens.append(text)
+            return text
+
+        def mid_progress() -> bool:
+            text = screen()
+            steps = [int(step) for step in __import__("re").findall(r"progress (\d+)/20", text)]
+            return bool(steps) and 2 <= steps[-1] < 20 and "finished" not in text
+
+        assert wait_for(mid_progress, 120, interval=0.2), screens[-1:]
+        assert wait_for(lambda: "finished" in screen(), 60, interval=0.5), screens[-1:]
+        final = screens[-1]
+        assert "progress 20/20" in final and len(__import__("re").findall(r"progress \d+/20", final)) == 1  # redrawn in place
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True, timeout=30)

@@ -292,3 +292,17 @@ def test_distributed_example(client):
     assert "master got: rank 1 ready" in master
     assert master[-1] == "all nodes joined"
     assert worker[1].startswith("rank 1/2 on ") and worker[-1] == "worker got: welcome"
+
+
+def test_partial_lines_arrive_while_the_command_runs(client):
+    """Live output: a `\\r` progress bar (no newline for seconds) reaches a follower piece by
+    piece while the run is running; the stored line view joins the pieces into one line."""
+    run = client.apply(task("progress", ["for i in 1 2 3 4 5 6; do printf '\\r%d0%%' $i; sleep 0.4; done; echo; echo after"]))
+    pieces = []
+    for line in run.logs(follow=True, partial=True):
+        pieces.append((str(line), line.partial, run.refresh().status))
+    assert run.wait(60) == RunStatus.DONE
+    partial = [(text, status) for text, is_partial, status in pieces if is_partial]
+    assert partial[0][0] == "\r10%" and partial[0][1] == RunStatus.RUNNING, pieces
+    assert len(partial) >= 4  # pieces came one by one, not all at the end
+    assert list(run.logs()) == ["\r10%\r20%\r30%\r40%\r50%\r60%", "after"]

@@ -84,3 +84,26 @@ def test_guard_stop_then_kill_and_cleanup(tmp_path):
     assert process.wait(30) == 137  # ignored SIGINT: killed after the grace period
     assert 0.9 < time.monotonic() - started < 10
     assert cleaned.exists()
+
+
+# --- live output: partial records and the line view ---------------------------------------------------
+
+
+def test_partial_lines_are_records_of_their_own_and_readers_join_them(monkeypatch):
+    from dstack_ray.api import _LineJoiner, _parse_log
+    from dstack_ray.runtime.agent import LogShipper
+
+    shipped = []
+    shipper = LogShipper.__new__(LogShipper)  # no thread, no Controller: only the formatting
+    shipper._partial = b""
+    monkeypatch.setattr(shipper, "_add", shipped.append, raising=False)
+    monkeypatch.setattr("sys.stdout", type("Out", (), {"buffer": type("B", (), {"write": lambda self, b: None})(), "flush": lambda self: None})())
+    for chunk in [b"first\nsec", b"ond\n\r 10%", b"\r 50%", b"\r100%\ndone"]:
+        shipper.write(chunk)
+    records = _parse_log(b"".join(shipped), rank=0)
+    assert [(str(r), r.partial) for r in records] == [
+        ("first", False), ("sec", True), ("ond", False), ("\r 10%", True), ("\r 50%", True), ("\r100%", False), ("done", True),
+    ]
+    joiner = _LineJoiner()
+    lines = [str(line) for line in map(joiner.feed, records) if line is not None] + [str(joiner.flush())]
+    assert lines == ["first", "second", "\r 10%\r 50%\r100%", "done"]
