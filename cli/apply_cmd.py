@@ -143,6 +143,13 @@ def apply(
     client = connect(address)
     plan = client.plan(cfg)
     print_plan(cfg, plan, client, path)
+    if plan.no_capacity:
+        # dstack's "no offers": nothing in this cluster, nor any node its autoscaler can add,
+        # can ever hold a node of the run; submitting would only fail with `no capacity`.
+        raise CLIError(
+            f"No offers: no node of this cluster can hold the run ({plan.no_capacity})",
+            "ask for less (`--cpu`, `--memory`, `--gpu`, `nodes`), or add nodes or autoscaler node types that fit",
+        )
     run_name = cfg.name
     existing = client.find_run(run_name) if run_name else None
     replace = False

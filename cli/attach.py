@@ -6,6 +6,7 @@ from typing import Any, List, Optional
 
 import typer
 from rich.live import Live
+from rich.markup import escape
 
 from dstack_ray.config.ports import PortMapping
 from dstack_ray_cli.console import CLIError, console, err_console
@@ -44,7 +45,21 @@ def attach(run: Any, ports: Optional[List[PortMapping]] = None, logs: bool = Tru
         if forwarder is not None:
             forwarder.stop()
     run.refresh()
+    print_outcome(run)
     return 0 if run.status.value == "done" else 1
+
+
+def print_outcome(run: Any) -> None:
+    """The closing line: how the run ended and, unless it is done, where to look."""
+    status, message = run.status.value, run.status_message
+    detail = f" ({escape(message)})" if message and message != status else ""
+    if status == "done":
+        err_console.print(f"[dim]Run {escape(run.name)} is done{detail}[/]")
+        return
+    error = run.error
+    why = f": {escape(error)}" if error and error not in (message or "") else ""
+    err_console.print(f"[bold red]Run {escape(run.name)} {status}{detail}{why}[/]")
+    err_console.print(f"[dim]Details: `dstack-ray logs {escape(run.name)} -d` and `dstack-ray ps -v`[/]")
 
 
 def _forwarder(run: Any, ports: List[PortMapping]) -> Any:

@@ -172,11 +172,17 @@ def logs(
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines until the run ends."),
     since: Optional[str] = typer.Option(None, "--since", help="Only lines after this: 10m, 2h, or an RFC 3339 time."),
     attempt: Optional[int] = typer.Option(None, "--attempt", help="The attempt (retry) whose output to show."),
+    diagnose: bool = typer.Option(
+        False, "-d", "--diagnose", help="Show how the run's jobs went (nodes, exits, reasons) and its events, not its output."
+    ),
     address: Optional[str] = AddressOption,
 ) -> None:
     """Print a run's output (one node's; `--job N` for rank N)."""
     client = connect(address)
     run = client.get_run(run_name)
+    if diagnose:
+        print_diagnosis(run)
+        return
     if job >= max(len(run.jobs), 1):
         raise CLIError(f"run {run_name} has no job {job}", f"it has jobs 0..{len(run.jobs) - 1}")
     moment = parse_since(since) if since else None
@@ -222,6 +228,28 @@ def delete(
         raise typer.Exit(1)
     run.delete()
     console.print(f"Run {run_name} deleted")
+
+
+def print_diagnosis(run: Any) -> None:
+    """dstack's `logs -d` shows the runner's own log; here: each job's node, exit and reason
+    (every attempt), then the run's events."""
+    table = Table(box=None)
+    for column in ("ATTEMPT", "JOB", "NODE", "STATUS", "EXIT", "REASON", "MESSAGE"):
+        table.add_column(column, overflow="fold")
+    for job in run.jobs_history():
+        table.add_row(
+            str(job.attempt),
+            str(job.rank),
+            escape(job.node_ip or "-"),
+            escape(job.status.value),
+            "-" if job.exit_code is None else str(job.exit_code),
+            escape(job.termination_reason.value if job.termination_reason else "-"),
+            escape(job.termination_message or "-"),
+        )
+    console.print(table)
+    console.print()
+    for at, message in run.events():
+        console.print(f"[dim]{at.strftime('%Y-%m-%d %H:%M:%S')}[/] {escape(message)}")
 
 
 def events(

@@ -501,6 +501,10 @@ class Run:
     def events(self) -> List[Tuple[datetime, str]]:
         return [(datetime.fromisoformat(at), msg) for at, msg in self._client._call(self._client._controller.events, self.id)]
 
+    def jobs_history(self) -> List[JobRecord]:
+        """Every job of every attempt, oldest first."""
+        return [JobRecord.model_validate(j) for j in self._client._call(self._client._controller.jobs_history, self.id)]
+
     def logs(
         self,
         rank: int = 0,

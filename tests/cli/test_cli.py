@@ -293,3 +293,25 @@ def test_a_progress_bar_redraws_live_in_the_terminal(cli):
         assert "progress 20/20" in final and len(__import__("re").findall(r"progress \d+/20", final)) == 1  # redrawn in place
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True, timeout=30)
+
+
+def test_no_offers_is_refused_before_submission(cli):
+    write_task(cli.cwd, "toolarge", "type: task\nname: toolarge\ncommands: [\"true\"]\nresources:\n  gpu: H100:8\n")
+    result = cli("apply", "-f", "toolarge.dstack.yml", "-y")
+    assert result.returncode == 1
+    assert "No offers: no node of this cluster can hold the run (" in result.stderr and "8 GPUs" in result.stderr
+    assert "toolarge" not in cli("ps", "-a").stdout  # nothing was submitted
+
+
+def test_closing_line_and_diagnosis(cli):
+    write_task(cli.cwd, "fails", "type: task\nname: fails\ncommands:\n  - echo working\n  - exit 3\nresources:\n  cpu: 1\n  memory: 0..\n")
+    result = cli("apply", "-f", "fails.dstack.yml", "-y")
+    assert result.returncode == 1
+    assert "working" in result.stdout
+    assert "Run fails failed (exited (3))" in result.stderr
+    assert "dstack-ray logs fails -d" in result.stderr
+    diagnosis = cli("logs", "fails", "-d", check_rc=0).stdout
+    assert "ATTEMPT" in diagnosis and "container_exited_with_error" in diagnosis and " 3 " in diagnosis
+    assert "submitted (1 node(s))" in diagnosis
+    done = cli("apply", "-f", write_task(cli.cwd, "fine", "type: task\nname: fine\ncommands: [\"echo ok\"]\nresources:\n  cpu: 1\n  memory: 0..\n").name, "-y")
+    assert done.returncode == 0 and "Run fine is done (exited (0))" in done.stderr
