@@ -11,7 +11,9 @@ from typing import Any, Callable, Dict, List, Optional
 import typer
 from rich.live import Live
 from rich.markup import escape
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 from dstack_ray.config.duration import parse_duration
 from dstack_ray_cli.common import AddressOption, connect, pretty_date, status_markup
@@ -50,16 +52,46 @@ def run_summary(run: Any) -> Dict[str, Any]:
     }
 
 
-def runs_table(runs: List[Any], verbose: bool = False) -> Table:
-    table = Table(box=None)
+def _gpu(resources: str) -> str:
+    """The `gpu=...` part of a bundle's description (dstack's GPU column), or `-`."""
+    for part in resources.split():
+        if part.startswith("gpu="):
+            return part[len("gpu="):]
+    return "-"
+
+
+def _with_message(error: str, message: Optional[str]) -> str:
+    """`executor error: <what happened>`: the reason and, when it says more, the message."""
+    if message and message not in error:
+        return f"{error}: {message}" if error else message
+    return error
+
+
+# Below this terminal width, `ps -v` lists errors under the table instead of in a column.
+WIDE_ENOUGH_FOR_ERRORS = 140
+
+
+def runs_table(runs: List[Any], verbose: bool = False, width: Optional[int] = None) -> Any:
+    """dstack's `ps` table: NAME, BACKEND, GPU (RESOURCES and INSTANCE TYPE with -v), PRICE,
+    STATUS, SUBMITTED (ERROR with -v). On Ray the backend is `ray`, the instance is the node
+    (its IP) and there is no price. On a narrow terminal the errors follow the table, each on
+    lines of its own, rather than in a column squeezed to a few letters."""
+    width = width or console.width
+    error_column = verbose and width >= WIDE_ENOUGH_FOR_ERRORS
+    errors: List[str] = []
+    table = Table(box=None, pad_edge=False)
     table.add_column("NAME", style="bold", no_wrap=True)
+    table.add_column("BACKEND", style="grey58", no_wrap=True)
     if verbose:
-        table.add_column("NODE", style="grey58", no_wrap=True)
-    table.add_column("RESOURCES", style="grey58")
+        table.add_column("RESOURCES", style="grey58", overflow="fold")  # wraps between its parts
+        table.add_column("INSTANCE TYPE", style="grey58", no_wrap=True)
+    else:
+        table.add_column("GPU", style="grey58", no_wrap=True)
+    table.add_column("PRICE", style="grey58", no_wrap=True)
     table.add_column("STATUS", no_wrap=True)
     table.add_column("SUBMITTED", style="grey58", no_wrap=True)
-    if verbose:
-        table.add_column("ERROR")
+    if error_column:
+        table.add_column("ERROR", overflow="fold", ratio=1)
     now = datetime.now(timezone.utc)
     for run in runs:
         record = run.record
@@ -68,44 +100,69 @@ def runs_table(runs: List[Any], verbose: bool = False) -> Table:
         if record.wait_reason and not finished:
             status += f" [dim]({escape(record.wait_reason)})[/]"
         jobs = record.jobs
-        single = len(jobs) <= 1 and not verbose
-        resources = jobs[0].resources if jobs and jobs[0].resources else "-"
-        row = [escape(record.name)]
+        single = len(jobs) <= 1
+        job = jobs[0] if jobs else None
+        resources = (job.resources if job and job.resources else "-") if single else ""
+        row = [escape(record.name), "ray" if single else ""]
         if verbose:
-            row.append("")
-        row += [escape(resources) if single else "", status, pretty_date(record.submitted_at, now)]
-        if verbose:
-            row.append(escape(record.error or ""))
+            row += [escape(resources), escape(job.node_ip or "-") if single and job else ""]
+        else:
+            row.append(escape(_gpu(resources)) if single else "")
+        row += ["-" if single else "", status, pretty_date(record.submitted_at, now)]
+        run_error = _with_message(record.error or "", job.termination_message if single and job is not None else None)
+        if error_column:
+            row.append(escape(run_error))
+        elif verbose and run_error:
+            errors.append(f"[bold]{escape(record.name)}[/]: {escape(run_error)}")
         table.add_row(*row)
         if single:
             continue
         for job in jobs:
-            job_row = [f"   job={job.rank}" + (f" [dim]group={escape(job.group)}[/]" if job.group not in ("0", "") else "")]
+            name = f"   job={job.rank}" + (f" [dim]group={escape(job.group)}[/]" if job.group not in ("0", "") else "")
+            job_row = [name, "ray"]
             if verbose:
-                job_row.append(escape(job.node_ip or "-"))
+                job_row += [escape(job.resources or "-"), escape(job.node_ip or "-")]
+            else:
+                job_row.append(escape(_gpu(job.resources or "")))
             job_row += [
-                escape(job.resources or "-"),
+                "-",
                 status_markup(job.status_message, job.status.value, job.status.is_finished()),
                 pretty_date(job.submitted_at, now),
             ]
-            if verbose:
-                job_row.append(escape(job.error or job.termination_message or ""))
+            job_error = _with_message(job.error or "", job.termination_message)
+            if error_column:
+                job_row.append(escape(job_error))
+            elif verbose and job_error:
+                errors.append(f"[bold]{escape(record.name)}[/] job={job.rank}: {escape(job_error)}")
             table.add_row(*job_row)
-    return table
+    if not errors:
+        return table
+    return Group(table, Text(""), Text.from_markup("[bold]ERRORS[/]"), *(Text.from_markup(e) for e in errors))
+
+
+def listed_runs(runs: List[Any], all_runs: bool, last: Optional[int]) -> List[Any]:
+    """dstack's `ps` selection: newest first; active runs (or, with none, the last finished
+    one) unless `-a`; at most `-n` runs."""
+    newest = sorted(runs, key=lambda r: r.record.submitted_at, reverse=True)
+    if not all_runs:
+        active = [r for r in newest if not r.status.is_finished()]
+        newest = active or newest[:1]
+    return newest[:last] if last is not None else newest
 
 
 def ps(
     all_runs: bool = typer.Option(False, "-a", "--all", help="Show finished runs too."),
-    verbose: bool = typer.Option(False, "-v", "--verbose", help="Show every node with its IP and errors."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Show resources, nodes and errors of every job."),
     watch: bool = typer.Option(False, "-w", "--watch", help="Keep the table updated."),
+    last: Optional[int] = typer.Option(None, "-n", "--last", min=1, help="Show only the N most recent runs."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     address: Optional[str] = AddressOption,
 ) -> None:
-    """List runs (active ones unless -a)."""
+    """List runs, newest first: the active ones (or the last finished one) unless -a."""
     client = connect(address)
 
     def current() -> List[Any]:
-        return client.list_runs(all=all_runs)
+        return listed_runs(client.list_runs(all=True), all_runs, last)
 
     if as_json:
         print(json.dumps([run_summary(r) for r in current()], indent=2))
