@@ -66,6 +66,41 @@ def merge_ports(configured: List[PortMapping], options: List[str]) -> List[PortM
     return list(merged.values())
 
 
+def profile_overrides(
+    backends: List[str],
+    regions: List[str],
+    spot_policy: Optional[str],
+    max_price: Optional[float],
+    idle_duration: Optional[str],
+    reuse: bool,
+) -> Dict[str, Any]:
+    """dstack's profile options of `apply`/`offer` as configuration fields (validated by the
+    model). On Ray most only filter offers; the plan says which."""
+    fields: Dict[str, Any] = {}
+    if backends:
+        fields["backends"] = backends
+    if regions:
+        fields["regions"] = regions
+    if spot_policy is not None:
+        fields["spot_policy"] = spot_policy
+    if max_price is not None:
+        fields["max_price"] = max_price
+    if idle_duration is not None:
+        fields["idle_duration"] = idle_duration
+    if reuse:
+        fields["creation_policy"] = "reuse"
+    return fields
+
+
+def spot_option(spot: bool, on_demand: bool, spot_auto: bool, spot_policy: Optional[str]) -> Optional[str]:
+    chosen = [name for name, on in (("spot", spot), ("on-demand", on_demand), ("auto", spot_auto)) if on]
+    if spot_policy is not None:
+        chosen.append(spot_policy)
+    if len(set(chosen)) > 1:
+        raise CLIError("--spot, --on-demand, --spot-auto and --spot-policy exclude each other")
+    return chosen[0] if chosen else None
+
+
 def apply_overrides(
     cfg: TaskConfiguration,
     gpu: Optional[str],
@@ -75,6 +110,7 @@ def apply_overrides(
     max_duration: Optional[str],
     retry: Optional[bool],
     retry_duration: Optional[str],
+    profile: Optional[Dict[str, Any]] = None,
 ) -> TaskConfiguration:
     """The command-line resource and profile options, validated like the file's fields."""
     resources: Dict[str, Any] = {}
@@ -106,9 +142,16 @@ def apply_overrides(
             updates["retry"] = ProfileRetry(duration=retry_duration)
         except ValueError as e:
             raise CLIError(f"--retry-duration {retry_duration}: {e}") from None
+    if profile:
+        try:
+            checked = TaskConfiguration.model_validate({**cfg.model_dump(exclude_unset=True), **profile})
+        except ValidationError as e:
+            error = e.errors()[0]
+            raise CLIError(f"--{str(error['loc'][0]).replace('_', '-')}: {error['msg'].removeprefix('Value error, ')}") from None
+        updates.update({key: getattr(checked, key) for key in profile})
     if not updates:
         return cfg
-    updated = cfg.model_copy(update=updates)
+    updated = TaskConfiguration.model_validate({**cfg.model_dump(exclude_unset=True), **updates})
     updated.set_source(cfg.source_file, cfg._source_lines)
     return updated
 
@@ -127,6 +170,17 @@ def apply(
     retry: Optional[bool] = typer.Option(None, "--retry/--no-retry", help="Retry on all events for 1h, or never."),
     retry_duration: Optional[str] = typer.Option(None, "--retry-duration", metavar="DURATION", help="Retry on all events for this long."),
     port: List[str] = typer.Option([], "-p", "--port", metavar="MAPPING", help="Forward a port: 8080, 80:8080, *:8080. Repeatable."),
+    backend: List[str] = typer.Option([], "-b", "--backend", help="Only these backends (Ray: filters catalog offers only). Repeatable."),
+    region: List[str] = typer.Option([], "-r", "--region", help="Only these regions (Ray: node labels where nodes carry them). Repeatable."),
+    spot: bool = typer.Option(False, "--spot", help="Spot instances only (Ray: nodes labelled spot, where labelled)."),
+    on_demand: bool = typer.Option(False, "--on-demand", help="On-demand instances only."),
+    spot_auto: bool = typer.Option(False, "--spot-auto", help="Spot if available, else on-demand."),
+    spot_policy: Optional[str] = typer.Option(None, "--spot-policy", help="spot, on-demand or auto."),
+    max_price: Optional[float] = typer.Option(None, "--max-price", help="Max price per hour (Ray: filters catalog offers only)."),
+    idle_duration: Optional[str] = typer.Option(None, "--idle-duration", help="dstack's fleet idle time (Ray: no effect; the autoscaler's idle timeout applies)."),
+    reuse: bool = typer.Option(False, "-R", "--reuse", help="Use existing capacity only (Ray: runs are always placed on the cluster's nodes)."),
+    max_offers: int = typer.Option(3, "--max-offers", help="Offers to show in the plan."),
+    force: bool = typer.Option(False, "--force", help="Submit even when no node can hold the run (it fails with `no capacity` unless nodes appear)."),
     profile: Optional[str] = typer.Option(None, "--profile", help="The profile to use."),
     no_profile: bool = typer.Option(False, "--no-profile", help="Don't use any profile."),
     address: Optional[str] = AddressOption,
@@ -137,18 +191,19 @@ def apply(
     from dstack_ray.api import Client
 
     cfg = Client.load(path, profile=profile, no_profile=no_profile or None)
-    cfg = apply_overrides(cfg, gpu, cpu, memory, disk, max_duration, retry, retry_duration)
+    profile_fields = profile_overrides(backend, region, spot_option(spot, on_demand, spot_auto, spot_policy), max_price, idle_duration, reuse)
+    cfg = apply_overrides(cfg, gpu, cpu, memory, disk, max_duration, retry, retry_duration, profile_fields)
     ports = merge_ports([p for g in cfg.node_groups for p in g.ports], port)
     cfg = Client.prepare(cfg, name=name, env=parse_env_options(env), args=args or [])
     client = connect(address)
     plan = client.plan(cfg)
-    print_plan(cfg, plan, client, path)
-    if plan.no_capacity:
+    print_plan(cfg, plan, client, path, max_offers=max_offers)
+    if plan.no_capacity and not force:
         # dstack's "no offers": nothing in this cluster, nor any node its autoscaler can add,
         # can ever hold a node of the run; submitting would only fail with `no capacity`.
         raise CLIError(
             f"No offers: no node of this cluster can hold the run ({plan.no_capacity})",
-            "ask for less (`--cpu`, `--memory`, `--gpu`, `nodes`), or add nodes or autoscaler node types that fit",
+            "ask for less (`--cpu`, `--memory`, `--gpu`, `nodes`), add nodes or autoscaler node types that fit, or submit anyway with --force",
         )
     run_name = cfg.name
     existing = client.find_run(run_name) if run_name else None

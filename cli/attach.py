@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from dstack_ray.config.ports import PortMapping
 from dstack_ray_cli.console import CLIError, console, err_console
-from dstack_ray_cli.runs_cmd import runs_table, stream_logs
+from dstack_ray_cli.runs_cmd import runs_table, stream_all_logs, stream_logs
 
 STARTING = {"pending", "submitted", "provisioning"}
 
@@ -25,8 +25,9 @@ def show_status_until_running(run: Any) -> None:
             live.update(runs_table([run]), refresh=True)
 
 
-def attach(run: Any, ports: Optional[List[PortMapping]] = None, logs: bool = True, rank: int = 0) -> int:
-    """Follow the run until it ends (exit code 0 if it is done) or the user detaches."""
+def attach(run: Any, ports: Optional[List[PortMapping]] = None, logs: bool = True, rank: Optional[int] = 0) -> int:
+    """Follow the run until it ends (exit code 0 if it is done) or the user detaches.
+    `rank=None`: the logs of every job, prefixed by rank."""
     forwarder = _forwarder(run, ports) if ports else None
     try:
         show_status_until_running(run)
@@ -34,7 +35,9 @@ def attach(run: Any, ports: Optional[List[PortMapping]] = None, logs: bool = Tru
             forwarder.start()
             for local, remote in forwarder.bound():
                 err_console.print(f"[dim]Forwarding 127.0.0.1:{local} -> rank 0:{remote}[/]")
-        if logs:
+        if logs and rank is None:
+            stream_all_logs(run)
+        elif logs:
             stream_logs(run, rank, on_new_attempt=show_status_until_running)
         else:
             while not run.status.is_finished():

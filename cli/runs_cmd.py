@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import typer
@@ -223,6 +225,37 @@ def stream_logs(
         run.wait_change(2.0)
 
 
+def stream_all_logs(run: Any) -> None:
+    """Every job's output at once, each line prefixed by its rank (`[1] ...`), until the run
+    ends, through every attempt. (Not in dstack, which attaches to one job.)"""
+    lock = threading.Lock()
+    attempt = run.record.attempt
+
+    def follow(rank: int, attempt: int) -> None:
+        for line in run.logs(rank=rank, follow=True, attempt=attempt):
+            with lock:
+                sys.stdout.write(f"[{rank}] {line}\n")
+                sys.stdout.flush()
+
+    while True:
+        threads = [
+            threading.Thread(target=follow, args=(rank, attempt), daemon=True, name=f"dstack-logs-{rank}")
+            for rank in range(max(len(run.jobs), 1))
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        run.refresh()
+        if run.record.attempt != attempt:
+            attempt = run.record.attempt
+            err_console.print(f"[dim]--- attempt {attempt} ---[/]")
+            continue
+        if run.status.is_finished():
+            return
+        run.wait_change(2.0)
+
+
 def logs(
     run_name: str = typer.Argument(..., metavar="RUN", help="The run name."),
     job: int = typer.Option(0, "--job", help="The node rank whose output to show."),
@@ -274,11 +307,21 @@ def stop(
 
 
 def delete(
-    run_name: str = typer.Argument(..., metavar="RUN"),
+    run_name: Optional[str] = typer.Argument(None, metavar="[RUN]", help="The run (or give its configuration with -f)."),
+    file: Optional[Path] = typer.Option(None, "-f", "--file", help="The configuration whose run to delete (dstack's form)."),
     yes: bool = typer.Option(False, "-y", "--yes", help="Don't ask for confirmation."),
     address: Optional[str] = AddressOption,
 ) -> None:
-    """Delete a finished run from the list (its logs go with it)."""
+    """Delete a finished run and everything recorded about it (its logs go with it)."""
+    if (run_name is None) == (file is None):
+        raise CLIError("give the run's name or its configuration with -f (one of them)", "e.g. `dstack-ray delete -f train.dstack.yml`")
+    if file is not None:
+        from dstack_ray.api import Client
+
+        run_name = Client.load(file).name
+        if not run_name:
+            raise CLIError(f"{file} sets no `name`, so its runs have generated names", "give the run's name: `dstack-ray delete RUN`")
+    assert run_name is not None
     client = connect(address)
     run = client.get_run(run_name)
     if not yes and not typer.confirm(f"Delete the run {run_name}?"):
@@ -360,10 +403,12 @@ def attach_run(
     run_name: str = typer.Argument(..., metavar="RUN"),
     port: List[str] = typer.Option([], "-p", "--port", metavar="MAPPING", help="Forward a port: 8080, 80:8080, *:8080."),
     logs: bool = typer.Option(False, "--logs", help="Stream the run's output too."),
-    job: int = typer.Option(0, "--job", help="The rank whose output to stream."),
+    job: str = typer.Option("0", "--job", help="The rank whose output to stream, or `all` (every rank, lines prefixed by rank)."),
     address: Optional[str] = AddressOption,
 ) -> None:
     """Attach to a running run: forward its ports (config `ports` and -p) until it ends."""
+    if job != "all" and not job.isdigit():
+        raise CLIError(f"--job {job}: give a rank (0, 1, ...) or `all`")
     from dstack_ray_cli.apply_cmd import merge_ports
     from dstack_ray_cli.attach import attach
 
@@ -372,4 +417,4 @@ def attach_run(
     if run.status.is_finished():
         raise CLIError(f"run {run_name} is {run.status.value}", "only active runs can be attached to")
     configured = [p for g in run.configuration.node_groups for p in g.ports]
-    raise typer.Exit(attach(run, merge_ports(configured, port), logs=logs, rank=job))
+    raise typer.Exit(attach(run, merge_ports(configured, port), logs=logs, rank=None if job == "all" else int(job)))

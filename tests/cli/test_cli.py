@@ -314,3 +314,35 @@ def test_closing_line_and_diagnosis(cli):
     assert "submitted (1 node(s))" in diagnosis
     done = cli("apply", "-f", write_task(cli.cwd, "fine", "type: task\nname: fine\ncommands: [\"echo ok\"]\nresources:\n  cpu: 1\n  memory: 0..\n").name, "-y")
     assert done.returncode == 0 and "Run fine is done (exited (0))" in done.stderr
+
+
+def test_delete_by_configuration_file(cli):
+    path = write_task(cli.cwd, "delf", f"type: task\nname: cli-delf\ncommands:\n  - echo x\n{SMALL}")
+    cli("apply", "-f", path.name, "-y", check_rc=0)
+    cli("delete", "-f", path.name, "-y", check_rc=0)
+    assert "cli-delf" not in cli("ps", "-a").stdout
+    both = cli("delete", "cli-delf", "-f", path.name, "-y")
+    assert both.returncode == 1 and "one of them" in both.stderr
+
+
+def test_offer_without_a_file_and_grouped(cli):
+    listed = json.loads(cli("offer", "--cpu", "1", "--memory", "0..", "--json", check_rc=0).stdout)
+    assert listed["requirements"]["resources"]["cpu"]["count"] == {"min": 1, "max": 1}
+    assert listed["total_offers"] >= 1 and listed["offers"][0]["backend"].startswith("ray")
+    grouped = cli("offer", "--cpu", "1", "--memory", "0..", "--group-by", "gpu,backend", check_rc=0).stdout
+    assert "GPU" in grouped and "BACKEND" in grouped and "OFFERS" in grouped
+    none = cli("offer", "--gpu", "H100:8", check_rc=0).stdout
+    assert "No matching instance offers" in none or "no offers" in none.lower()
+    bad = cli("offer", "--group-by", "backend")
+    assert bad.returncode == 1 and "--group-by backend" in bad.stderr
+
+
+def test_apply_profile_flags_are_checked_and_noted_in_the_plan(cli):
+    write_task(cli.cwd, "flags", f"type: task\nname: cli-flags\ncommands: [\"echo flags\"]\n{SMALL}")
+    conflict = cli("apply", "-f", "flags.dstack.yml", "-y", "--spot", "--on-demand")
+    assert conflict.returncode == 1 and "exclude each other" in conflict.stderr
+    result = cli("apply", "-f", "flags.dstack.yml", "-y", "-b", "aws", "-r", "us-east-1", "--max-price", "1.5", "--max-offers", "1", check_rc=0)
+    assert "flags" in result.stdout
+    plan = result.stdout
+    assert "Max price" in plan and "$1.5" in plan, plan
+    assert "backends is used for offers only" in plan and "max_price is used for offers only" in plan, plan

@@ -306,3 +306,14 @@ def test_partial_lines_arrive_while_the_command_runs(client):
     assert partial[0][0] == "\r10%" and partial[0][1] == RunStatus.RUNNING, pieces
     assert len(partial) >= 4  # pieces came one by one, not all at the end
     assert list(run.logs()) == ["\r10%\r20%\r30%\r40%\r50%\r60%", "after"]
+
+
+def test_attach_to_every_job_prefixes_lines_by_rank(client, capsys):
+    from dstack_ray_cli.runs_cmd import stream_all_logs
+
+    run = client.apply(task("all-jobs", ["for i in 1 2 3; do echo \"rank $DSTACK_NODE_RANK line $i\"; sleep 0.2; done"], nodes=3))
+    stream_all_logs(run)
+    assert run.wait(60) == RunStatus.DONE
+    lines = capsys.readouterr().out.splitlines()
+    for rank in range(3):
+        assert [line for line in lines if line.startswith(f"[{rank}] ")] == [f"[{rank}] rank {rank} line {i}" for i in (1, 2, 3)]
