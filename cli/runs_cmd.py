@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -362,30 +363,59 @@ def events(
         console.print(f"[dim]{at.strftime('%Y-%m-%d %H:%M:%S')}[/] {escape(message)}")
 
 
+def _gb(value: float) -> str:
+    return f"{value / 1024**3:.1f}GB"
+
+
+def metrics_table(run: Any, samples: List[Dict[str, Any]]) -> Table:
+    """dstack's `metrics` columns, a row per job: JOB, STATUS, CPU, MEMORY, GPU."""
+    jobs: Dict[int, Dict[str, Any]] = {}
+    gpus: Dict[int, Dict[str, Dict[str, Any]]] = {}
+    for sample in samples:  # oldest first: the last one of each series wins
+        if sample.get("kind") == "job":
+            jobs[sample["rank"]] = sample
+        elif "gpu" in sample:
+            gpus.setdefault(sample["rank"], {})[str(sample["gpu"])] = sample
+    result = Table(box=None)
+    for column in ("JOB", "STATUS", "CPU", "MEMORY", "GPU"):
+        result.add_column(column, no_wrap=column != "GPU")
+    statuses = {job.rank: job for job in run.jobs}
+    for rank in sorted(set(jobs) | set(gpus)):
+        job = statuses.get(rank)
+        sample = jobs.get(rank)
+        limit = re.search(r"mem=([\d.]+)GB", job.resources or "") if job else None
+        memory = "-"
+        if sample:
+            memory = _gb(sample["memory_bytes"]) + (f"/{float(limit.group(1)):.1f}GB" if limit else "")
+        gpu_text = "\n".join(
+            f"gpu={gpu} mem={_gb(g['memory_used'])}/{_gb(g['memory_total'])} util={g['utilization']:.0f}%"
+            for gpu, g in sorted(gpus.get(rank, {}).items())
+        )
+        result.add_row(
+            str(rank),
+            escape(job.status_message if job else "-"),
+            f"{sample['cpu_percent']:.0f}%" if sample else "-",
+            memory,
+            escape(gpu_text or "-"),
+        )
+    return result
+
+
 def metrics(
     run_name: str = typer.Argument(..., metavar="RUN"),
     watch: bool = typer.Option(False, "-w", "--watch", help="Keep the table updated."),
     address: Optional[str] = AddressOption,
 ) -> None:
-    """GPU utilization and memory of each node of a run (latest samples)."""
+    """CPU, memory and GPUs of each job of a run (latest samples), as `dstack metrics`."""
     client = connect(address)
     run = client.get_run(run_name)
 
     def table() -> Table:
-        latest: Dict[tuple, Dict[str, Any]] = {}
-        for sample in run.metrics():
-            latest[(sample["rank"], sample["gpu"])] = sample
-        result = Table(box=None)
-        for column in ("JOB", "GPU", "UTILIZATION", "MEMORY", "SAMPLED"):
-            result.add_column(column, no_wrap=True)
-        for (rank, gpu), sample in sorted(latest.items()):
-            used, total = sample["memory_used"] / 1024**3, sample["memory_total"] / 1024**3
-            result.add_row(str(rank), str(gpu), f"{sample['utilization']:.0f}%", f"{used:.1f}GB/{total:.1f}GB", pretty_date(sample["at"]))
-        return result
+        return metrics_table(run.refresh(), run.metrics(jobs=True))
 
     current = table()
     if not current.row_count and not watch:
-        console.print(f"No GPU metrics for {run_name} (its nodes have no GPUs, or no GPU metrics are available there)")
+        console.print(f"No metrics for {run_name} yet (they are sampled every few seconds while its jobs run)")
         return
     if not watch:
         console.print(current)

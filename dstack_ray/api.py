@@ -491,12 +491,13 @@ class Run:
     def delete(self) -> None:
         self._client._call(self._client._controller.delete_run, self.id)
 
-    def metrics(self, since_seconds: Optional[float] = None) -> List[Dict[str, Any]]:
-        """GPU samples of the latest attempt: at, rank, gpu, utilization, memory_used, memory_total."""
+    def metrics(self, since_seconds: Optional[float] = None, jobs: bool = False) -> List[Dict[str, Any]]:
+        """GPU samples of the latest attempt: at, rank, gpu, utilization, memory_used, memory_total.
+        With `jobs`, also each job's CPU and memory samples (`kind: job`, cpu_percent, memory_bytes)."""
         samples = self._client._call(self._client._controller.metrics, self.id, since_seconds)
         for sample in samples:
             sample["at"] = datetime.fromisoformat(sample["at"])
-        return samples
+        return samples if jobs else [s for s in samples if s.get("kind") != "job"]
 
     def events(self) -> List[Tuple[datetime, str]]:
         return [(datetime.fromisoformat(at), msg) for at, msg in self._client._call(self._client._controller.events, self.id)]

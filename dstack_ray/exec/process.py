@@ -157,3 +157,37 @@ def _processes_with(marker: bytes) -> List[int]:
         if marker in environ.split(b"\0"):
             found.append(int(entry))
     return found
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def tree_usage(root: int) -> tuple[float, int]:
+    """CPU seconds used so far and resident bytes of `root` and every process below it."""
+    parents: dict[int, int] = {}
+    usage: dict[int, tuple[float, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        # fields[1] = ppid; utime, stime = fields[11], fields[12]; rss pages = fields[21]
+        parents[int(entry)] = int(fields[1])
+        usage[int(entry)] = ((int(fields[11]) + int(fields[12])) / _TICKS, int(fields[21]) * _PAGE)
+    members, frontier = {root}, [root]
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    while frontier:
+        for child in children.get(frontier.pop(), []):
+            if child not in members:
+                members.add(child)
+                frontier.append(child)
+    cpu = sum(usage[p][0] for p in members if p in usage)
+    rss = sum(usage[p][1] for p in members if p in usage)
+    return cpu, rss

@@ -35,7 +35,7 @@ from dstack_ray.exec.prepare import (
     prepare_container,
     prepare_host,
 )
-from dstack_ray.exec.process import GuardedProcess
+from dstack_ray.exec.process import GuardedProcess, tree_usage
 from dstack_ray.exec.pyenv import activation_env, venv_maker
 from dstack_ray.exec.ssh import NodeSshd, RunKey, forget_keys, free_port, write_client_files, write_wrappers
 from dstack_ray.runtime.settings import RuntimeSettings, private_dir
@@ -314,6 +314,23 @@ def _start_sshd(assignment: NodeAssignment, raylet: int) -> Tuple[Optional[NodeS
     return (sshd, port) if port is not None else (None, None)
 
 
+def _sample_job(controller: Any, assignment: NodeAssignment, guard_pid: int, done: threading.Event) -> None:
+    """Every `metrics_interval`: the CPU (percent of one core, as `top`) and resident memory of
+    the job's processes, for `dstack-ray metrics` (stored as samples of kind `job`)."""
+    key = (assignment.run_id, assignment.attempt, assignment.rank)
+    last_cpu, last_at = tree_usage(guard_pid)[0], time.monotonic()
+    while not done.wait(assignment.settings.metrics_interval):
+        cpu, rss = tree_usage(guard_pid)
+        now = time.monotonic()
+        percent = max(0.0, (cpu - last_cpu) / max(now - last_at, 1e-6) * 100)
+        last_cpu, last_at = cpu, now
+        sample = {"kind": "job", "cpu_percent": round(percent, 1), "memory_bytes": rss, "at": time.time()}
+        try:
+            controller.record_metrics.remote(*key, [sample])
+        except Exception:  # metrics must never disturb the job
+            logger.debug("cannot record job metrics", exc_info=True)
+
+
 def run_node(assignment: NodeAssignment, controller: Any, host: Any, payload: Optional[RunPayload] = None) -> NodeOutcome:
     """The body of the NodeAgent task for one rank of one attempt."""
     key = (assignment.run_id, assignment.attempt, assignment.rank)
@@ -376,6 +393,7 @@ def _run(
     finished = threading.Event()
     if gpu_ids:
         threading.Thread(target=_sample_gpus, args=(host, assignment, gpu_ids, finished), daemon=True).start()
+    threading.Thread(target=_sample_job, args=(controller, assignment, process.pid, finished), daemon=True).start()
     code = process.wait()
     finished.set()
     shipper.close()

@@ -194,7 +194,19 @@ def test_metrics_and_events(cli):
     events = cli("events", "cli-quick", check_rc=0).stdout
     assert "submitted" in events and "run done" in events
     metrics = cli("metrics", "cli-quick", check_rc=0)
-    assert "no GPU metrics" in metrics.stdout or "GPU" in metrics.stdout
+    assert "No metrics for cli-quick yet" in metrics.stdout or "CPU" in metrics.stdout
+    busy = "type: task\nname: cli-busy\ncommands:\n  - |\n    python3 -c \"import time; data = b'x' * (300 << 20); end = time.time() + 15; [None for _ in iter(lambda: time.time() < end, False)]\"\n" + SMALL
+    write_task(cli.cwd, "busy", busy)
+    cli("apply", "-f", "busy.dstack.yml", "-y", "-d", check_rc=0)
+    shown = []
+
+    def busy_sampled() -> bool:
+        shown.append(cli("metrics", "cli-busy").stdout)
+        rows = [line.split() for line in shown[-1].splitlines() if line.strip().startswith("0 ")]
+        return bool(rows) and rows[0][2] != "-" and int(rows[0][2].rstrip("%")) >= 50 and float(rows[0][3].split("GB")[0]) >= 0.2
+
+    assert wait_for(busy_sampled, 60, interval=2), shown[-1:]
+    assert shown[-1].split()[:5] == ["JOB", "STATUS", "CPU", "MEMORY", "GPU"]
 
 
 def test_delete(cli):
