@@ -67,13 +67,12 @@ def run_properties(
         ("Type", f"task (nodes={cfg.nodes_num})"),
         ("Resources", resources_text(cfg)),
         ("Spot policy", spot_policy_text(cfg)),
-        ("Max price", format_price(cfg.max_price) if cfg.max_price else "off"),
+        ("Max price", format_price(cfg.max_price) if cfg.max_price else "-"),
         ("Retry policy", retry.pretty_format() if retry else "off"),
         ("Idle duration", idle),
         ("Max duration", duration_text(cfg.max_duration)),
     ]
-    if cfg.reservation:
-        rows.append(("Reservation", cfg.reservation))
+    rows.append(("Reservation", cfg.reservation or "-"))
     rows.append(("Stop duration", duration_text(cfg.stop_duration, DEFAULT_STOP_DURATION)))
     if cfg.nodes_num > 1:
         rows.append(("Startup order", (cfg.startup_order.value if cfg.startup_order else "any")))

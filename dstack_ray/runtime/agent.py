@@ -325,6 +325,9 @@ def _sample_job(controller: Any, assignment: NodeAssignment, guard_pid: int, don
         percent = max(0.0, (cpu - last_cpu) / max(now - last_at, 1e-6) * 100)
         last_cpu, last_at = cpu, now
         sample = {"kind": "job", "cpu_percent": round(percent, 1), "memory_bytes": rss, "at": time.time()}
+        tags = {"run": assignment.run_name, "rank": str(assignment.rank), "gpu": ""}
+        _gauge("dstack_job_cpu_percent", "CPU of a job's processes, percent of one core").set(percent, tags=tags)
+        _gauge("dstack_job_memory_bytes", "Resident memory of a job's processes").set(rss, tags=tags)
         try:
             controller.record_metrics.remote(*key, [sample])
         except Exception:  # metrics must never disturb the job

@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import ray
 
 from dstack_ray.config.cron import next_fire_time
+from dstack_ray.metrics.runs import RunMetrics
 from dstack_ray.plan.capacity import free_capacity, place
 from dstack_ray.plan.cluster import live_cluster_view
 from dstack_ray.plan.planner import build_plan
@@ -63,6 +64,7 @@ class Controller:
         for run_id, error in self.store.quarantined:
             logger.error("run record %s cannot be read and was quarantined: %s", run_id, error)
         self.conditions: Dict[str, asyncio.Condition] = {}
+        self.run_metrics = RunMetrics()
         self.log_events: Dict[Tuple[str, int, int], asyncio.Event] = defaultdict(asyncio.Event)
         self.handed: Dict[str, str] = {}  # run id -> incarnation of the host supervising it
         self.admission: Dict[str, "asyncio.Future[bool]"] = {}  # runs waiting for the go
@@ -156,6 +158,7 @@ class Controller:
     async def _changed(self, run: RunRecord) -> None:
         run.version += 1
         self.store.save_run(run)
+        self.run_metrics.observe(run, self.runs.values())
         condition = self.conditions.setdefault(run.id, asyncio.Condition())
         async with condition:
             condition.notify_all()

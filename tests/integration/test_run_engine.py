@@ -317,3 +317,49 @@ def test_attach_to_every_job_prefixes_lines_by_rank(client, capsys):
     lines = capsys.readouterr().out.splitlines()
     for rank in range(3):
         assert [line for line in lines if line.startswith(f"[{rank}] ")] == [f"[{rank}] rank {rank} line {i}" for i in (1, 2, 3)]
+
+
+def test_run_metrics_reach_rays_prometheus_endpoints(client):
+    """Runs by status, time to running, duration, retries and job CPU/memory are exported by
+    Ray's metrics agents (what the Grafana board in cluster_configs/grafana reads)."""
+    import re
+    import urllib.request
+
+    import ray
+
+    run = client.apply(
+        task(
+            "metrics-export",
+            ["test -f ~/tried || { touch ~/tried; exit 1; }", "python3 -c 'import time; end = time.time() + 3\nwhile time.time() < end: pass'"],
+            retry={"on_events": ["error"], "duration": "1m"},
+        )
+    )
+    assert run.wait(120) == RunStatus.DONE, run.events()
+    assert run.record.attempt == 1
+    ports = [n["MetricsExportPort"] for n in ray.nodes() if n["Alive"]]
+    wanted = {
+        "runs_done": r'^ray_dstack_runs\{[^}]*status="done"[^}]*\} [1-9]',
+        "time_to_running": r"^ray_dstack_run_time_to_running_seconds_count\{[^}]*\} [1-9]",
+        "queue_wait": r"^ray_dstack_run_queue_wait_seconds_count\{[^}]*\} [1-9]",
+        "duration": r'^ray_dstack_run_duration_seconds_count\{[^}]*status="done"[^}]*\} [1-9]',
+        "retries": r'^ray_dstack_run_retries_total\{[^}]*reason="container_exited_with_error"[^}]*\} [1-9]',
+        "job_cpu": r'^ray_dstack_job_cpu_percent\{[^}]*run="metrics-export"[^}]*\}',
+        "job_memory": r'^ray_dstack_job_memory_bytes\{[^}]*run="metrics-export"[^}]*\} [1-9]',
+    }
+    found = {}
+    _last_text = []
+
+    def scrape() -> bool:
+        text = ""
+        for port in ports:
+            try:
+                text += urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            except OSError:
+                continue
+        _last_text[:] = text.splitlines()
+        for name, pattern in wanted.items():
+            if re.search(pattern, text, re.MULTILINE):
+                found[name] = True
+        return len(found) == len(wanted)
+
+    assert wait_for(scrape, 60, interval=2), sorted(set(wanted) - set(found))
