@@ -5,6 +5,7 @@ The CLI is built only on this module.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shlex
@@ -30,7 +31,6 @@ from dstack_ray.runtime.settings import CONTROLLER_NAME, NAMESPACE, RuntimeSetti
 
 logger = logging.getLogger(__name__)
 
-_UNKNOWN = object()
 PAYLOAD_LIMIT_ENV = "DSTACK_RAY_PAYLOAD_LIMIT"
 DEFAULT_PAYLOAD_LIMIT = 64 << 20
 
@@ -214,7 +214,6 @@ class Client:
         _connect(address)
         self._settings = settings or RuntimeSettings()
         self._controller = self._controller_handle()
-        self._default_image: Any = _UNKNOWN  # the cluster's, read once
 
     def address_text(self) -> str:
         """Where this client is connected, for plans and messages."""
@@ -290,10 +289,15 @@ class Client:
         self._check_host_mode(cfg, cluster.default_image)
         return build_plan(cfg, cluster)
 
-    def _check_host_mode(self, cfg: TaskConfiguration, default_image: Optional[str]) -> None:
+    @functools.cached_property
+    def _default_image(self) -> Optional[str]:
+        """The image tasks without one run in (this client's setting, else the cluster's)."""
+        return self.cluster_view().default_image
+
+    @staticmethod
+    def _check_host_mode(cfg: TaskConfiguration, default_image: Optional[str]) -> None:
         """A task that will run on the Ray node itself (no `image`, no cluster default image)
         may only write inside its own directories: refuse other targets before submission."""
-        self._default_image = default_image
         if cfg.image is None and not cfg.docker and default_image is None:
             check_host_paths(cfg)
 
@@ -376,8 +380,6 @@ class Client:
         """Submit a task and return its run. With `replace`, an active run of the same name is
         stopped first (otherwise that is an error)."""
         cfg = self.prepare(self.load(configuration), name=name, env=env, args=args)
-        if self._default_image is _UNKNOWN:
-            self._default_image = self.cluster_view().default_image
         self._check_host_mode(cfg, self._default_image)
         if replace and cfg.name:
             existing = self.find_run(cfg.name)

@@ -14,9 +14,10 @@ from dstack_ray.config.errors import ConfigurationError, short_repr
 # dstack's pattern. dstack checks it with pydantic's Rust regex engine, where `.` excludes `\n`
 # and `$` is the end of the text, so an item with a line break (e.g. a YAML `- |` block) is
 # rejected. Python's `$` would also match before a final `\n`: ENV_ITEM_FULL_RE uses `\Z`.
-ENV_ITEM_PATTERN = r"^([a-zA-Z_][a-zA-Z0-9_]*)(=.*$|$)"
-ENV_ITEM_FULL_RE = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)(=.*\Z|\Z)")
-ENV_KEY_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_KEY = r"[a-zA-Z_][a-zA-Z0-9_]*"
+ENV_ITEM_PATTERN = rf"^({_KEY})(=.*$|$)"
+ENV_ITEM_FULL_RE = re.compile(rf"({_KEY})(=.*\Z|\Z)")
+ENV_KEY_RE = re.compile(_KEY)
 
 
 class EnvSentinel(CoreModel):

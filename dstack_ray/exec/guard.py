@@ -31,6 +31,8 @@ import termios
 import time
 from typing import List, Optional
 
+from dstack_ray.exec.proc import descendants, process_table
+
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
 
@@ -43,42 +45,11 @@ def _become_subreaper() -> None:
         pass  # not Linux: the process group still covers the common cases
 
 
-def _process_table() -> dict[int, tuple[int, int]]:
-    """pid -> (parent pid, process group) for every process, read from /proc."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # The command name may contain spaces and parentheses: parse after the last ')'.
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        table[int(entry)] = (int(fields[1]), int(fields[2]))
-    return table
-
-
-def _descendants(root: int) -> List[int]:
-    """All live processes below `root` (no psutil needed)."""
-    children: dict[int, List[int]] = {}
-    for pid, (parent, _) in _process_table().items():
-        children.setdefault(parent, []).append(pid)
-    found: List[int] = []
-    stack = [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
-
-
 def _interrupt(pgid: int) -> None:
     """SIGINT like Ctrl+C, to every process group of the command: an interactive shell runs
     each foreground job in a group of its own."""
-    table = _process_table()
-    groups = {pgid} | {table[pid][1] for pid in _descendants(os.getpid()) if pid in table}
+    table = process_table()
+    groups = {pgid} | {table[pid].group for pid in descendants(os.getpid(), table) if pid in table}
     groups.discard(os.getpgrp())
     for group in groups:
         try:
@@ -94,7 +65,7 @@ def _kill_all(pgid: Optional[int]) -> None:
         except OSError:
             pass
     for _ in range(50):  # new children may appear while we kill: repeat until none are left
-        pids = _descendants(os.getpid())
+        pids = descendants(os.getpid())
         if not pids:
             return
         for pid in pids:

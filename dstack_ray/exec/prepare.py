@@ -44,7 +44,7 @@ from dstack_ray.exec.container import (
 )
 from dstack_ray.exec.pyenv import EnvironmentSetupError, VenvMaker, activation_env, find_nvcc
 from dstack_ray.exec.repo import RepoError, RepoPayload, materialize_repo
-from dstack_ray.exec.ssh import HAS_SSHD_CHECK, RunKey, stage_container_sshd, with_sshd, write_client_files
+from dstack_ray.exec.ssh import HAS_SSHD_CHECK, RunKey, stage_container_sshd, with_sshd, write_client_files, write_wrappers
 
 Report = Callable[[str], None]
 
@@ -157,6 +157,11 @@ class HostLayout:
     def ssh(self) -> Path:
         return self.attempt_dir / "ssh"
 
+    def activation(self, base_path: str) -> Dict[str, str]:
+        """The job's venv activated, the ssh wrappers next: the environment of its commands
+        and of SSH sessions into the node."""
+        return activation_env(self.venv, f"{self.bin}:{base_path}")
+
     def confine(self, path: str, working_dir: Path) -> Path:
         """A path as written in the task (`files`, `repos[].path`, `working_dir`): `~/x` in the
         run's home, relative in `working_dir`. Anything landing outside the home and the
@@ -207,14 +212,17 @@ def prepare_host(
     layout.hostfile.write_text(mpi_hostfile(node.cluster.ips, node.cluster.gpus_per_node))
     base = host_base_environment(os.environ)
     try:
-        venv = venvs.take(spec.python, layout.venv, node.node_ip)
-        extra = activation_env(venv, f"{layout.bin}:{base.get('PATH', '')}")
+        venvs.take(spec.python, layout.venv, node.node_ip)
+        extra = layout.activation(base.get("PATH", ""))
         if spec.nvcc:
             nvcc, version = find_nvcc(node.node_ip, base.get("PATH"))
             report(f"nvcc: {version}")
             extra["PATH"] = f"{extra['PATH']}:{nvcc.parent}"
     except (EnvironmentSetupError, OSError, subprocess.SubprocessError) as e:
         raise SetupFailure("executor_error", str(e)) from None
+    if node.ssh_key is not None and any(node.ssh_ports):
+        write_client_files(layout.home, node.ssh_key, node.cluster.ips, node.ssh_ports)
+        write_wrappers(layout.bin, layout.home)
     argv = command_argv(spec.shell, spec.commands, spec.entrypoint)
     paths = JobPaths(
         working_dir=str(working_dir),

@@ -13,6 +13,8 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
+from dstack_ray.exec.proc import processes_with
+
 OutputCallback = Callable[[bytes], None]
 
 
@@ -130,7 +132,7 @@ class GuardedProcess:
         """SIGKILL every process of this job (by its environment) and run the cleanup."""
         if self._marker is not None:
             for _ in range(20):  # processes may fork while we look: repeat until none are left
-                found = [pid for pid in _processes_with(self._marker) if pid != os.getpid()]
+                found = [pid for pid in processes_with(self._marker) if pid != os.getpid()]
                 if not found:
                     break
                 for pid in found:
@@ -142,52 +144,3 @@ class GuardedProcess:
         if self._cleanup:
             subprocess.run(self._cleanup, stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
 
-
-def _processes_with(marker: bytes) -> List[int]:
-    """PIDs of live processes whose environment holds `marker` (`NAME=value`) exactly."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                environ = f.read()
-        except OSError:
-            continue
-        if marker in environ.split(b"\0"):
-            found.append(int(entry))
-    return found
-
-
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def tree_usage(root: int) -> tuple[float, int]:
-    """CPU seconds used so far and resident bytes of `root` and every process below it."""
-    parents: dict[int, int] = {}
-    usage: dict[int, tuple[float, int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        # fields[1] = ppid; utime, stime = fields[11], fields[12]; rss pages = fields[21]
-        parents[int(entry)] = int(fields[1])
-        usage[int(entry)] = ((int(fields[11]) + int(fields[12])) / _TICKS, int(fields[21]) * _PAGE)
-    members, frontier = {root}, [root]
-    children: dict[int, list[int]] = {}
-    for pid, parent in parents.items():
-        children.setdefault(parent, []).append(pid)
-    while frontier:
-        for child in children.get(frontier.pop(), []):
-            if child not in members:
-                members.add(child)
-                frontier.append(child)
-    cpu = sum(usage[p][0] for p in members if p in usage)
-    rss = sum(usage[p][1] for p in members if p in usage)
-    return cpu, rss

@@ -108,12 +108,10 @@ def redact_url(text: str) -> str:
     return _URL_USERINFO.sub(hide, text)
 
 
-_redact = redact_url
-
 
 class _GitFailed(Exception):
     def __init__(self, args: Sequence[str], detail: str) -> None:
-        super().__init__(_redact(f"`git {_subcommand(args)}` failed: {detail}"))
+        super().__init__(redact_url(f"`git {_subcommand(args)}` failed: {detail}"))
 
 
 def _subcommand(args: Sequence[str]) -> str:
@@ -361,7 +359,7 @@ def _checkout(payload: RepoPayload, clone_dir: Path, log: Callable[[str], None])
         args += ["--branch", payload.branch]
     if payload.single_branch:
         args.append("--single-branch")
-    log(f"Cloning {_redact(payload.url)}" + (f" ({payload.branch})" if payload.branch else ""))
+    log(f"Cloning {redact_url(payload.url)}" + (f" ({payload.branch})" if payload.branch else ""))
     args += ["--", payload.url, str(clone_dir)]
     _git(args, clone_dir.parent, timeout=REMOTE_GIT_TIMEOUT_S)
     if payload.commit:
@@ -456,7 +454,7 @@ def _materialize(payload: RepoPayload, target: Path, log: Callable[[str], None])
             why = "; the working tree was over the upload limit, so none was shipped instead"
         raise RepoError(f"Failed to set up the repo ({failure}{why})")
     log(
-        f"Could not check out {_redact(payload.url or '')} on this node ({failure}); "
+        f"Could not check out {redact_url(payload.url or '')} on this node ({failure}); "
         "using the working tree shipped from the client instead (it has no git history)"
     )
     try:

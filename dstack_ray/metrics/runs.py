@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
+from collections import Counter
 from typing import Any, Dict, Iterable, Optional, Tuple
 
 from dstack_ray.runtime.models import RunRecord, RunStatus
@@ -35,10 +36,28 @@ class RunMetrics:
     """Observes run records as they change; every metric call is best effort (a metrics
     problem never disturbs the Controller)."""
 
-    def __init__(self) -> None:
+    def __init__(self, runs: Iterable[RunRecord] = ()) -> None:
         self._seen: Dict[str, Tuple[RunStatus, int, bool, bool]] = {}  # id -> status, attempt, placed, ran
         self._last_reason: Dict[str, str] = {}  # id -> why a job of the current attempt ended
         self._metrics: Optional[Dict[str, Any]] = None
+        # Runs by status, kept by transitions (not recounted on every change: the history grows).
+        self._counts: Counter = Counter()
+        for run in runs:
+            self._seen[run.id] = (run.status, run.attempt, run.status in _STARTED, run.status.is_finished())
+            self._counts[run.status] += 1
+
+    def export_counts(self) -> None:
+        """Every status's count (at start: the runs loaded from the store)."""
+        for status in RunStatus:
+            self._export_count(status)
+
+    def forget(self, run: RunRecord) -> None:
+        """A run left the Controller (deleted or replaced)."""
+        seen = self._seen.pop(run.id, None)
+        self._last_reason.pop(run.id, None)
+        if seen is not None:
+            self._counts[seen[0]] -= 1
+            self._export_count(seen[0])
 
     def _make(self) -> Dict[str, Any]:
         if self._metrics is None:
@@ -59,17 +78,24 @@ class RunMetrics:
             }
         return self._metrics
 
-    def observe(self, run: RunRecord, runs: Iterable[RunRecord]) -> None:
+    def observe(self, run: RunRecord) -> None:
         try:
-            self._observe(run, runs)
+            self._observe(run)
         except Exception:
             logger.debug("cannot export run metrics", exc_info=True)
 
-    def _observe(self, run: RunRecord, runs: Iterable[RunRecord]) -> None:
+    def _export_count(self, status: RunStatus) -> None:
+        try:
+            self._make()["runs"].set(self._counts[status], tags={"status": status.value})
+        except Exception:
+            logger.debug("cannot export run metrics", exc_info=True)
+
+    def _observe(self, run: RunRecord) -> None:
         metrics = self._make()
         now = datetime.now(timezone.utc)
         waited = (now - run.submitted_at).total_seconds()
-        status, attempt, placed, ran = self._seen.get(run.id, (RunStatus.SUBMITTED, run.attempt, False, False))
+        known = self._seen.get(run.id)
+        status, attempt, placed, ran = known or (RunStatus.SUBMITTED, run.attempt, False, False)
         if not placed and run.status in _STARTED:
             metrics["queue_wait"].observe(waited)
             placed = True
@@ -85,8 +111,9 @@ class RunMetrics:
         if run.status.is_finished() and not status.is_finished():
             metrics["duration"].observe(((run.finished_at or now) - run.submitted_at).total_seconds(), tags={"status": run.status.value})
         self._seen[run.id] = (run.status, run.attempt, placed, ran)
-        counts = {s.value: 0 for s in RunStatus}
-        for each in runs:
-            counts[each.status.value] += 1
-        for value, count in counts.items():
-            metrics["runs"].set(count, tags={"status": value})
+        if known is None or status != run.status:
+            if known is not None:
+                self._counts[status] -= 1
+                self._export_count(status)
+            self._counts[run.status] += 1
+            self._export_count(run.status)

@@ -23,8 +23,7 @@ import ray
 from pydantic import BaseModel
 
 from dstack_ray.config.interpolate import substitute_groups_ips
-from dstack_ray.exec.commands import ClusterInfo, JobIdentity
-from dstack_ray.exec.commands import host_base_environment
+from dstack_ray.exec.commands import ClusterInfo, JobIdentity, host_base_environment
 from dstack_ray.exec.prepare import (
     HostLayout,
     NodeContext,
@@ -35,9 +34,10 @@ from dstack_ray.exec.prepare import (
     prepare_container,
     prepare_host,
 )
-from dstack_ray.exec.process import GuardedProcess, tree_usage
-from dstack_ray.exec.pyenv import activation_env, venv_maker
-from dstack_ray.exec.ssh import NodeSshd, RunKey, forget_keys, free_port, write_client_files, write_wrappers
+from dstack_ray.exec.proc import tree_usage
+from dstack_ray.exec.process import GuardedProcess
+from dstack_ray.exec.pyenv import venv_maker
+from dstack_ray.exec.ssh import NodeSshd, RunKey, forget_keys, free_port
 from dstack_ray.runtime.settings import RuntimeSettings, private_dir
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,6 @@ class LogShipper:
         self._controller = controller
         self._on_loss = on_loss
         self._limit = settings.log_limit_bytes
-        self._dropped = 0  # bytes the head could not store
         self._capped = False
         self._key = (run_id, attempt, rank)
         self._interval = settings.log_flush_interval
@@ -198,7 +197,6 @@ class LogShipper:
                 if refusals >= self.STORE_ATTEMPTS:
                     # Never block the command: drop this chunk (the next one is written where
                     # it would have been, so the stored log stays consistent) and say so.
-                    self._dropped += len(data)
                     reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
                     self._on_loss(f"{len(data)} bytes of output could not be stored on the head and were dropped ({reason[:200]})")
                     return
@@ -295,9 +293,8 @@ def _start_sshd(assignment: NodeAssignment, raylet: int) -> Tuple[Optional[NodeS
         return None, free_port()
     layout = HostLayout(_run_dir(assignment), assignment.attempt)
     layout.create()
-    path = host_base_environment(os.environ).get("PATH", "")
     session = {
-        **activation_env(layout.venv, f"{layout.bin}:{path}"),
+        **layout.activation(host_base_environment(os.environ).get("PATH", "")),
         "HOME": str(layout.home),
         "DSTACK_RUN_NAME": assignment.run_name,
         "DSTACK_RUN_ID": assignment.run_id,
@@ -437,12 +434,7 @@ def _prepare(
     if spec.container is None:
         settings = assignment.settings
         venvs = venv_maker(settings.resolved_state_dir() / "python-envs", settings.python_downloads)
-        prepared = prepare_host(spec, payload, node, report, venvs)
-        if assignment.ssh_key is not None and any(order.ssh_ports):
-            layout = HostLayout(node.run_dir, node.attempt)
-            write_client_files(layout.home, assignment.ssh_key, order.ips, order.ssh_ports)
-            write_wrappers(layout.bin, layout.home)
-        return prepared
+        return prepare_host(spec, payload, node, report, venvs)
     return prepare_container(
         spec,
         payload,

@@ -64,7 +64,8 @@ class Controller:
         for run_id, error in self.store.quarantined:
             logger.error("run record %s cannot be read and was quarantined: %s", run_id, error)
         self.conditions: Dict[str, asyncio.Condition] = {}
-        self.run_metrics = RunMetrics()
+        self.run_metrics = RunMetrics(self.runs.values())
+        self.run_metrics.export_counts()
         self.log_events: Dict[Tuple[str, int, int], asyncio.Event] = defaultdict(asyncio.Event)
         self.handed: Dict[str, str] = {}  # run id -> incarnation of the host supervising it
         self.admission: Dict[str, "asyncio.Future[bool]"] = {}  # runs waiting for the go
@@ -158,7 +159,7 @@ class Controller:
     async def _changed(self, run: RunRecord) -> None:
         run.version += 1
         self.store.save_run(run)
-        self.run_metrics.observe(run, self.runs.values())
+        self.run_metrics.observe(run)
         condition = self.conditions.setdefault(run.id, asyncio.Condition())
         async with condition:
             condition.notify_all()
@@ -296,6 +297,7 @@ class Controller:
         """Hide a run from listings (a resubmission under its name keeps its logs on disk, and
         its record without secrets)."""
         self.store.mark_deleted(run)
+        self.run_metrics.forget(run)
         self.runs.pop(run.id, None)
         self._payload_path(run.id).unlink(missing_ok=True)
 

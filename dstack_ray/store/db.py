@@ -125,8 +125,9 @@ class Store:
     def delete_run(self, run_id: str) -> None:
         """Remove a run and everything recorded about it (`delete`)."""
         with self._lock:
-            for table in ("runs WHERE id", "jobs WHERE run_id", "events WHERE run_id", "metrics WHERE run_id"):
-                self._db.execute(f"DELETE FROM {table} = ?", (run_id,))
+            self._db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+            for table in ("jobs", "events", "metrics"):
+                self._db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def load_runs(self, include_deleted: bool = False) -> List[RunRecord]:

@@ -285,9 +285,9 @@ def test_sigkill_of_the_guard_ends_the_command_and_what_it_started(tmp_path):
 
 
 def _pids_with(job: str):
-    from dstack_ray.exec.process import _processes_with
+    from dstack_ray.exec.proc import processes_with
 
-    return _processes_with(f"DSTACK_JOB_ID={job}".encode())
+    return processes_with(f"DSTACK_JOB_ID={job}".encode())
 
 
 def test_a_malformed_order_is_ignored(tmp_path):
