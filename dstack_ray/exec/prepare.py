@@ -42,7 +42,7 @@ from dstack_ray.exec.container import (
     find_runtime,
     staging_dir,
 )
-from dstack_ray.exec.pyenv import EnvironmentSetupError, VenvMaker, activation_env, find_nvcc
+from dstack_ray.exec.pyenv import EnvironmentSetupError, VenvMaker, activation_env, find_nvcc, link_uv
 from dstack_ray.exec.repo import RepoError, RepoPayload, materialize_repo
 from dstack_ray.exec.ssh import HAS_SSHD_CHECK, RunKey, stage_container_sshd, with_sshd, write_client_files, write_wrappers
 
@@ -213,6 +213,7 @@ def prepare_host(
     base = host_base_environment(os.environ)
     try:
         venvs.take(spec.python, layout.venv, node.node_ip)
+        link_uv(layout.bin)
         extra = layout.activation(base.get("PATH", ""))
         if spec.nvcc:
             nvcc, version = find_nvcc(node.node_ip, base.get("PATH"))

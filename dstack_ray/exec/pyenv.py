@@ -196,6 +196,15 @@ def venv_maker(root: Path, downloads: bool) -> VenvMaker:
     return _MAKERS[key]
 
 
+def link_uv(bin_dir: Path) -> None:
+    """`uv` on the job's PATH, as in dstack's base image (`uv pip install` then installs into
+    the job's activated venv)."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    link = bin_dir / "uv"
+    if not link.exists():
+        link.symlink_to(uv_binary())
+
+
 def activation_env(venv: Path, path: str) -> Dict[str, str]:
     """What `. venv/bin/activate` exports, for commands and entrypoints alike."""
     return {

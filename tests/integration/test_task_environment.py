@@ -69,6 +69,7 @@ def test_pip_install_stays_in_the_jobs_own_venv(client, settings, tmp_path):
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     wheel = make_wheel(wheels)
+    uv_wheel = make_wheel(wheels, "dstack_ray_uvdemo")
     before = site_packages_listing()
     config = write_config(
         tmp_path,
@@ -80,6 +81,8 @@ files:
   - wheels
 commands:
   - pip install --quiet --no-index wheels/{wheel.name}
+  - uv pip install --quiet --offline wheels/{uv_wheel.name}
+  - python -c "import dstack_ray_uvdemo; print('uv-module=' + dstack_ray_uvdemo.WHERE)"
   - python -c "import dstack_ray_demo, sys, os; print('module=' + dstack_ray_demo.WHERE); print('prefix=' + sys.prefix)"
   - echo "venv=$VIRTUAL_ENV"
   - echo "pip=$(command -v pip)"
@@ -98,6 +101,7 @@ resources:
     assert out["prefix"].startswith(runs_dir) and out["prefix"].endswith("/venv")
     assert out["venv"] == out["prefix"]
     assert out["module"].startswith(out["prefix"] + "/lib/")
+    assert out["uv-module"].startswith(out["prefix"] + "/lib/")  # uv on PATH installs into the job's venv too
     assert out["pip"] == out["prefix"] + "/bin/pip"
     assert out["pythonpath"] == "unset" and out["ray-vars"] == "0"
     assert "ray-not-importable" in list(run.logs())
