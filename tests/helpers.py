@@ -85,3 +85,37 @@ def simulated_cluster(nodes: int, **node_args):
         cluster.shutdown()
         if previous_home is not None:
             os.environ["HOME"] = previous_home
+
+
+def local_torch_sources() -> dict:
+    """uv settings that install torch (a CPU build) from this machine's own package sources, so
+    a test's `uv pip install torch` sends no traffic past this host: the directory holding a
+    torch wheel (pip's `find-links`) and a `file://` package index for its dependencies (pip's
+    index settings), from the environment and pip's configuration files."""
+    import configparser
+    import pwd
+    import shlex
+
+    home = pwd.getpwuid(os.getuid()).pw_dir
+    links = shlex.split(os.environ.get("PIP_FIND_LINKS", ""))
+    indexes = shlex.split(os.environ.get("PIP_INDEX_URL", "") + " " + os.environ.get("PIP_EXTRA_INDEX_URL", ""))
+    for path in ("/etc/pip.conf", f"{home}/.config/pip/pip.conf", f"{home}/.pip/pip.conf"):
+        config = configparser.ConfigParser()
+        try:
+            config.read(path)
+        except configparser.Error:
+            continue
+        if config.has_section("global"):
+            links += config.get("global", "find-links", fallback="").split()
+            indexes += config.get("global", "index-url", fallback="").split()
+            indexes += config.get("global", "extra-index-url", fallback="").split()
+    wheel_dirs = [d for d in links if list(Path(d).glob("torch-*.whl"))]
+    local_indexes = [i for i in indexes if i.startswith("file://") and not Path(i[7:], "torch").exists()]
+    if not wheel_dirs or not local_indexes:
+        import pytest
+
+        pytest.fail(
+            "this test installs torch offline: it needs a torch wheel in a pip `find-links` directory "
+            f"(found: {links or 'none'}) and a local `file://` index for its dependencies (found: {indexes or 'none'})"
+        )
+    return {"UV_FIND_LINKS": wheel_dirs[0], "UV_INDEX_URL": local_indexes[0]}
