@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# System packages the tests use: podman with runc and busybox for a local image (containers),
-# OpenSSH (server and client) for SSH between the nodes of a multi-node run, and docker.io (the
-# tests start a private dockerd of their own; no system service is started here).
+# System packages the tests use: podman with runc and busybox for a local image (containers,
+# and the separate hosts of tests/multihost), OpenSSH (server and client) for SSH between the
+# nodes of a multi-node run, Open MPI for the MPI recipe, and docker.io (the tests start a
+# private dockerd of their own; no system service is started here).
 # Needs root and apt (Debian/Ubuntu); elsewhere it says what is missing and goes on.
 set -euo pipefail
 needed=()
@@ -11,6 +12,7 @@ command -v runc >/dev/null 2>&1 || needed+=(runc)
 command -v git >/dev/null 2>&1 || needed+=(git)
 [ -x /usr/sbin/sshd ] || needed+=(openssh-server)
 command -v ssh >/dev/null 2>&1 || needed+=(openssh-client)
+command -v mpirun >/dev/null 2>&1 || needed+=(openmpi-bin)  # the MPI example across hosts
 command -v tmux >/dev/null 2>&1 || needed+=(tmux)  # the terminal test of live output
 command -v dockerd >/dev/null 2>&1 || needed+=(docker.io)  # the docker runtime tests start a private dockerd
 if [ ${#needed[@]} -eq 0 ]; then

@@ -1,0 +1,324 @@
+"""dstack tasks across three separate hosts (see conftest.py): the seed's distributed recipes
+(torchrun, MPI over SSH), files and repos on every host, logs, ports, stop, and losing a host.
+
+Hosts: `head` (10.89.N.10), `worker1` (.11), `worker2` (.12); 1 CPU each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from dstack_ray.runtime.models import JobStatus, RunStatus, RunTerminationReason
+from tests.helpers import local_torch_sources, wait_for
+from tests.multihost.conftest import HEAD, REPO, VENV_BIN, WORKERS
+
+EXAMPLES = REPO / "examples"
+CLI = [sys.executable, "-m", "dstack_ray_cli.main"]
+SMALL = {"cpu": 1, "memory": "1GB"}
+
+
+def example(file: str, **changes) -> dict:
+    """An example configuration as a dict, with `changes` applied (e.g. `nodes=3`)."""
+    data = yaml.safe_load((EXAMPLES / file).read_text())
+    data.update(changes)
+    return data
+
+
+def example_file(file: str, **changes):
+    """An example loaded from its file (relative `files` resolve next to it), with `changes`."""
+    from dstack_ray import Client
+    from dstack_ray.config import TaskConfiguration
+
+    loaded = Client.load(EXAMPLES / file)
+    changed = TaskConfiguration.model_validate({**loaded.model_dump(exclude_unset=True), **changes})
+    changed.set_source(loaded.source_file, loaded._source_lines)
+    return changed
+
+
+def explain(run) -> str:
+    """What a failed assertion shows: the run's events and each rank's last log lines."""
+    events = "\n".join(f"  {message}" for _, message in run.events())
+    logs = "\n".join(f"  [{job.rank}] {line}" for job in run.refresh().jobs for line in list(run.logs(rank=job.rank))[-8:])
+    return f"{run.name}: {run.status.value} ({run.status_message})\nevents:\n{events}\nlogs:\n{logs}"
+
+
+def cli(hosts, *args: str, timeout: float = 180, **popen) -> subprocess.CompletedProcess:
+    env = dict(os.environ, COLUMNS="200")
+    return subprocess.run([*CLI, *args, "--address", hosts.ray_address], env=env, capture_output=True, text=True, timeout=timeout, **popen)
+
+
+def test_distributed_example_spans_three_hosts(three_hosts, client):
+    config = example("distributed.dstack.yml", nodes=3)
+    # Before the example's own commands: its last one is a heredoc, which (commands are joined
+    # with " && ", as dstack joins them) must stay last.
+    config["commands"][:0] = [
+        """python3 -c 'import os, json; print("vars " + json.dumps({k: os.environ[k] for k in ("DSTACK_NODES_IPS", "DSTACK_MASTER_NODE_IP", "DSTACK_NODE_RANK")}))'""",
+        'echo "hostfile $(tr "\\n" , < $DSTACK_MPI_HOSTFILE)"',
+        'echo "host $(hostname)"',
+    ]
+    run = client.apply(config)
+    assert run.wait(180) == RunStatus.DONE, explain(run)
+    import json
+
+    ips = [job.node_ip for job in sorted(run.jobs, key=lambda j: j.rank)]
+    assert sorted(ips) == sorted(three_hosts.ips.values())  # one rank per host
+    seen_hosts = set()
+    for rank in range(3):
+        lines = list(run.logs(rank=rank))
+        variables = json.loads(next(line for line in lines if line.startswith("vars "))[5:])
+        assert variables["DSTACK_NODES_IPS"] == "\n".join(ips)  # newline-separated, rank order, as dstack
+        assert variables["DSTACK_MASTER_NODE_IP"] == ips[0]
+        assert variables["DSTACK_NODE_RANK"] == str(rank)
+        assert f"hostfile {','.join(ips)}," in lines  # CPU nodes: one bare IP per line
+        seen_hosts.add(next(line for line in lines if line.startswith("host "))[5:])
+        assert any(line.startswith(f"rank {rank}/3 on ") for line in lines)
+    assert seen_hosts == {HEAD, *WORKERS}
+    master = list(run.logs(rank=0))
+    assert "master got: rank 1 ready" in master and "master got: rank 2 ready" in master
+    assert master[-1] == "all nodes joined"
+
+
+def test_torchrun_all_reduce_across_three_hosts(three_hosts, client):
+    """The torchrun example with torch.distributed (gloo on these CPU hosts). Each host installs
+    torch into the job's own venv from this machine's local wheel (~190 MB download, 750 MB
+    installed, ~3.5 s with uv)."""
+    run = client.apply(example_file("torchrun.dstack.yml", nodes=3), env=local_torch_sources())
+    assert run.wait(420) == RunStatus.DONE, explain(run)
+    hosts_seen = set()
+    for rank in range(3):
+        lines = list(run.logs(rank=rank))
+        met = next(line for line in lines if line.startswith(f"rank {rank}/3 on "))
+        print(met)  # the evidence: e.g. "rank 1/3 on worker1: all-reduce of the ranks = 3 (expected 3)"
+        assert met.endswith(": all-reduce of the ranks = 3 (expected 3)"), lines
+        hosts_seen.add(met.split(" on ")[1].split(":")[0])
+        assert f"rank {rank}: weights in sync across 3 ranks: True" in lines
+    assert hosts_seen == {HEAD, *WORKERS}
+    assert any(line.startswith("step 20 loss ") for line in run.logs(rank=0))
+    assert three_hosts.no_processes_of(run.name) == {}
+
+
+def test_mpi_recipe_reaches_every_host(three_hosts, client):
+    """workers-first, master-done, `mpirun --hostfile $DSTACK_MPI_HOSTFILE` over the run's SSH."""
+    run = client.apply(example("mpi.dstack.yml", nodes=3))
+    assert run.wait(180) == RunStatus.DONE, explain(run)
+    master = list(run.logs(rank=0))
+    print(master)  # the evidence: the hostfile, then the three hostnames mpirun printed
+    assert master[:3] == [job.node_ip for job in sorted(run.jobs, key=lambda j: j.rank)]
+    assert sorted(master[3:]) == sorted([HEAD, *WORKERS])
+    # master-done: the workers' `sleep infinity` was stopped, the run is still a success.
+    assert run.termination_reason == RunTerminationReason.ALL_JOBS_DONE
+    assert three_hosts.no_processes_of(run.name) == {}
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_files_and_local_repo_arrive_on_every_host(three_hosts, client, tmp_path):
+    """The files-and-repos example at the top of a clone whose remote every host can reach."""
+    origin = three_hosts.shared / f"origin-{time.monotonic_ns()}.git"
+    git(three_hosts.shared, "init", "-q", "--bare", "-b", "main", str(origin))
+    work = tmp_path / "work"
+    git(tmp_path, "clone", "-q", str(origin), str(work))
+    for key, value in (("user.email", "t@example.com"), ("user.name", "t"), ("commit.gpgsign", "false")):
+        git(work, "config", key, value)
+    (work / "model.py").write_text("print('committed')\n")
+    git(work, "add", ".")
+    git(work, "commit", "-q", "-m", "first commit")
+    git(work, "push", "-q", "origin", "HEAD:main")
+    git(work, "branch", "-q", "--set-upstream-to=origin/main")
+    (work / "model.py").write_text("print('changed locally')\n")  # uncommitted: travels as a diff
+    shutil.copy(EXAMPLES / "files-and-repos.dstack.yml", work)
+    (work / "data").mkdir()
+    (work / "data" / "sample.bin").write_bytes(os.urandom(200_000))
+    (work / "settings.toml").write_text("lr = 0.1\n")
+    (work / ".gitignore").write_text("data/\nsettings.toml\n")
+    config = yaml.safe_load((work / "files-and-repos.dstack.yml").read_text())
+    config["nodes"] = 3
+    config["commands"].append("python model.py")
+    (work / "three.dstack.yml").write_text(yaml.safe_dump(config))
+
+    run = client.apply(work / "three.dstack.yml")
+    assert run.wait(180) == RunStatus.DONE, explain(run)
+    expected = {
+        "data/sample.bin": hashlib.sha256((work / "data" / "sample.bin").read_bytes()).hexdigest(),
+        "settings.toml": hashlib.sha256(b"lr = 0.1\n").hexdigest(),
+    }
+    commit = git(work, "rev-parse", "--short", "HEAD")
+    for rank in range(3):
+        lines = list(run.logs(rank=rank))
+        assert lines[0] == f"node {rank} - repo at {commit} (first commit)", lines
+        sums = {line.split()[1]: line.split()[0] for line in lines[1:3]}
+        assert sums["data/sample.bin"] == expected["data/sample.bin"]
+        settings = next(path for path in sums if path.endswith("/.config/demo/settings.toml"))
+        assert sums[settings] == expected["settings.toml"]
+        assert lines[-1] == "changed locally"
+    assert {job.node_ip for job in run.jobs} == set(three_hosts.ips.values())
+
+
+def test_logs_of_every_rank_are_complete_and_in_order(three_hosts, client):
+    run = client.apply(
+        {
+            "type": "task",
+            "name": "mh-logs",
+            "nodes": 3,
+            "commands": ['for i in $(seq 1 400); do echo "rank $DSTACK_NODE_RANK line $i $(hostname)"; done'],
+            "resources": SMALL,
+        }
+    )
+    assert run.wait(120) == RunStatus.DONE, explain(run)
+    hosts_seen = set()
+    for rank in range(3):
+        lines = list(run.logs(rank=rank))
+        host = lines[0].split()[-1]
+        hosts_seen.add(host)
+        assert lines == [f"rank {rank} line {i} {host}" for i in range(1, 401)]
+    assert hosts_seen == {HEAD, *WORKERS}
+    # The CLI shows every rank too.
+    logs = cli(three_hosts, "logs", "mh-logs", "--job", "2")
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stdout.splitlines()[-1].startswith("rank 2 line 400 ")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def fetch_through(local: int, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{local}/", timeout=10) as response:
+                return response.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def test_attach_forwards_to_a_web_app_on_a_worker_host(three_hosts, client):
+    """The web-app example, given more memory than the head has so that it lands on a worker;
+    `attach -p` on this machine reaches it directly and through Ray."""
+    config = example("web-app.dstack.yml", name="mh-web")
+    config["resources"]["memory"] = "4GB.."
+    run = client.apply(config)
+    assert wait_for(lambda: run.refresh().status == RunStatus.RUNNING, 120)
+    worker = next(h for h, ip in three_hosts.ips.items() if ip == run.jobs[0].node_ip)
+    assert worker in WORKERS
+    try:
+        for relay in ("", "always"):
+            local = free_port()
+            env = dict(os.environ, COLUMNS="200", DSTACK_RAY_PORT_RELAY=relay)
+            attach = subprocess.Popen(
+                [*CLI, "attach", "mh-web", "-p", f"{local}:8000", "--address", three_hosts.ray_address],
+                env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+            try:
+                page = fetch_through(local)
+                assert f"Hello from mh-web on {worker}" in page
+            finally:
+                attach.terminate()
+                attach.communicate(timeout=60)
+    finally:
+        run.stop()
+    assert run.wait(60) == RunStatus.TERMINATED
+    assert three_hosts.no_processes_of("mh-web") == {}
+
+
+def three_node_sleeper(name: str, seconds: int) -> dict:
+    return {"type": "task", "name": name, "nodes": 3, "commands": [f"echo up on $(hostname)", f"sleep {seconds}"], "resources": SMALL}
+
+
+def test_stop_and_abort_leave_nothing_on_any_host(three_hosts, client):
+    for name, abort in (("mh-stop", False), ("mh-abort", True)):
+        run = client.apply(three_node_sleeper(name, 31420))
+        assert wait_for(lambda: run.refresh().jobs and all(j.status == JobStatus.RUNNING for j in run.jobs), 120)
+        assert wait_for(lambda: len(three_hosts.processes_of(name)) == 3, 60)  # something to stop on every host
+        stopped = cli(three_hosts, "stop", *(["-x"] if abort else []), name, "-y")
+        assert stopped.returncode == 0, stopped.stderr
+        assert run.wait(60) == RunStatus.TERMINATED
+        assert three_hosts.no_processes_of(name) == {}, name
+
+
+def test_cli_inside_the_head_host(three_hosts, client):
+    """A user on the head node runs the CLI against `head:6379` (the GCS, not Ray Client)."""
+    dstack_ray = str(VENV_BIN / "dstack-ray")
+    applied = three_hosts.exec(
+        HEAD, dstack_ray, "apply", "-f", "examples/hello.dstack.yml", "-n", "mh-hello", "--address", "head:6379", "-y",
+        env={"COLUMNS": "200"}, timeout=180,
+    )
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert "Hello from dstack-ray: node 0 of 1" in applied.stdout
+    assert "Run mh-hello is done" in applied.stdout + applied.stderr
+    listed = three_hosts.exec(HEAD, dstack_ray, "ps", "-a", "--address", "head:6379", env={"COLUMNS": "200"})
+    assert listed.returncode == 0 and "mh-hello" in listed.stdout
+
+
+def test_python_api_inside_a_ray_application(three_hosts, client):
+    """examples/ray_app.py, run as an application on the head host (`ray.init("auto")`)."""
+    result = three_hosts.exec(HEAD, sys.executable, "examples/ray_app.py", timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "prepared shard-0, shard-1"
+    assert any(line.startswith("[0] node 0 of 2 on ") and line.endswith(" processes shard-0") for line in lines)
+    assert any(line.startswith("[1] node 1 of 2 on ") and line.endswith(" processes shard-1") for line in lines)
+    assert lines[-1] == "run from-ray-app: done"
+
+
+def test_gpu_example_has_no_offers_on_cpu_hosts(three_hosts, client):
+    """The single-node training example asks for a 16 GB GPU: the plan here says no offers."""
+    plan = client.plan(client.load(EXAMPLES / "single-node-training.dstack.yml"))
+    assert plan.no_capacity
+
+
+# Losing a host (last: they replace the host they kill). The first attempt sleeps; an attempt
+# after an interruption finishes at once.
+RESUMABLE = 'case "$DSTACK_WORKING_DIR" in */attempt-0/*) echo "first on $(hostname)"; sleep 31430;; *) echo "resumed on $(hostname)";; esac'
+
+
+def kill_a_worker_running(run, hosts) -> str:
+    """Kill a worker host that runs one of the run's jobs; returns its name."""
+    by_ip = {ip: host for host, ip in hosts.ips.items()}
+    victim = next(by_ip[job.node_ip] for job in run.jobs if by_ip[job.node_ip] in WORKERS)
+    hosts.kill(victim)
+    return victim
+
+
+def test_host_loss_with_retry_resumes_on_the_remaining_hosts(three_hosts, client):
+    run = client.apply(
+        {"type": "task", "name": "mh-resume", "nodes": 2, "commands": [RESUMABLE], "retry": {"on_events": ["interruption"]}, "resources": SMALL}
+    )
+    assert wait_for(lambda: run.refresh().jobs and all(j.status == JobStatus.RUNNING for j in run.jobs), 120)
+    assert wait_for(lambda: len(three_hosts.processes_of("mh-resume")) == 2, 60)
+    victim = kill_a_worker_running(run, three_hosts)
+    assert run.wait(180) == RunStatus.DONE, explain(run)
+    assert run.record.attempt == 1
+    history = client._call(client._controller.jobs_history, run.id)
+    assert {j["termination_reason"] for j in history if j["attempt"] == 0} >= {"interrupted_by_no_capacity"}
+    assert three_hosts.ips[victim] not in {job.node_ip for job in run.jobs}
+    resumed_on = {list(run.logs(rank=r))[-1] for r in range(2)}
+    assert resumed_on == {f"resumed on {h}" for h in (HEAD, *WORKERS) if h != victim}
+    assert three_hosts.no_processes_of("mh-resume") == {}
+
+
+def test_host_loss_without_retry_fails(three_hosts, client):
+    run = client.apply({"type": "task", "name": "mh-lost", "nodes": 2, "commands": [RESUMABLE], "resources": SMALL})
+    assert wait_for(lambda: run.refresh().jobs and all(j.status == JobStatus.RUNNING for j in run.jobs), 120)
+    assert wait_for(lambda: len(three_hosts.processes_of("mh-lost")) == 2, 60)
+    kill_a_worker_running(run, three_hosts)
+    assert run.wait(120) == RunStatus.FAILED, explain(run)
+    assert run.record.attempt == 0
+    assert any(j.termination_reason is not None and j.termination_reason.value == "interrupted_by_no_capacity" for j in run.jobs)
+    assert three_hosts.no_processes_of("mh-lost") == {}  # the surviving host's job was stopped too
