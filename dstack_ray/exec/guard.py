@@ -1,8 +1,8 @@
 """The process guard: runs one command so that no process of it outlives the run.
 
-Started by a NodeAgent as
-`python -m dstack_ray.exec.guard [--tty-fd N] [--watch-pid P] [--cleanup JSON-ARGV] COMMAND...`
-with the command's environment as its own. The guard
+Started as
+`python -m dstack_ray.exec.guard [--tty-fd N | --job-dir D [--log-limit BYTES]] [--watch-pid P]
+[--cleanup JSON-ARGV] COMMAND...` with the command's environment as its own. The guard
 - becomes a child subreaper, so every descendant (even ones that daemonize) stays below it;
 - starts the command in a new session on the terminal whose slave end it received as fd N
   (a pty, like dstack's runner), or on its own stdout/stderr without `--tty-fd`;
@@ -11,6 +11,11 @@ with the command's environment as its own. The guard
 - reads its stdin for orders: `stop <grace-seconds>` (SIGINT to the command's process group,
   then SIGKILL after the grace period) and `kill`; end of stdin means the agent is gone, and
   everything is killed at once;
+- with `--job-dir D` (how node agents run jobs) it is independent of whoever started it, so
+  that a job outlives a restart of its node agent: it owns the terminal and appends the
+  command's output as log records (`records.py`) to `D/output` (at most BYTES of them), reads
+  orders from the FIFO `D/control` (which never ends), and when everything is over writes the
+  exit status to `D/exit`. A restarted agent finds all of it there;
 - when the command exits, kills whatever it left behind, runs the cleanup command (e.g.
   `podman rm -f <container>`, which a container's processes need since they are not our
   descendants) and exits with the command's status (128 + N for a command killed by signal N).
@@ -24,6 +29,7 @@ import ctypes
 import fcntl
 import json
 import os
+import pty
 import select
 import signal
 import sys
@@ -32,6 +38,7 @@ import time
 from typing import List, Optional
 
 from dstack_ray.exec.proc import descendants, process_table
+from dstack_ray.exec.records import format_records
 
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
@@ -146,15 +153,24 @@ def _status(wait_status: int) -> int:
 def main(argv: List[str]) -> int:
     tty_fd: Optional[int] = None
     watch_pid: Optional[int] = None
+    job_dir: Optional[str] = None
+    log_limit = 0
     cleanup: List[str] = []
-    while argv[:1] in (["--tty-fd"], ["--watch-pid"], ["--cleanup"]) and len(argv) > 1:
+    options = ("--tty-fd", "--watch-pid", "--cleanup", "--job-dir", "--log-limit")
+    while argv[:1] and argv[0] in options and len(argv) > 1:
         if argv[0] == "--tty-fd":
             tty_fd = int(argv[1])
         elif argv[0] == "--watch-pid":
             watch_pid = int(argv[1])
+        elif argv[0] == "--job-dir":
+            job_dir = argv[1]
+        elif argv[0] == "--log-limit":
+            log_limit = int(argv[1])
         else:
             cleanup = json.loads(argv[1])
         argv = argv[2:]
+    if job_dir is not None:
+        return _run_job(argv, job_dir, watch_pid, cleanup, log_limit)
     try:
         return _supervise(argv, tty_fd, watch_pid)
     except BaseException:
@@ -162,6 +178,64 @@ def main(argv: List[str]) -> int:
         raise
     finally:
         _run_cleanup(cleanup)
+
+
+class _Output:
+    """The command's terminal output, as log records appended to the job's output file."""
+
+    def __init__(self, master: int, path: str, limit: int) -> None:
+        self.master = master
+        self._file = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._written = os.fstat(self._file).st_size
+        self._limit = limit
+
+    def pump(self) -> bool:
+        """Read what the command wrote; False once nobody holds the terminal any more."""
+        try:
+            chunk = os.read(self.master, 65536)
+        except OSError:  # EIO: the last writer of the terminal is gone
+            return False
+        if not chunk:
+            return False
+        records = format_records(chunk)
+        if self._limit and self._written + len(records) > self._limit:
+            return True  # over the limit: read (the command must not block) but keep nothing
+        view = memoryview(records)
+        while view:
+            view = view[os.write(self._file, view) :]
+        self._written += len(records)
+        return True
+
+    def drain(self, seconds: float = 2.0) -> None:
+        """What is still in the terminal after the command's processes are gone."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.master], [], [], 0.05)
+            if ready and not self.pump():
+                return
+
+
+def _run_job(argv: List[str], job_dir: str, watch_pid: Optional[int], cleanup: List[str], log_limit: int) -> int:
+    master, slave = pty.openpty()
+    attrs = termios.tcgetattr(slave)  # no echo, no \n -> \r\n: the bytes written are the log
+    attrs[1] &= ~termios.OPOST
+    attrs[3] &= ~(termios.ECHO | termios.ICANON)
+    termios.tcsetattr(slave, termios.TCSANOW, attrs)
+    control = os.open(os.path.join(job_dir, "control"), os.O_RDWR | os.O_NONBLOCK)
+    output = _Output(master, os.path.join(job_dir, "output"), log_limit)
+    code = 255
+    try:
+        code = _supervise(argv, slave, watch_pid, orders_fd=control, output=output)
+    except BaseException:
+        _kill_all(None)
+        raise
+    finally:
+        _run_cleanup(cleanup)
+        exit_file = os.path.join(job_dir, "exit")
+        with open(exit_file + ".tmp", "w") as f:
+            f.write(str(code))
+        os.replace(exit_file + ".tmp", exit_file)
+    return code
 
 
 def _run_cleanup(cleanup: List[str]) -> None:
@@ -200,9 +274,13 @@ def _parse_order(line: bytes) -> Optional[tuple[str, float]]:
     return None
 
 
-def _supervise(argv: List[str], tty_fd: Optional[int], watch_pid: Optional[int]) -> int:
+def _supervise(
+    argv: List[str], tty_fd: Optional[int], watch_pid: Optional[int], orders_fd: int = 0, output: Optional[_Output] = None
+) -> int:
+    """Run the command to its end, following orders from `orders_fd` (stdin: its end kills
+    everything; a job's FIFO never ends) and pumping `output` when the guard owns the terminal."""
     if not argv:
-        print("usage: python -m dstack_ray.exec.guard [--tty-fd N] [--watch-pid P] [--cleanup ARGV] COMMAND...", file=sys.stderr)
+        print("usage: python -m dstack_ray.exec.guard [--tty-fd N | --job-dir D] [--watch-pid P] [--cleanup ARGV] COMMAND...", file=sys.stderr)
         return 2
     _become_subreaper()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -213,30 +291,39 @@ def _supervise(argv: List[str], tty_fd: Optional[int], watch_pid: Optional[int])
     pgid = child
     kill_at: Optional[float] = None
     orders = b""
-    stdin_open = True
+    orders_open = True
+    terminal_open = output is not None
     while True:
         _reap()  # the command, and orphans reparented to us
         if child in _exit_statuses:
             _kill_all(pgid)
+            if output is not None:
+                output.drain()
             return _status(_exit_statuses[child])
         if watch_pid is not None and not _alive(watch_pid):
             watch_pid = None
-            stdin_open = False
+            orders_open = False
             _kill_all(pgid)
             continue
         if kill_at is not None and time.monotonic() >= kill_at:
             _kill_all(pgid)
             kill_at = None
         timeout = 0.2 if kill_at is None else max(0.0, min(0.2, kill_at - time.monotonic()))
-        if not stdin_open:
+        watched = ([orders_fd] if orders_open else []) + ([output.master] if output is not None and terminal_open else [])
+        if not watched:
             time.sleep(timeout)
             continue
-        ready, _, _ = select.select([0], [], [], timeout)
-        if not ready:
+        ready, _, _ = select.select(watched, [], [], timeout)
+        if output is not None and output.master in ready:
+            terminal_open = output.pump()
+        if orders_fd not in ready:
             continue
-        chunk = os.read(0, 1024)
+        try:
+            chunk = os.read(orders_fd, 1024)
+        except BlockingIOError:
+            continue
         if not chunk:  # the agent is gone: nobody may be left running
-            stdin_open = False
+            orders_open = False
             _kill_all(pgid)
             continue
         orders += chunk

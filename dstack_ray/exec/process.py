@@ -11,6 +11,7 @@ import sys
 import termios
 import threading
 import time
+from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from dstack_ray.exec.proc import processes_with
@@ -129,18 +130,143 @@ class GuardedProcess:
         return code
 
     def _kill_leftovers(self) -> None:
-        """SIGKILL every process of this job (by its environment) and run the cleanup."""
-        if self._marker is not None:
-            for _ in range(20):  # processes may fork while we look: repeat until none are left
-                found = [pid for pid in processes_with(self._marker) if pid != os.getpid()]
-                if not found:
-                    break
-                for pid in found:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
-                time.sleep(0.05)
-        if self._cleanup:
-            subprocess.run(self._cleanup, stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+        kill_leftovers(self._marker, self._cleanup)
 
+
+def kill_leftovers(marker: Optional[bytes], cleanup: Optional[List[str]]) -> None:
+    """SIGKILL every process of a job whose guard was killed (found by `marker`, the
+    `DSTACK_JOB_ID=...` every process of the job has in its environment) and run the cleanup."""
+    if marker is not None:
+        for _ in range(20):  # processes may fork while we look: repeat until none are left
+            found = [pid for pid in processes_with(marker) if pid != os.getpid()]
+            if not found:
+                break
+            for pid in found:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.05)
+    if cleanup:
+        subprocess.run(cleanup, stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+
+
+class DetachedJob:
+    """A job's command under a guard that does not depend on whoever started it (`--job-dir`):
+    its output, orders and exit status live in the job's directory on the node, so a node
+    agent that restarts finds the job there (`attach`) and carries on.
+
+    Files in `job_dir`: `control` (FIFO: orders to the guard), `output` (log records),
+    `guard.pid`, `exit` (the exit status, written last), `guard.log` (the guard's own errors).
+    """
+
+    def __init__(self, job_dir: Path, pid: int, proc: Optional[subprocess.Popen] = None, marker: Optional[bytes] = None, cleanup: Optional[List[str]] = None) -> None:
+        self.job_dir = job_dir
+        self.pid = pid
+        self._proc = proc
+        self._marker = marker
+        self._cleanup = cleanup
+        # Held open for writing orders: a FIFO keeps what is written while any end is open, so
+        # an order given before the guard opened its end still reaches it.
+        try:
+            self._control: Optional[int] = os.open(job_dir / "control", os.O_RDWR | os.O_NONBLOCK)
+        except OSError:
+            self._control = None
+
+    def __del__(self) -> None:
+        if getattr(self, "_control", None) is not None:
+            os.close(self._control)
+            self._control = None
+
+    @classmethod
+    def start(
+        cls,
+        job_dir: Path,
+        argv: List[str],
+        env: Dict[str, str],
+        cwd: Optional[str],
+        watch_pid: Optional[int] = None,
+        cleanup: Optional[List[str]] = None,
+        log_limit: int = 0,
+    ) -> "DetachedJob":
+        job_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        control = job_dir / "control"
+        if not control.exists():
+            os.mkfifo(control, 0o600)
+        os.close(os.open(job_dir / "output", os.O_WRONLY | os.O_CREAT, 0o600))
+        guard = [sys.executable, "-m", "dstack_ray.exec.guard", "--job-dir", str(job_dir), "--log-limit", str(log_limit)]
+        if watch_pid is not None:
+            guard += ["--watch-pid", str(watch_pid)]
+        if cleanup:
+            guard += ["--cleanup", json.dumps(cleanup)]
+        with open(job_dir / "guard.log", "ab", opener=lambda name, flags: os.open(name, flags, 0o600)) as log:
+            proc = subprocess.Popen(
+                guard + list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=cwd, start_new_session=True
+            )
+        (job_dir / "guard.pid").write_text(str(proc.pid))
+        job_id = env.get("DSTACK_JOB_ID")
+        return cls(job_dir, proc.pid, proc, f"DSTACK_JOB_ID={job_id}".encode() if job_id else None, cleanup)
+
+    @classmethod
+    def attach(cls, job_dir: Path, job_id: Optional[str] = None, cleanup: Optional[List[str]] = None) -> Optional["DetachedJob"]:
+        """The job started earlier in `job_dir`, or None if it never started there."""
+        try:
+            pid = int((job_dir / "guard.pid").read_text())
+        except (OSError, ValueError):
+            return None
+        return cls(job_dir, pid, None, f"DSTACK_JOB_ID={job_id}".encode() if job_id else None, cleanup)
+
+    def _guard_alive(self) -> bool:
+        if self._proc is not None:
+            return self._proc.poll() is None
+        try:
+            cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes()
+            stat = Path(f"/proc/{self.pid}/stat").read_bytes()
+        except OSError:
+            return False
+        # Not a reused pid, not a zombie.
+        return b"dstack_ray.exec.guard" in cmdline and stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"
+
+    def exit_status(self) -> Optional[int]:
+        try:
+            return int((self.job_dir / "exit").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def finished(self) -> bool:
+        return self.exit_status() is not None or not self._guard_alive()
+
+    def wait(self, timeout: Optional[float] = None, poll: float = 0.1) -> int:
+        """The command's exit status once the guard is done. A guard killed outright wrote no
+        status: what it left is killed here and the status is 128 + 9."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            code = self.exit_status()
+            if code is not None:
+                if self._proc is not None:
+                    self._proc.wait()
+                return code
+            if not self._guard_alive():
+                code = self.exit_status()  # written just before it exited
+                if code is not None:
+                    return code
+                kill_leftovers(self._marker, self._cleanup)
+                return 128 + signal.SIGKILL
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"the job in {self.job_dir} is still running")
+            time.sleep(poll)
+
+    def _order(self, text: str) -> None:
+        if self._control is None or self.finished():
+            return  # the guard already exited
+        try:
+            os.write(self._control, text.encode() + b"\n")
+        except OSError:
+            pass
+
+    def stop(self, grace_seconds: float) -> None:
+        """SIGINT the command's process group; everything is killed after the grace period."""
+        self._order(f"stop {grace_seconds:g}")
+
+    def kill(self) -> None:
+        self._order("kill")

@@ -1,0 +1,96 @@
+"""A job's guard in job-directory mode (`DetachedJob`): output records, orders, exit status,
+and a job that outlives the process that started it (a node agent that is restarted)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dstack_ray.api import _LineJoiner, _parse_log
+from dstack_ray.exec.process import DetachedJob
+from tests.helpers import no_leftovers, wait_for
+
+
+def lines_of(job_dir: Path) -> list:
+    joiner = _LineJoiner()
+    records = _parse_log((job_dir / "output").read_bytes(), rank=0)
+    lines = [str(line) for line in map(joiner.feed, records) if line is not None]
+    last = joiner.flush()
+    return lines + ([str(last)] if last is not None else [])
+
+
+def env(job_id: str) -> dict:
+    return {**os.environ, "DSTACK_JOB_ID": job_id}
+
+
+def test_output_records_and_exit_status(tmp_path):
+    job = DetachedJob.start(tmp_path / "job", ["/bin/bash", "-c", "echo first; printf 'par'; sleep 0.2; echo tial; printf last; exit 3"], env("j1"), str(tmp_path))
+    assert job.wait() == 3
+    assert lines_of(tmp_path / "job") == ["first", "partial", "last"]
+    assert (tmp_path / "job" / "exit").read_text() == "3"
+
+
+def test_stop_order_through_the_fifo(tmp_path):
+    job = DetachedJob.start(tmp_path / "job", ["/bin/bash", "-c", "trap 'echo got-int; exit 5' INT; echo up; sleep 31501 & wait"], env("j2"), str(tmp_path))
+    assert wait_for(lambda: "up" in lines_of(tmp_path / "job"), 10)
+    job.stop(5)
+    assert job.wait() == 5
+    assert lines_of(tmp_path / "job")[-1] == "got-int"
+    assert no_leftovers("sleep 31501") == []
+
+
+STARTER = """
+import os, signal, sys
+from pathlib import Path
+from dstack_ray.exec.process import DetachedJob
+job = DetachedJob.start(Path(sys.argv[1]), ["/bin/bash", "-c", "for i in $(seq 1 30); do echo tick-$i; sleep 0.1; done; exit 4"],
+                        {**os.environ, "DSTACK_JOB_ID": "j3"}, None)
+print(job.pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # the agent dies outright
+"""
+
+
+def test_the_job_outlives_the_process_that_started_it(tmp_path):
+    starter = subprocess.run([sys.executable, "-c", STARTER, str(tmp_path / "job")], capture_output=True, text=True, timeout=60)
+    assert starter.returncode == -signal.SIGKILL
+    job = DetachedJob.attach(tmp_path / "job", job_id="j3")
+    assert job is not None and job.pid == int(starter.stdout.split()[0])
+    assert not job.finished()
+    assert job.wait() == 4
+    assert lines_of(tmp_path / "job") == [f"tick-{i}" for i in range(1, 31)]  # none lost, none twice
+
+
+def test_a_guard_killed_outright_leaves_nothing(tmp_path):
+    job = DetachedJob.start(tmp_path / "job", ["/bin/bash", "-c", "echo up; sleep 31502"], env("j4"), str(tmp_path))
+    assert wait_for(lambda: "up" in lines_of(tmp_path / "job"), 10)
+    os.kill(job.pid, signal.SIGKILL)
+    assert job.wait() == 128 + 9
+    assert no_leftovers("sleep 31502") == []
+
+
+def test_output_past_the_limit_is_not_kept_and_the_command_is_not_blocked(tmp_path):
+    job = DetachedJob.start(tmp_path / "job", ["/bin/bash", "-c", "head -c 3000000 /dev/zero | tr '\\0' x | fold -w 100; echo end"], env("j5"), str(tmp_path), log_limit=100_000)
+    started = time.monotonic()
+    assert job.wait() == 0
+    assert time.monotonic() - started < 30
+    assert (tmp_path / "job" / "output").stat().st_size <= 100_000
+
+
+def test_attach_finds_nothing_where_no_job_started(tmp_path):
+    assert DetachedJob.attach(tmp_path / "nothing") is None
+
+
+def test_an_order_given_before_the_guard_is_up_still_reaches_it(tmp_path):
+    job = DetachedJob.start(tmp_path / "job", ["/bin/bash", "-c", "sleep 31503"], env("j6"), str(tmp_path))
+    job.kill()  # at once: the guard is still starting and has not opened its end of the FIFO
+    try:
+        assert job.wait(timeout=10) == 128 + 9
+    finally:
+        if not job.finished():  # the order was lost: end it here
+            os.kill(job.pid, signal.SIGKILL)
+            job.wait()
+    assert no_leftovers("sleep 31503") == []
