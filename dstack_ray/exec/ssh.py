@@ -20,11 +20,11 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from pydantic import BaseModel
 
-from dstack_ray.exec.process import GuardedProcess
+from dstack_ray.exec.process import DetachedJob
 
 DSTACK_SSH_PORT = 10022
 _SSHD_START_TIMEOUT = 10.0
@@ -99,10 +99,11 @@ class NodeSshd:
         self.directory = directory
         self.key = key
         self.port: Optional[int] = None
-        self._process: Optional[GuardedProcess] = None
+        self._process: Optional[DetachedJob] = None
 
-    def start(self, session_env: Dict[str, str], watch_pid: Optional[int], on_output: Callable[[bytes], None]) -> Optional[int]:
-        """Start sshd and return its port; None where the node has no sshd."""
+    def start(self, session_env: Dict[str, str], watch_pid: Optional[int]) -> Optional[int]:
+        """Start sshd and return its port; None where the node has no sshd. It runs under a
+        detached guard (like the job's command), so it outlives a restart of the node agent."""
         sshd = find_sshd()
         if sshd is None:
             return None
@@ -115,33 +116,38 @@ class NodeSshd:
             # root-owned directory that the openssh-server package normally creates at boot).
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         last_error = "sshd did not start"
-        for _ in range(3):  # the chosen port may be taken before sshd binds it
+        for attempt in range(3):  # the chosen port may be taken before sshd binds it
             port = _free_port(DSTACK_SSH_PORT)
             config = self.directory / "sshd_config"
             _write_private(config, self._config(port, session_env))
-            output: List[bytes] = []
-
-            def capture(chunk: bytes) -> None:
-                output.append(chunk)
-                on_output(chunk)
-
-            process = GuardedProcess(
-                [sshd, "-D", "-e", "-f", str(config)], {"PATH": os.defpath}, str(self.directory),
-                capture, use_pty=False, watch_pid=watch_pid,
-            )
+            job_dir = self.directory / f"sshd-{attempt}"
+            process = DetachedJob.start(job_dir, [sshd, "-D", "-e", "-f", str(config)], {"PATH": os.defpath}, str(self.directory), watch_pid=watch_pid)
             # Our own sshd says it listens (another one may hold the port: two ranks of a run on
             # one host can pick the same free port at the same moment, and only one binds it).
             listening = f"Server listening on 0.0.0.0 port {port}.".encode()
+            output = job_dir / "output"
             deadline = time.monotonic() + _SSHD_START_TIMEOUT
-            while time.monotonic() < deadline and process.poll() is None and listening not in b"".join(output):
+            while time.monotonic() < deadline and not process.finished() and listening not in output.read_bytes():
                 time.sleep(0.02)
-            if process.poll() is None and listening in b"".join(output):
+            if not process.finished() and listening in output.read_bytes():
                 self.port, self._process = port, process
+                (self.directory / "sshd-job").write_text(job_dir.name)
                 return port
             process.kill()
-            process.wait(5)
-            last_error = b"".join(output).decode(errors="replace").strip() or last_error
+            process.wait()
+            last_error = output.read_bytes().decode(errors="replace").strip() or last_error
         raise OSError(f"sshd failed to start: {last_error.splitlines()[-1]}")
+
+    @classmethod
+    def stop_started(cls, directory: Path) -> None:
+        """Stop the sshd an earlier node agent started in `directory` (after a restart)."""
+        try:
+            process = DetachedJob.attach(directory / (directory / "sshd-job").read_text().strip())
+        except OSError:
+            return
+        if process is not None and not process.finished():
+            process.kill()
+            process.wait()
 
     def _config(self, port: int, session_env: Dict[str, str]) -> str:
         lines = sshd_config(port, str(self.directory), allow_user=getpass.getuser())
@@ -150,7 +156,7 @@ class NodeSshd:
     def stop(self) -> None:
         if self._process is not None:
             self._process.kill()
-            self._process.wait(10)
+            self._process.wait()
             self._process = None
 
 

@@ -1,20 +1,31 @@
-"""The NodeAgent: a Ray task that runs one rank of a run inside its placement-group bundle.
+"""The node agent: one Ray actor per node (`dstack:agent:<node id>`) that runs every job placed
+on its node.
 
-It is a task, not an actor, so that Ray reuses warm worker processes: starting a node costs
-milliseconds instead of the ~1 s a new actor process takes (see bench/submit_latency.py). The
-Supervisor talks to it through the SupervisorHost (long-polls for start and stop orders); logs
-go straight to the Controller. The agent reports its node, runs the command under the guard,
-streams every output line, and returns how the command ended.
+A job's resources are still reserved by its run's placement-group bundle; a short task in that
+bundle reads the GPU ids Ray assigns there (`bundle_probe`), and the supervisor then asks the
+node's agent to run the job (`NodeAgent.run_job`, one thread per job). The agent reports the
+node, waits for the start order, prepares the job (files, repo, venv or container), starts the
+command under a detached guard (`DetachedJob`: the job's output, orders and exit status live in
+its directory on the node), ships the output to the Controller, samples GPUs and the job's
+processes, relays stop orders, and owns the job's sshd.
+
+If the agent dies (its node still up), Ray restarts it on the same node and calls `run_job`
+again with the same arguments: the agent finds the job's guard still running in the job's
+directory and carries on from the last chunk of output the Controller stored, so no line is
+lost or shipped twice. Jobs do not hold a Ray worker process each: a running job costs a guard
+(a small Python process) and a few threads of the agent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -35,10 +46,11 @@ from dstack_ray.exec.prepare import (
     prepare_host,
 )
 from dstack_ray.exec.proc import tree_usage
-from dstack_ray.exec.process import GuardedProcess
+from dstack_ray.exec.process import DetachedJob
+from dstack_ray.exec.records import LineEcho
 from dstack_ray.exec.pyenv import venv_maker
 from dstack_ray.exec.ssh import NodeSshd, RunKey, forget_keys, free_port
-from dstack_ray.runtime.settings import RuntimeSettings, private_dir
+from dstack_ray.runtime.settings import NAMESPACE, SUPERVISOR_NAME, RuntimeSettings, private_dir
 
 logger = logging.getLogger(__name__)
 
@@ -76,117 +88,93 @@ class NodeOutcome(BaseModel):
     started: bool = False
 
 
-def _timestamp() -> bytes:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
+class SpoolShipper:
+    """Sends a job's output file (log records the guard appends) to the Controller, in order.
 
-
-class LogShipper:
-    """Turns output chunks into timestamped lines and sends them, in order, to the Controller.
-
-    Every line is also echoed on this worker's stdout, which the Ray dashboard shows. A chunk is
-    sent as soon as the previous send finished and the flush interval passed, so the first line
-    of a run goes out at once.
+    The stored log is the output file byte for byte, so the two offsets are the same unless
+    the head refused a chunk (then dropped, with an event); both are saved in `shipped` after
+    every stored chunk, so a restarted agent resumes exactly there (a chunk stored just before
+    the agent died is sent again at the same offset, which the store skips). Every complete
+    line is also echoed on the agent's stdout, prefixed with the run and rank, which the Ray
+    dashboard shows in the agent's log.
     """
 
-    MAX_PARTIAL = 64 * 1024
     STORE_ATTEMPTS = 5  # a chunk the head refuses this often (disk full...) is dropped, with an event
 
     def __init__(
         self,
         controller: Any,
-        run_id: str,
-        attempt: int,
-        rank: int,
+        key: Tuple[str, int, int],
+        job: DetachedJob,
         settings: RuntimeSettings,
+        label: str,
         on_loss: Callable[[str], None] = lambda message: None,
     ) -> None:
         self._controller = controller
+        self._key = key
+        self._job = job
+        self._spool = job.job_dir / "output"
+        self._state = job.job_dir / "shipped"
+        self._settings = settings
+        self._prefix = f"[{label}] ".encode()
         self._on_loss = on_loss
-        self._limit = settings.log_limit_bytes
+        self._echo = LineEcho()
         self._capped = False
-        self._key = (run_id, attempt, rank)
-        self._interval = settings.log_flush_interval
-        self._chunk = settings.log_chunk_bytes
-        self._partial = b""
-        self._pending = bytearray()
-        self._offset = 0
-        self._closed = False
-        self._cond = threading.Condition()
-        self._error: Optional[BaseException] = None
+        self._read_at, self._store_at = self._resume_point()
         self._thread = threading.Thread(target=self._ship, name="dstack-logs", daemon=True)
         self._thread.start()
 
-    def write(self, chunk: bytes) -> None:
-        """Complete lines become line records; what follows the last newline goes out at once
-        as a partial record (`<stamp>\\t<bytes>`), byte for byte, so `\\r` redraws (progress
-        bars) show live; the rest of that line comes in later records and readers join them."""
-        lines = chunk.split(b"\n")
-        tail = lines.pop()
-        self._echo(list(lines), tail)
-        stamp = _timestamp()
-        formatted = b"".join(stamp + b" " + line.rstrip(b"\r") + b"\n" for line in lines)
-        if tail:
-            formatted += stamp + b"\t" + tail + b"\n"
-        if formatted:
-            self._add(formatted)
-
-    def _echo(self, lines: List[bytes], tail: bytes) -> None:
-        """Complete lines on this worker's stdout, for the Ray dashboard (line-based)."""
-        if lines:
-            lines[0] = self._partial + lines[0]
-            self._partial = b""
-        self._partial += tail
-        if len(self._partial) > self.MAX_PARTIAL:
-            lines.append(self._partial)
-            self._partial = b""
-        if not lines:
-            return
+    def _resume_point(self) -> Tuple[int, int]:
         try:
-            sys.stdout.buffer.write(b"".join(line + b"\n" for line in lines))
-            sys.stdout.flush()
+            read_at, store_at = (int(x) for x in self._state.read_text().split())
+            return read_at, store_at
         except (OSError, ValueError):
-            pass
+            return 0, 0
 
-    def _add(self, formatted: bytes) -> None:
-        with self._cond:
-            self._pending += formatted
-            # Back-pressure: a command that writes faster than the head can store waits.
-            while len(self._pending) > 16 * self._chunk and self._error is None:
-                self._cond.wait(0.5)
-            self._cond.notify()
+    def _save(self) -> None:
+        tmp = self._state.with_suffix(".tmp")
+        tmp.write_text(f"{self._read_at} {self._store_at}")
+        os.replace(tmp, self._state)
 
     def _ship(self) -> None:
-        last_send = 0.0
-        while True:
-            with self._cond:
-                while not self._pending and not self._closed:
-                    self._cond.wait()
-                if not self._pending and self._closed:
+        interval = self._settings.log_flush_interval
+        with open(self._spool, "rb") as spool:
+            while True:
+                finished = self._job.finished()  # before reading: what it wrote before is in the file
+                spool.seek(self._read_at)
+                data = spool.read(self._settings.log_chunk_bytes)
+                cut = data.rfind(b"\n") + 1  # whole records only (the guard may be mid-write)
+                if cut:
+                    self._send(data[:cut])
+                    continue
+                if finished:
                     return
-                delay = self._interval - (time.monotonic() - last_send)
-                if delay > 0 and not self._closed and len(self._pending) < self._chunk:
-                    self._cond.wait(delay)
-                data = bytes(self._pending[: self._chunk])
-                del self._pending[: len(data)]
-                self._cond.notify_all()
-            self._send(data)
-            last_send = time.monotonic()
+                time.sleep(interval)
 
     def _send(self, data: bytes) -> None:
-        if self._capped:
-            return
-        if self._limit and self._offset + len(data) > self._limit:
+        self._echo_lines(data)
+        limit = self._settings.log_limit_bytes
+        if not self._capped and limit and self._store_at + len(data) > limit:
+            fits = data[: max(0, limit - self._store_at)]
+            fits = fits[: fits.rfind(b"\n") + 1]  # whole records up to the limit
+            if fits:
+                self._store(fits)
             self._capped = True
             self._on_loss(
-                f"output passed the log limit of {self._limit} bytes (log_limit_bytes): the rest is not"
-                " stored (the Ray dashboard still shows it in this node's task log)"
+                f"output passed the log limit of {limit} bytes (log_limit_bytes): the rest is not"
+                " stored (the Ray dashboard still shows it in the node agent's log)"
             )
-            return
+        elif not self._capped:
+            self._store(data)
+        self._read_at += len(data)
+        self._save()
+
+    def _store(self, data: bytes) -> None:
         delay, refusals = 0.2, 0
         while True:
             try:
-                ray.get(self._controller.append_logs.remote(*self._key, self._offset, data))
-                self._offset += len(data)
+                ray.get(self._controller.append_logs.remote(*self._key, self._store_at, data))
+                self._store_at += len(data)
                 return
             except ray.exceptions.RayActorError:
                 time.sleep(delay)  # the Controller is restarting: keep the lines and retry
@@ -195,22 +183,26 @@ class LogShipper:
                 refusals += 1
                 logger.warning("cannot store logs (%d/%d): %s", refusals, self.STORE_ATTEMPTS, e)
                 if refusals >= self.STORE_ATTEMPTS:
-                    # Never block the command: drop this chunk (the next one is written where
-                    # it would have been, so the stored log stays consistent) and say so.
+                    # Never hold up the job: drop this chunk (the next one is stored where it
+                    # would have been, so the stored log stays consistent) and say so.
                     reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
                     self._on_loss(f"{len(data)} bytes of output could not be stored on the head and were dropped ({reason[:200]})")
                     return
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    def close(self, timeout: float = 60.0) -> None:
-        """Send everything pending (a last line without newline is already a partial record,
-        which readers take as the final line), then stop."""
-        if self._partial:
-            self._echo([b""], b"")
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+    def _echo_lines(self, data: bytes) -> None:
+        lines = self._echo.lines(data)
+        if not lines:
+            return
+        try:
+            sys.stdout.buffer.write(b"".join(self._prefix + line + b"\n" for line in lines))
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            pass
+
+    def join(self, timeout: float = 60.0) -> None:
+        """Until everything the job wrote was shipped (the job must have finished)."""
         self._thread.join(timeout)
 
 
@@ -224,23 +216,45 @@ def _run_dir(assignment: NodeAssignment) -> Path:
     return path
 
 
-def _watch_stop(host: Any, assignment: NodeAssignment, process: GuardedProcess, state: Dict[str, Any]) -> None:
-    """Long-poll the SupervisorHost for a stop order and pass it to the guard."""
-    while process.poll() is None:
+class _SupervisorLink:
+    """The SupervisorHost as a job's agent thread sees it: the handle it was given, replaced by
+    the named actor when that one is gone for good (the head restarted: its successor then
+    answers for runs it no longer supervises with an order to kill the job)."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def __getattr__(self, method: str) -> Any:
+        return getattr(self._handle, method)
+
+    def reconnect(self) -> None:
+        try:
+            self._handle = ray.get_actor(SUPERVISOR_NAME, namespace=NAMESPACE)
+        except ValueError:
+            pass  # not there yet: the Controller creates it again
+
+
+def _watch_stop(host: "_SupervisorLink", assignment: NodeAssignment, job: DetachedJob, state: Dict[str, Any]) -> None:
+    """Long-poll the SupervisorHost for stop orders and pass each to the guard. The host keeps
+    the orders it gave: a restarted agent asks again from the first and gets them again."""
+    seen = 0
+    while not job.finished():
         try:
             order = ray.get(
-                host.agent_wait_order.remote(assignment.run_id, assignment.attempt, assignment.rank, 30.0)
+                host.agent_wait_order.remote(assignment.run_id, assignment.attempt, assignment.rank, seen, 30.0)
             )
         except ray.exceptions.RayActorError:
-            return  # the host is gone: Ray ends this task too, and the guard kills the command
+            time.sleep(1)  # the host is restarting, or gone for good
+            host.reconnect()
+            continue
         if order is None:
             continue
-        state["stopped"] = order["reason"]
+        seen += 1
+        state.setdefault("stopped", order["reason"])
         if order.get("abort"):
-            process.kill()
+            job.kill()
         else:
-            process.stop(order.get("grace", assignment.settings.stop_grace_seconds))
-        return
+            job.stop(order.get("grace", assignment.settings.stop_grace_seconds))
 
 
 _GAUGES: Dict[str, Any] = {}
@@ -302,9 +316,10 @@ def _start_sshd(assignment: NodeAssignment, raylet: int) -> Tuple[Optional[NodeS
         "DSTACK_NODES_NUM": str(assignment.nodes_num),
         "DSTACK_MPI_HOSTFILE": str(layout.hostfile),
     }
+    NodeSshd.stop_started(layout.ssh)  # one an agent started before it restarted
     sshd = NodeSshd(layout.ssh, assignment.ssh_key)
     try:
-        port = sshd.start(session, raylet, lambda chunk: logger.info("sshd: %s", chunk.decode(errors="replace").rstrip()))
+        port = sshd.start(session, raylet)
     except OSError as e:
         logger.warning("%s", e)
         return None, None
@@ -331,74 +346,173 @@ def _sample_job(controller: Any, assignment: NodeAssignment, guard_pid: int, don
             logger.debug("cannot record job metrics", exc_info=True)
 
 
-def run_node(assignment: NodeAssignment, controller: Any, host: Any, payload: Optional[RunPayload] = None) -> NodeOutcome:
-    """The body of the NodeAgent task for one rank of one attempt."""
-    key = (assignment.run_id, assignment.attempt, assignment.rank)
-    ip = ray.util.get_node_ip_address()
-    node_id = ray.get_runtime_context().get_node_id()
-    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-    # Our parent is the node's raylet: if it dies, the node is gone and so must the command be.
-    raylet = os.getppid()
-    sshd, ssh_port = _start_sshd(assignment, raylet)
-    try:
-        return _run(assignment, controller, host, payload, key, ip, node_id, gpu_ids, raylet, ssh_port)
-    finally:
-        if sshd is not None:
-            sshd.stop()
-        if assignment.spec.container is None:
-            layout = HostLayout(_run_dir(assignment), assignment.attempt)
-            if assignment.ssh_key is not None:
-                forget_keys(layout.home, layout.ssh)
-            # The job's Python environment goes with the job, as dstack's container does (what
-            # the run wrote to its working directory and home stays).
-            threading.Thread(target=shutil.rmtree, args=(layout.venv,), kwargs={"ignore_errors": True}, daemon=True).start()
+def job_dir(assignment: NodeAssignment) -> Path:
+    """Where a rank's attempt keeps its guard's files (output, orders, exit status)."""
+    return _run_dir(assignment) / f"job-{assignment.attempt}"
 
 
-def _run(
-    assignment: NodeAssignment,
-    controller: Any,
-    host: Any,
-    payload: Optional[RunPayload],
-    key: Tuple[str, int, int],
-    ip: str,
-    node_id: str,
-    gpu_ids: List[str],
-    raylet: int,
-    ssh_port: Optional[int],
-) -> NodeOutcome:
-    host.agent_ready.remote(*key, ip, node_id, gpu_ids, ssh_port)
-    if assignment.nodes_num == 1:
-        order: Optional[StartOrder] = StartOrder(ips=[ip], gpus_per_node=[assignment.gpus])
-    else:
-        reply = ray.get(host.agent_wait_start.remote(*key))
-        order = StartOrder.model_validate(reply) if reply else None
-    if order is None:
-        return NodeOutcome(stopped="cancelled")
-    shipper = LogShipper(controller, *key, assignment.settings, on_loss=lambda message: host.agent_event.remote(*key, message))
-    try:
-        prepared = _prepare(assignment, payload, order, ip, gpu_ids, host)
-        process = GuardedProcess(
-            prepared.argv, prepared.env, prepared.cwd, shipper.write, watch_pid=raylet, cleanup=prepared.cleanup
+def bundle_probe() -> Tuple[str, List[str]]:
+    """Runs in a job's placement-group bundle: the node and the GPU ids Ray assigns there."""
+    return ray.get_runtime_context().get_node_id(), [str(g) for g in ray.get_gpu_ids()]
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=10000)
+class NodeAgent:
+    """Runs the jobs placed on its node; one per node, started by the first job there.
+
+    An async actor: `max_concurrency` bounds concurrent calls, not threads (a threaded actor
+    would start that many threads at once). Each job's blocking work runs in a thread of a pool
+    that grows with the number of jobs.
+    """
+
+    def __init__(self) -> None:
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self.ip = ray.util.get_node_ip_address()
+        # Our parent is the node's raylet: if it dies, the node is gone and so must the commands be.
+        self.raylet = os.getppid()
+        self._pool = ThreadPoolExecutor(max_workers=4096, thread_name_prefix="dstack-job")
+
+    def __repr__(self) -> str:
+        return f"NodeAgent({self.ip})"  # the Ray dashboard's name for this actor's log lines
+
+    async def ping(self) -> Dict[str, Any]:
+        return {"node_id": self.node_id, "pid": os.getpid()}
+
+    async def run_job(
+        self,
+        assignment: NodeAssignment,
+        controller: Any,
+        host: Any,
+        payload: Optional[RunPayload],
+        gpu_ids: List[str],
+    ) -> NodeOutcome:
+        """Run one rank of one attempt to its end (called again after a restart of this agent:
+        then it follows the job it had started)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._run_job, assignment, controller, host, payload, gpu_ids)
+
+    def _run_job(
+        self,
+        assignment: NodeAssignment,
+        controller: Any,
+        host: Any,
+        payload: Optional[RunPayload],
+        gpu_ids: List[str],
+    ) -> NodeOutcome:
+        host = _SupervisorLink(host)
+        started = DetachedJob.attach(job_dir(assignment), assignment.job_id)
+        if started is not None:
+            logger.info("%s rank %d: following the job started before this agent restarted", assignment.run_name, assignment.rank)
+            return self._follow(assignment, controller, host, started, gpu_ids, cleanup_sshd=True)
+        sshd, ssh_port = _start_sshd(assignment, self.raylet)
+        try:
+            return self._run(assignment, controller, host, payload, gpu_ids, ssh_port)
+        finally:
+            if sshd is not None:
+                sshd.stop()
+            _forget_job_files(assignment)
+
+    def _run(
+        self,
+        assignment: NodeAssignment,
+        controller: Any,
+        host: Any,
+        payload: Optional[RunPayload],
+        gpu_ids: List[str],
+        ssh_port: Optional[int],
+    ) -> NodeOutcome:
+        key = (assignment.run_id, assignment.attempt, assignment.rank)
+        host.agent_ready.remote(*key, self.ip, self.node_id, gpu_ids, ssh_port)
+        if assignment.nodes_num == 1:
+            order: Optional[StartOrder] = StartOrder(ips=[self.ip], gpus_per_node=[assignment.gpus])
+        else:
+            reply = ray.get(host.agent_wait_start.remote(*key))
+            order = StartOrder.model_validate(reply) if reply else None
+        if order is None:
+            return NodeOutcome(stopped="cancelled")
+        try:
+            prepared = _prepare(assignment, payload, order, self.ip, gpu_ids, host)
+            job = DetachedJob.start(
+                job_dir(assignment),
+                prepared.argv,
+                prepared.env,
+                prepared.cwd,
+                watch_pid=self.raylet,
+                cleanup=prepared.cleanup,
+                log_limit=_spool_limit(assignment.settings),
+            )
+        except SetupFailure as e:
+            return NodeOutcome(error=e.message, error_reason=e.reason)
+        except Exception as e:
+            return NodeOutcome(error=f"{type(e).__name__}: {e}", error_reason="executor_error")
+        return self._follow(assignment, controller, host, job, gpu_ids)
+
+    def _follow(
+        self,
+        assignment: NodeAssignment,
+        controller: Any,
+        host: Any,
+        job: DetachedJob,
+        gpu_ids: List[str],
+        cleanup_sshd: bool = False,
+    ) -> NodeOutcome:
+        key = (assignment.run_id, assignment.attempt, assignment.rank)
+        host.agent_running.remote(*key, job.pid)
+        shipper = SpoolShipper(
+            controller,
+            key,
+            job,
+            assignment.settings,
+            label=f"{assignment.run_name}:{assignment.rank}",
+            on_loss=lambda message: _deliver(host.agent_event.remote(*key, message)),
         )
-    except SetupFailure as e:
-        shipper.close()
-        return NodeOutcome(error=e.message, error_reason=e.reason)
-    except Exception as e:
-        shipper.close()
-        return NodeOutcome(error=f"{type(e).__name__}: {e}", error_reason="executor_error")
-    host.agent_running.remote(*key, process.pid)
-    state: Dict[str, Any] = {}
-    watcher = threading.Thread(target=_watch_stop, args=(host, assignment, process, state), daemon=True)
-    watcher.start()
-    finished = threading.Event()
-    if gpu_ids:
-        threading.Thread(target=_sample_gpus, args=(host, assignment, gpu_ids, finished), daemon=True).start()
-    threading.Thread(target=_sample_job, args=(controller, assignment, process.pid, finished), daemon=True).start()
-    code = process.wait()
-    finished.set()
-    shipper.close()
-    lost = not Path(f"/proc/{raylet}").exists() or os.getppid() != raylet
-    return NodeOutcome(exit_code=code, stopped=state.get("stopped"), started=True, node_lost=lost)
+        state: Dict[str, Any] = {}
+        threading.Thread(target=_watch_stop, args=(host, assignment, job, state), daemon=True).start()
+        finished = threading.Event()
+        if gpu_ids:
+            threading.Thread(target=_sample_gpus, args=(host, assignment, gpu_ids, finished), daemon=True).start()
+        threading.Thread(target=_sample_job, args=(controller, assignment, job.pid, finished), daemon=True).start()
+        try:
+            code = job.wait()
+        finally:
+            finished.set()
+            shipper.join()
+            if cleanup_sshd:
+                _stop_orphaned_sshd(assignment)
+                _forget_job_files(assignment)
+        lost = not Path(f"/proc/{self.raylet}").exists() or os.getppid() != self.raylet
+        return NodeOutcome(exit_code=code, stopped=state.get("stopped"), started=True, node_lost=lost)
+
+
+def _stop_orphaned_sshd(assignment: NodeAssignment) -> None:
+    """The job's sshd, started by this agent before it restarted."""
+    if assignment.ssh_key is not None and assignment.spec.container is None:
+        NodeSshd.stop_started(HostLayout(_run_dir(assignment), assignment.attempt).ssh)
+
+
+def _deliver(ref: Any) -> None:
+    """Wait until an event reached the supervisor (before the job's outcome does, which would
+    end the run and drop later events)."""
+    try:
+        ray.get(ref, timeout=30)
+    except Exception:  # an event must never disturb the job
+        logger.warning("could not deliver an event to the supervisor", exc_info=True)
+
+
+def _spool_limit(settings: RuntimeSettings) -> int:
+    """What a job may write to its output file on the node: the stored limit and some slack
+    (the agent raises the event when the stored log reaches the limit)."""
+    return settings.log_limit_bytes + 2 * settings.log_chunk_bytes if settings.log_limit_bytes else 0
+
+
+def _forget_job_files(assignment: NodeAssignment) -> None:
+    """What goes with the job: its SSH keys and its Python environment, as dstack's container
+    does (what the run wrote to its working directory and home stays)."""
+    if assignment.spec.container is None:
+        layout = HostLayout(_run_dir(assignment), assignment.attempt)
+        if assignment.ssh_key is not None:
+            forget_keys(layout.home, layout.ssh)
+        threading.Thread(target=shutil.rmtree, args=(layout.venv,), kwargs={"ignore_errors": True}, daemon=True).start()
 
 
 def _prepare(

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import ray
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from dstack_ray.config.cron import next_fire_time
 from dstack_ray.config.profiles import RetryEvent, StartupOrder, StopCriteria, effective_retry
@@ -31,7 +31,7 @@ from dstack_ray.config.volumes import InstanceMountPoint
 from dstack_ray.exec.container import DIND_IMAGE, ContainerSpec, InstanceMount
 from dstack_ray.exec.prepare import NodeSpec, RunPayload
 from dstack_ray.exec.ssh import RunKey, new_run_key
-from dstack_ray.runtime.agent import NodeAssignment, NodeOutcome, run_node
+from dstack_ray.runtime.agent import NodeAgent, NodeAssignment, NodeOutcome, bundle_probe
 from dstack_ray.runtime.clock import Clock
 from dstack_ray.runtime.models import (
     WAITING_FOR_SCHEDULE,
@@ -68,12 +68,18 @@ _FAILURE_REASONS = {
 
 @dataclass
 class AgentSlot:
-    """The rendezvous between a Supervisor and one node agent task."""
+    """The rendezvous between a Supervisor and the node agent running one of its jobs."""
 
     ready: "asyncio.Future[Dict[str, Any]]"
     running: "asyncio.Future[int]"
     start: "asyncio.Future[Optional[Dict[str, Any]]]"
-    orders: "asyncio.Queue[Dict[str, Any]]" = field(default_factory=asyncio.Queue)
+    # Stop orders, kept: an agent that restarts asks again from the first one.
+    orders: List[Dict[str, Any]] = field(default_factory=list)
+    new_order: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def order(self, order: Dict[str, Any]) -> None:
+        self.orders.append(order)
+        self.new_order.set()
 
 
 class StopRequest(Exception):
@@ -347,7 +353,7 @@ class RunSupervisor:
             refs[bundle.rank] = self._launch(pg, bundle, assignment, payload)
             job.status = JobStatus.PROVISIONING
             job.resources = bundle.describe()
-        outcomes: Dict[int, "asyncio.Future"] = {rank: asyncio.ensure_future(self._outcome(ref)) for rank, ref in refs.items()}
+        outcomes: Dict[int, "asyncio.Future"] = {rank: asyncio.ensure_future(self._outcome(launch)) for rank, launch in refs.items()}
         try:
             await self._start_nodes(plan, slots, outcomes)
             await self._watch(plan, slots, outcomes)
@@ -355,13 +361,15 @@ class RunSupervisor:
             for rank, slot in slots.items():
                 if not slot.start.done():
                     slot.start.set_result(None)
-            await self._drain(refs, outcomes)
+            await self._drain(slots, outcomes)
             for rank in slots:
                 self.host.close_slot((run_id, attempt, rank))
 
-    def _launch(self, pg: Any, bundle: NodeBundle, assignment: NodeAssignment, payload: Any) -> Any:
+    async def _launch(self, pg: Any, bundle: NodeBundle, assignment: NodeAssignment, payload: Any) -> NodeOutcome:
+        """Run one rank: a short task in its bundle finds the node and the GPUs Ray assigns
+        there (named after the run, for the dashboard), then the node's agent runs the job."""
         resources = {k: v for k, v in bundle.resources.items() if k not in ("CPU", "GPU", "memory")}
-        return _node_agent().options(
+        node_id, gpu_ids = await _bundle_probe().options(
             name=f"dstack:{self.run.name}:node-{bundle.rank}",
             num_cpus=bundle.resources["CPU"],
             num_gpus=bundle.gpus,
@@ -371,7 +379,13 @@ class RunSupervisor:
             scheduling_strategy=PlacementGroupSchedulingStrategy(
                 placement_group=pg, placement_group_bundle_index=bundle.rank
             ),
-        ).remote(assignment, self.host.controller, self.host.self_handle, payload)
+        ).remote()
+        agent = await self.host.agent_for(node_id)
+        try:
+            return await agent.run_job.remote(assignment, self.host.controller, self.host.self_handle, payload, gpu_ids)
+        except ray.exceptions.RayActorError:
+            self.host.forget_agent(node_id)  # its node is gone: a later job there starts a new one
+            raise
 
     def _node_specs(self) -> List[NodeSpec]:
         """How each group's nodes run their commands (host process or container)."""
@@ -414,10 +428,10 @@ class RunSupervisor:
         return self._payload
 
     @staticmethod
-    async def _outcome(ref: Any) -> Tuple[Optional[NodeOutcome], Optional[BaseException]]:
+    async def _outcome(launch: Any) -> Tuple[Optional[NodeOutcome], Optional[BaseException]]:
         try:
-            return await ref, None
-        except Exception as e:  # the task died with its worker or node
+            return await launch, None
+        except Exception as e:  # the agent died with its node (or the probe could not run)
             return None, e
 
     async def _start_nodes(self, plan: RunPlan, slots: Dict[int, AgentSlot], outcomes: Dict[int, "asyncio.Future"]) -> None:
@@ -603,20 +617,19 @@ class RunSupervisor:
             job.status = JobStatus.TERMINATING
             if not slot.start.done():
                 slot.start.set_result(None)  # never started: it just returns
-            slot.orders.put_nowait(
-                {"reason": reason.value, "abort": abort, "grace": self.settings.stop_grace_seconds}
-            )
+            slot.order({"reason": reason.value, "abort": abort, "grace": self.settings.stop_grace_seconds})
         await self.report(event=event, status=RunStatus.TERMINATING, status_message=RunStatus.TERMINATING.value)
 
-    async def _drain(self, refs: Dict[int, Any], outcomes: Dict[int, "asyncio.Future"]) -> None:
-        """Make sure no node task outlives the attempt."""
+    async def _drain(self, slots: Dict[int, AgentSlot], outcomes: Dict[int, "asyncio.Future"]) -> None:
+        """Make sure no job outlives the attempt: those still running after the grace period
+        are killed, and the attempt waits a little more for their agents to say so."""
         grace = self.settings.stop_grace_seconds + 10
         pending = [f for f in outcomes.values() if not f.done()]
         if pending:
             await asyncio.wait(pending, timeout=grace)
         for rank, fut in outcomes.items():
             if not fut.done():
-                ray.cancel(refs[rank], force=True)
+                slots[rank].order({"reason": "closed", "abort": True})
         pending = [f for f in outcomes.values() if not f.done()]
         if pending:
             await asyncio.wait(pending, timeout=10)
@@ -651,15 +664,15 @@ class RunSupervisor:
         self.stop_event.set()
 
 
-_NODE_AGENT: Any = None
+_BUNDLE_PROBE: Any = None
 
 
-def _node_agent() -> Any:
-    """The NodeAgent remote function, registered once per process."""
-    global _NODE_AGENT
-    if _NODE_AGENT is None:
-        _NODE_AGENT = ray.remote(run_node)
-    return _NODE_AGENT
+def _bundle_probe() -> Any:
+    """The bundle probe remote function, registered once per process."""
+    global _BUNDLE_PROBE
+    if _BUNDLE_PROBE is None:
+        _BUNDLE_PROBE = ray.remote(bundle_probe)
+    return _BUNDLE_PROBE
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=10000)
@@ -674,6 +687,7 @@ class SupervisorHost:
         self.self_handle = ray.get_runtime_context().current_actor
         self.supervisors: Dict[str, RunSupervisor] = {}
         self.slots: Dict[Key, AgentSlot] = {}
+        self.agents: Dict[str, Any] = {}  # node id -> its NodeAgent actor
 
     def __repr__(self) -> str:
         return "DstackSupervisor"
@@ -722,7 +736,7 @@ class SupervisorHost:
     def close_slot(self, key: Key) -> None:
         slot = self.slots.pop(key, None)
         if slot is not None:
-            slot.orders.put_nowait({"reason": "closed", "abort": True})
+            slot.order({"reason": "closed", "abort": True})
 
     async def agent_ready(
         self, run_id: str, attempt: int, rank: int, ip: str, node_id: str, gpu_ids: List[str], ssh_port: Optional[int] = None
@@ -765,11 +779,36 @@ class SupervisorHost:
         if supervisor is not None and attempt == supervisor.run.attempt:
             await supervisor.report(event=f"node {rank}: no GPU metrics ({reason})")
 
-    async def agent_wait_order(self, run_id: str, attempt: int, rank: int, timeout: float) -> Optional[Dict[str, Any]]:
+    async def agent_wait_order(self, run_id: str, attempt: int, rank: int, seen: int, timeout: float) -> Optional[Dict[str, Any]]:
+        """The stop order after the first `seen` ones, waiting up to `timeout` for it."""
         slot = self.slots.get((run_id, attempt, rank))
         if slot is None:
             return {"reason": "closed", "abort": True}
-        try:
-            return await asyncio.wait_for(slot.orders.get(), timeout=timeout)
-        except asyncio.TimeoutError:
-            return None
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(slot.orders) <= seen:
+            slot.new_order.clear()
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return None
+            try:
+                await asyncio.wait_for(slot.new_order.wait(), timeout=remaining)
+            except asyncio.TimeoutError:
+                return None
+        return slot.orders[seen]
+
+    async def agent_for(self, node_id: str) -> Any:
+        """The node agent actor of a node, started by the first job there."""
+        agent = self.agents.get(node_id)
+        if agent is None:
+            agent = NodeAgent.options(
+                name=f"dstack:agent:{node_id}",
+                namespace=NAMESPACE,
+                lifetime="detached",
+                get_if_exists=True,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+            ).remote()
+            self.agents[node_id] = agent
+        return agent
+
+    def forget_agent(self, node_id: str) -> None:
+        self.agents.pop(node_id, None)

@@ -40,17 +40,48 @@ def store_is_consistent(settings, run):
     assert sorted(j["status"] for j in latest) == sorted(j.status.value for j in run.jobs)
 
 
-def test_killing_a_node_agent_interrupts_the_run(client, settings):
-    run = client.apply(task("kill-agent", ["echo before", "sleep 31380"]))
+def node_agent(node_id: str):
+    import ray
+
+    from dstack_ray.runtime.settings import NAMESPACE
+
+    return ray.get_actor(f"dstack:agent:{node_id}", namespace=NAMESPACE)
+
+
+def test_sigkill_of_the_node_agent_loses_nothing(client, settings):
+    """The agent actor dies mid-run (its node stays): Ray restarts it on the node, it finds the
+    job's guard still running and ships on from where the Controller's log ends."""
+    import ray
+
+    run = client.apply(task("kill-agent", ["for i in $(seq 1 60); do echo tick-$i; sleep 0.1; done"]))
     running(run)
-    assert wait_for(lambda: "before" in list(run.logs()), 30)
-    for pid in pids("ray::dstack:kill-agent:node-0"):
-        os.kill(pid, signal.SIGKILL)
-    assert run.wait(60) == RunStatus.FAILED
-    assert run.jobs[0].termination_reason == JobTerminationReason.INTERRUPTED_BY_NO_CAPACITY
-    assert "before" in list(run.logs())
-    assert no_leftovers("sleep 31380") == []
+    assert wait_for(lambda: "tick-5" in list(run.logs()), 30)
+    agent = node_agent(run.jobs[0].node_id)
+    before = ray.get(agent.ping.remote())["pid"]
+    os.kill(before, signal.SIGKILL)
+    assert run.wait(90) == RunStatus.DONE, run.events()
+    assert list(run.logs()) == [f"tick-{i}" for i in range(1, 61)]  # none lost, none twice
+    after = ray.get(agent.ping.remote())["pid"]
+    assert after != before  # a new agent process finished the job
     store_is_consistent(settings, run)
+    # Later jobs on the node use the restarted agent; it is not started again.
+    again = client.apply(task("after-agent-kill", ["echo fine"]))
+    assert again.wait(60) == RunStatus.DONE
+    if again.jobs[0].node_id == run.jobs[0].node_id:
+        assert ray.get(agent.ping.remote())["pid"] == after
+
+
+def test_one_agent_per_node_started_once(client):
+    """Each node has one agent actor; runs after the first on a node reuse it."""
+    import ray
+
+    runs = [client.apply(task(f"agent-reuse-{i}", ["echo ok"], nodes=3)) for i in range(2)]
+    for run in runs:
+        assert run.wait(60) == RunStatus.DONE, run.events()
+    pids_by_run = [{j.node_id: ray.get(node_agent(j.node_id).ping.remote())["pid"] for j in run.jobs} for run in runs]
+    assert len(set(pids_by_run[0].values())) == 3 and pids_by_run[0] == pids_by_run[1]
+    agent_pids = {int(line.split(":", 1)[0]) for line in processes_matching("ray::NodeAgent")}
+    assert set(pids_by_run[0].values()) <= agent_pids
 
 
 def test_killing_the_command_fails_with_its_exit_status(client, settings):
@@ -129,7 +160,7 @@ def test_stop_during_the_startup_order_wait(client):
     run = client.apply(task("startup-wait", ["echo started; sleep 31385"], nodes=3, startup_order="workers-first", python="3.11"))
     assert wait_for(lambda: any("waiting for the workers" in m for _, m in run.events()), 60)
     run.stop()
-    assert run.wait(60) == RunStatus.TERMINATED
+    assert run.wait(60) == RunStatus.TERMINATED, (run.events(), run.jobs)
     assert run.jobs[0].status_message == "stopped"
     assert no_leftovers("sleep 31385", timeout=30) == []
 

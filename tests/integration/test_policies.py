@@ -209,3 +209,49 @@ def test_controller_restart_loses_nothing(client, settings):
     # Scheduling still works after the restart.
     after = client.apply(task("after-restart", ["echo still here"]))
     assert after.wait(60) == RunStatus.DONE
+
+
+def test_head_restart_reconciles_runs(client, settings):
+    """The Controller and the supervisor are killed for good (as when the head restarts with
+    its state directory kept) and come back from the store: running jobs become `interrupted`
+    (the retry policy applies), a queued run stays queued and runs later, a finished run and
+    its logs are intact, and nothing of the interrupted jobs keeps running."""
+    import ray
+
+    from dstack_ray import Client
+    from dstack_ray.runtime.settings import CONTROLLER_NAME, NAMESPACE, SUPERVISOR_NAME
+
+    finished = client.apply(task("before-restart", ["echo kept-1", "echo kept-2"]))
+    assert finished.wait(60) == RunStatus.DONE
+    resumable = 'case "$DSTACK_WORKING_DIR" in */attempt-0/*) echo first; sleep 31360;; *) echo resumed;; esac'
+    with_retry = client.apply(task("restart-retry", [resumable], retry={"on_events": ["interruption"]}))
+    without_retry = client.apply(task("restart-no-retry", ["echo up", "sleep 31361"]))
+    for run in (with_retry, without_retry):
+        assert wait_for(lambda: run.refresh().status == RunStatus.RUNNING and list(run.logs()), 60)
+    queued = client.apply(task("restart-queued", ["echo all three"], nodes=3))
+    assert wait_for(lambda: queued.refresh().record.wait_reason == "waiting for resources", 30)
+
+    for name in (CONTROLLER_NAME, SUPERVISOR_NAME):
+        ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+    client._controller = None  # the package's client gets the new Controller below, whatever happens
+
+    def gone(name: str) -> bool:
+        try:
+            ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            return True
+        return False
+
+    assert wait_for(lambda: gone(CONTROLLER_NAME) and gone(SUPERVISOR_NAME), 30)
+    restarted = Client(settings=settings)  # recreates both from the state directory
+    client._controller = restarted._controller
+
+    with_retry, without_retry, queued, finished = (restarted.get_run(r.name) for r in (with_retry, without_retry, queued, finished))
+    assert without_retry.wait(60) == RunStatus.FAILED
+    assert without_retry.jobs[0].termination_reason == JobTerminationReason.INTERRUPTED_BY_NO_CAPACITY
+    assert with_retry.wait(90) == RunStatus.DONE, with_retry.events()
+    assert with_retry.record.attempt == 1 and list(with_retry.logs(attempt=0)) == ["first"] and list(with_retry.logs()) == ["resumed"]
+    assert queued.wait(90) == RunStatus.DONE and list(queued.logs()) == ["all three"]
+    assert finished.refresh().status == RunStatus.DONE and list(finished.logs()) == ["kept-1", "kept-2"]
+    assert no_leftovers("sleep 3136", timeout=30) == []
+

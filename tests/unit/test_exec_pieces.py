@@ -89,17 +89,14 @@ def test_guard_stop_then_kill_and_cleanup(tmp_path):
 # --- live output: partial records and the line view ---------------------------------------------------
 
 
-def test_partial_lines_are_records_of_their_own_and_readers_join_them(monkeypatch):
+def test_partial_lines_are_records_of_their_own_and_readers_join_them():
     from dstack_ray.api import _LineJoiner, _parse_log
-    from dstack_ray.runtime.agent import LogShipper
+    from dstack_ray.exec.records import LineEcho, format_records
 
-    shipped = []
-    shipper = LogShipper.__new__(LogShipper)  # no thread, no Controller: only the formatting
-    shipper._partial = b""
-    monkeypatch.setattr(shipper, "_add", shipped.append, raising=False)
-    monkeypatch.setattr("sys.stdout", type("Out", (), {"buffer": type("B", (), {"write": lambda self, b: None})(), "flush": lambda self: None})())
-    for chunk in [b"first\nsec", b"ond\n\r 10%", b"\r 50%", b"\r100%\ndone"]:
-        shipper.write(chunk)
+    shipped = [format_records(chunk) for chunk in [b"first\nsec", b"ond\n\r 10%", b"\r 50%", b"\r100%\ndone"]]
+    # The agent's echo (the Ray dashboard's log) shows whole lines.
+    echo = LineEcho()
+    assert [line for records in shipped for line in echo.lines(records)] == [b"first", b"second", b"\r 10%\r 50%\r100%"]
     records = _parse_log(b"".join(shipped), rank=0)
     assert [(str(r), r.partial) for r in records] == [
         ("first", False), ("sec", True), ("ond", False), ("\r 10%", True), ("\r 50%", True), ("\r100%", False), ("done", True),
