@@ -141,7 +141,7 @@ def test_run_sshd_serves_the_run_key_and_goes_away(tmp_path):
     key = new_run_key("test")
     assert "PRIVATE" not in repr(key) and "PRIVATE" not in str(key)
     sshd = NodeSshd(tmp_path / "ssh", key)
-    port = sshd.start({"HOME": str(home), "PATH": "/usr/bin:/bin", "DSTACK_NODE_RANK": "3"}, None, lambda chunk: None)
+    port = sshd.start({"HOME": str(home), "PATH": "/usr/bin:/bin", "DSTACK_NODE_RANK": "3"}, None)
     try:
         assert port is not None
         write_client_files(home, key, ["127.0.0.1"], [port])
@@ -167,3 +167,21 @@ def test_run_sshd_serves_the_run_key_and_goes_away(tmp_path):
     assert no_leftovers(str(tmp_path / "ssh" / "sshd_config"), timeout=5) == []
     forget_keys(home, tmp_path / "ssh")
     assert not (home / ".ssh" / "dstack_job").exists() and not (tmp_path / "ssh" / "host_key").exists()
+
+
+def test_job_venvs_are_copies_of_a_template_that_jobs_cannot_change(tmp_path):
+    """Spares are copies of a per-version template (packages hard-linked, bin/ and pyvenv.cfg
+    copied): a job that uninstalls pip or edits its pyvenv.cfg changes only its own venv."""
+    maker = VenvMaker(tmp_path / "envs", downloads=False)
+    job = maker.take(None, tmp_path / "job-1", "node")
+    maker._refilling[""].join(60)
+    template = next((tmp_path / "envs" / "templates").iterdir())
+    pip_init = next(job.glob("lib/python3.*/site-packages/pip/__init__.py"))
+    assert os.stat(pip_init).st_ino == os.stat(template / pip_init.relative_to(job)).st_ino  # linked
+    assert os.stat(job / "pyvenv.cfg").st_ino != os.stat(template / "pyvenv.cfg").st_ino  # copied
+    subprocess.run([str(job / "bin" / "python"), "-m", "pip", "uninstall", "-y", "-q", "pip"], check=True, capture_output=True)
+    (job / "pyvenv.cfg").write_text("changed by the job\n")
+    assert (template / pip_init.relative_to(job)).exists() and "changed" not in (template / "pyvenv.cfg").read_text()
+    later = maker.take(None, tmp_path / "job-2", "node")
+    out = subprocess.run([str(later / "bin" / "pip"), "--version"], capture_output=True, text=True, check=True)
+    assert str(later) in out.stdout
