@@ -137,7 +137,10 @@ class SpoolShipper:
         os.replace(tmp, self._state)
 
     def _ship(self) -> None:
-        interval = self._settings.log_flush_interval
+        # The file is polled: soon after output (a first line reaches the client in
+        # milliseconds), less and less often while the job is quiet.
+        longest = max(self._settings.log_flush_interval, 0.1)
+        pause = 0.005
         with open(self._spool, "rb") as spool:
             while True:
                 finished = self._job.finished()  # before reading: what it wrote before is in the file
@@ -146,10 +149,12 @@ class SpoolShipper:
                 cut = data.rfind(b"\n") + 1  # whole records only (the guard may be mid-write)
                 if cut:
                     self._send(data[:cut])
+                    pause = 0.005
                     continue
                 if finished:
                     return
-                time.sleep(interval)
+                time.sleep(pause)
+                pause = min(pause * 1.5, longest)
 
     def _send(self, data: bytes) -> None:
         self._echo_lines(data)

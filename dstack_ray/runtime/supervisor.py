@@ -333,6 +333,8 @@ class RunSupervisor:
         sizes = [g.nodes for g in self.cfg.node_groups]
         self._ssh_key = new_run_key(f"dstack-ray:{self.run.name}:{attempt}") if plan.nodes_num > 1 else None
         self._ssh_ports = {}
+        table = await asyncio.get_running_loop().run_in_executor(None, placement_group_table, pg)
+        nodes = {int(index): node for index, node in (table.get("bundles_to_node_id") or {}).items()}
         for bundle in plan.bundles:
             job = self.jobs[bundle.rank]
             assignment = NodeAssignment(
@@ -350,7 +352,7 @@ class RunSupervisor:
                 container_runtime=self.spec.container_runtime or self.settings.container_runtime,
                 ssh_key=self._ssh_key,
             )
-            refs[bundle.rank] = self._launch(pg, bundle, assignment, payload)
+            refs[bundle.rank] = self._launch(pg, bundle, assignment, payload, nodes)
             job.status = JobStatus.PROVISIONING
             job.resources = bundle.describe()
         outcomes: Dict[int, "asyncio.Future"] = {rank: asyncio.ensure_future(self._outcome(launch)) for rank, launch in refs.items()}
@@ -365,11 +367,24 @@ class RunSupervisor:
             for rank in slots:
                 self.host.close_slot((run_id, attempt, rank))
 
-    async def _launch(self, pg: Any, bundle: NodeBundle, assignment: NodeAssignment, payload: Any) -> NodeOutcome:
-        """Run one rank: a short task in its bundle finds the node and the GPUs Ray assigns
-        there (named after the run, for the dashboard), then the node's agent runs the job."""
+    async def _launch(self, pg: Any, bundle: NodeBundle, assignment: NodeAssignment, payload: Any, nodes: Dict[int, str]) -> NodeOutcome:
+        """Run one rank on its bundle's node (`nodes`: bundle index -> node id), by that node's
+        agent. A bundle with GPUs first runs a short task in it (named after the run, for the
+        dashboard) that reads the GPU ids Ray assigns there; a CPU-only one needs no process."""
+        if bundle.gpus == 0 and bundle.rank in nodes:
+            node_id, gpu_ids = nodes[bundle.rank], []
+        else:
+            node_id, gpu_ids = await self._probe(pg, bundle)
+        agent = await self.host.agent_for(node_id)
+        try:
+            return await agent.run_job.remote(assignment, self.host.controller, self.host.self_handle, payload, gpu_ids)
+        except ray.exceptions.RayActorError:
+            self.host.forget_agent(node_id)  # its node is gone: a later job there starts a new one
+            raise
+
+    async def _probe(self, pg: Any, bundle: NodeBundle) -> Tuple[str, List[str]]:
         resources = {k: v for k, v in bundle.resources.items() if k not in ("CPU", "GPU", "memory")}
-        node_id, gpu_ids = await _bundle_probe().options(
+        return await _bundle_probe().options(
             name=f"dstack:{self.run.name}:node-{bundle.rank}",
             num_cpus=bundle.resources["CPU"],
             num_gpus=bundle.gpus,
@@ -380,12 +395,6 @@ class RunSupervisor:
                 placement_group=pg, placement_group_bundle_index=bundle.rank
             ),
         ).remote()
-        agent = await self.host.agent_for(node_id)
-        try:
-            return await agent.run_job.remote(assignment, self.host.controller, self.host.self_handle, payload, gpu_ids)
-        except ray.exceptions.RayActorError:
-            self.host.forget_agent(node_id)  # its node is gone: a later job there starts a new one
-            raise
 
     def _node_specs(self) -> List[NodeSpec]:
         """How each group's nodes run their commands (host process or container)."""

@@ -173,7 +173,9 @@ class Hosts:
             time.sleep(1)
 
     def remove_all(self) -> None:
-        for name in self.started:
+        """Every container of this tier (also one whose start failed half-way), then the network."""
+        listed = podman("ps", "-a", "--format", "{{.Names}}", check=False).stdout.split()
+        for name in set(self.started) | {n for n in listed if n.startswith(self.network + "-")}:
             podman("rm", "-f", "-t", "0", name, check=False)
         podman("network", "rm", "-f", self.network, check=False)
 
