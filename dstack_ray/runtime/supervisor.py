@@ -82,6 +82,60 @@ class AgentSlot:
         self.new_order.set()
 
 
+class AgentRendezvous:
+    """Where supervisors and the node agents running their jobs meet, one slot per job
+    (run id, attempt, rank): the agent reports ready and running there, waits for its start
+    order and asks for stop orders; the supervisor waits on and sets the same slot."""
+
+    def __init__(self) -> None:
+        self.slots: Dict[Key, AgentSlot] = {}
+
+    def open_slot(self, key: Key) -> AgentSlot:
+        loop = asyncio.get_running_loop()
+        slot = AgentSlot(ready=loop.create_future(), running=loop.create_future(), start=loop.create_future())
+        self.slots[key] = slot
+        return slot
+
+    def close_slot(self, key: Key) -> None:
+        slot = self.slots.pop(key, None)
+        if slot is not None:
+            slot.order({"reason": "closed", "abort": True})
+
+    async def ready(self, key: Key, ip: str, node_id: str, gpu_ids: List[str], ssh_port: Optional[int] = None) -> None:
+        slot = self.slots.get(key)
+        if slot is not None and not slot.ready.done():
+            slot.ready.set_result({"ip": ip, "node_id": node_id, "gpu_ids": gpu_ids, "ssh_port": ssh_port})
+
+    async def wait_start(self, key: Key) -> Optional[Dict[str, Any]]:
+        slot = self.slots.get(key)
+        if slot is None:
+            return None
+        return await asyncio.shield(slot.start)
+
+    async def running(self, key: Key, pid: int) -> None:
+        slot = self.slots.get(key)
+        if slot is not None and not slot.running.done():
+            slot.running.set_result(pid)
+
+    async def wait_order(self, key: Key, seen: int, timeout: float) -> Optional[Dict[str, Any]]:
+        """The stop order after the first `seen` ones, waiting up to `timeout` for it. A job
+        nobody supervises (its run ended, or the supervisor restarted) is told to die."""
+        slot = self.slots.get(key)
+        if slot is None:
+            return {"reason": "closed", "abort": True}
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(slot.orders) <= seen:
+            slot.new_order.clear()
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return None
+            try:
+                await asyncio.wait_for(slot.new_order.wait(), timeout=remaining)
+            except asyncio.TimeoutError:
+                return None
+        return slot.orders[seen]
+
+
 class StopRequest(Exception):
     """Raised inside an attempt when the user stops the run."""
 
@@ -695,7 +749,7 @@ class SupervisorHost:
         self.controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
         self.self_handle = ray.get_runtime_context().current_actor
         self.supervisors: Dict[str, RunSupervisor] = {}
-        self.slots: Dict[Key, AgentSlot] = {}
+        self.rendezvous = AgentRendezvous()
         self.agents: Dict[str, Any] = {}  # node id -> its NodeAgent actor
 
     def __repr__(self) -> str:
@@ -737,33 +791,21 @@ class SupervisorHost:
     # -- node agent rendezvous --------------------------------------------------------------------
 
     def open_slot(self, key: Key) -> AgentSlot:
-        loop = asyncio.get_running_loop()
-        slot = AgentSlot(ready=loop.create_future(), running=loop.create_future(), start=loop.create_future())
-        self.slots[key] = slot
-        return slot
+        return self.rendezvous.open_slot(key)
 
     def close_slot(self, key: Key) -> None:
-        slot = self.slots.pop(key, None)
-        if slot is not None:
-            slot.order({"reason": "closed", "abort": True})
+        self.rendezvous.close_slot(key)
 
     async def agent_ready(
         self, run_id: str, attempt: int, rank: int, ip: str, node_id: str, gpu_ids: List[str], ssh_port: Optional[int] = None
     ) -> None:
-        slot = self.slots.get((run_id, attempt, rank))
-        if slot is not None and not slot.ready.done():
-            slot.ready.set_result({"ip": ip, "node_id": node_id, "gpu_ids": gpu_ids, "ssh_port": ssh_port})
+        await self.rendezvous.ready((run_id, attempt, rank), ip, node_id, gpu_ids, ssh_port)
 
     async def agent_wait_start(self, run_id: str, attempt: int, rank: int) -> Optional[Dict[str, Any]]:
-        slot = self.slots.get((run_id, attempt, rank))
-        if slot is None:
-            return None
-        return await asyncio.shield(slot.start)
+        return await self.rendezvous.wait_start((run_id, attempt, rank))
 
     async def agent_running(self, run_id: str, attempt: int, rank: int, pid: int) -> None:
-        slot = self.slots.get((run_id, attempt, rank))
-        if slot is not None and not slot.running.done():
-            slot.running.set_result(pid)
+        await self.rendezvous.running((run_id, attempt, rank), pid)
 
     async def agent_event(self, run_id: str, attempt: int, rank: int, message: str) -> None:
         supervisor = self.supervisors.get(run_id)
@@ -789,21 +831,7 @@ class SupervisorHost:
             await supervisor.report(event=f"node {rank}: no GPU metrics ({reason})")
 
     async def agent_wait_order(self, run_id: str, attempt: int, rank: int, seen: int, timeout: float) -> Optional[Dict[str, Any]]:
-        """The stop order after the first `seen` ones, waiting up to `timeout` for it."""
-        slot = self.slots.get((run_id, attempt, rank))
-        if slot is None:
-            return {"reason": "closed", "abort": True}
-        deadline = asyncio.get_running_loop().time() + timeout
-        while len(slot.orders) <= seen:
-            slot.new_order.clear()
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                return None
-            try:
-                await asyncio.wait_for(slot.new_order.wait(), timeout=remaining)
-            except asyncio.TimeoutError:
-                return None
-        return slot.orders[seen]
+        return await self.rendezvous.wait_order((run_id, attempt, rank), seen, timeout)
 
     async def agent_for(self, node_id: str) -> Any:
         """The node agent actor of a node, started by the first job there."""

@@ -455,6 +455,12 @@ def test_kuberay_manifest_declares_the_bundle_resources():
     spec = manifest["spec"]
     assert spec["rayVersion"] == ray.__version__ and spec["enableInTreeAutoscaling"] is True
     assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    # The head keeps dstack-ray's state on a persistent volume (runs survive a head restart).
+    head = spec["headGroupSpec"]["template"]["spec"]
+    assert {"name": "dstack-ray-state", "mountPath": "/home/ray/.dstack-ray"} in head["containers"][0]["volumeMounts"]
+    assert head["volumes"] == [{"name": "dstack-ray-state", "persistentVolumeClaim": {"claimName": "dstack-ray-state"}}]
+    claim = yaml.safe_load(template_path("kuberay").with_name("kuberay-state-pvc.yaml").read_text())
+    assert (claim["kind"], claim["metadata"]["name"]) == ("PersistentVolumeClaim", "dstack-ray-state")
     groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
     assert set(groups) == {"worker-ps", "worker-gpus"}
     gpus = groups["worker-gpus"]
