@@ -26,7 +26,7 @@ from dstack_ray.exec.prepare import RunPayload
 from dstack_ray.plan.cluster import ClusterView
 from dstack_ray.plan.offers import Offers, cluster_offers
 from dstack_ray.plan.planner import RunPlan, build_plan
-from dstack_ray.runtime.models import JobRecord, RunRecord, RunSpec, RunStatus, RunTerminationReason
+from dstack_ray.models import JobRecord, RunRecord, RunSpec, RunStatus, RunTerminationReason
 from dstack_ray.runtime.settings import CONTROLLER_NAME, NAMESPACE, RuntimeSettings
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from dstack_ray.runtime.settings import default_state_dir, private_dir
+from dstack_ray.runtime.settings import default_state_dir
+from dstack_ray.store.paths import private_dir
 
 GCS_PORT = 6391
 DASHBOARD_PORT = 8265

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from collections import Counter
 from typing import Any, Dict, Iterable, Optional, Tuple
 
-from dstack_ray.runtime.models import RunRecord, RunStatus
+from dstack_ray.models import RunRecord, RunStatus
 
 logger = logging.getLogger(__name__)
 

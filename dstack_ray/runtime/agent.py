@@ -50,7 +50,8 @@ from dstack_ray.exec.process import DetachedJob
 from dstack_ray.exec.records import LineEcho
 from dstack_ray.exec.pyenv import venv_maker
 from dstack_ray.exec.ssh import NodeSshd, RunKey, forget_keys, free_port
-from dstack_ray.runtime.settings import NAMESPACE, SUPERVISOR_NAME, RuntimeSettings, private_dir
+from dstack_ray.runtime.settings import NAMESPACE, SUPERVISOR_NAME, RuntimeSettings
+from dstack_ray.store.paths import private_dir
 
 logger = logging.getLogger(__name__)
 

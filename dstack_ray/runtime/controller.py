@@ -23,10 +23,10 @@ import ray
 from dstack_ray.config.cron import next_fire_time
 from dstack_ray.metrics.runs import RunMetrics
 from dstack_ray.plan.capacity import free_capacity, place
-from dstack_ray.plan.cluster import live_cluster_view
+from dstack_ray.plan.live import live_cluster_view
 from dstack_ray.plan.planner import build_plan
 from dstack_ray.runtime.clock import Clock
-from dstack_ray.runtime.models import (
+from dstack_ray.models import (
     WAITING_FOR_RESOURCES,
     WAITING_FOR_SCHEDULE,
     JobRecord,

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import List, Optional, Sequence
 
 from dstack_ray.config.profiles import Retry, RetryEvent
-from dstack_ray.runtime.models import JobTerminationReason
+from dstack_ray.models import JobTerminationReason
 
 
 @dataclass(frozen=True)

@@ -16,16 +16,6 @@ STATE_DIR_ENV = "DSTACK_RAY_STATE_DIR"
 DEFAULT_IMAGE_ENV = "DSTACK_RAY_DEFAULT_IMAGE"
 
 
-def private_dir(path: Path) -> Path:
-    """`path` as a directory only its owner can enter (run specs hold secrets), made if needed."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        os.chmod(path, 0o700)
-    except OSError:
-        pass
-    return path
-
-
 def default_state_dir() -> Path:
     return Path(os.environ.get(STATE_DIR_ENV) or Path.home() / ".dstack-ray")
 

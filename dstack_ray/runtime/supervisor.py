@@ -25,7 +25,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, Place
 from dstack_ray.config.cron import next_fire_time
 from dstack_ray.config.profiles import RetryEvent, StartupOrder, StopCriteria, effective_retry
 from dstack_ray.config.task import TaskConfiguration
-from dstack_ray.plan.cluster import live_cluster_view
+from dstack_ray.plan.live import live_cluster_view
 from dstack_ray.plan.planner import NodeBundle, RunPlan, build_plan
 from dstack_ray.config.volumes import InstanceMountPoint
 from dstack_ray.exec.container import DIND_IMAGE, ContainerSpec, InstanceMount
@@ -33,7 +33,7 @@ from dstack_ray.exec.prepare import NodeSpec, RunPayload
 from dstack_ray.exec.ssh import RunKey, new_run_key
 from dstack_ray.runtime.agent import NodeAgent, NodeAssignment, NodeOutcome, bundle_probe
 from dstack_ray.runtime.clock import Clock
-from dstack_ray.runtime.models import (
+from dstack_ray.models import (
     WAITING_FOR_SCHEDULE,
     JobRecord,
     JobStatus,

@@ -10,8 +10,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
 
-from dstack_ray.runtime.models import JobRecord, RunRecord
-from dstack_ray.runtime.settings import private_dir
+from dstack_ray.models import JobRecord, RunRecord
+from dstack_ray.store.paths import private_dir
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ray
 
-from dstack_ray.runtime.models import RunStatus
+from dstack_ray.models import RunStatus
 from tests.helpers import wait_for
 
 # Ray's fake node provider cannot give node types a `memory` resource, so the autoscaler could

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import textwrap
 
-from dstack_ray.runtime.models import JobTerminationReason, RunStatus
+from dstack_ray.models import JobTerminationReason, RunStatus
 from tests.containers.conftest import IMAGE, SSHD_IMAGE
 from tests.helpers import no_leftovers, processes_matching, wait_for
 

@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from dstack_ray.runtime.models import JobStatus, JobTerminationReason, RunStatus, RunTerminationReason
+from dstack_ray.models import JobStatus, JobTerminationReason, RunStatus, RunTerminationReason
 from tests.helpers import no_leftovers, processes_matching, wait_for
 
 SMALL = {"cpu": 1, "memory": "256MB"}
@@ -254,7 +254,7 @@ def test_a_retried_submit_is_answered_once(client):
     import uuid
 
     from dstack_ray.config import parse_configuration
-    from dstack_ray.runtime.models import RunSpec
+    from dstack_ray.models import RunSpec
 
     cfg = parse_configuration(task("retried-submit", ["echo once"]))
     spec = RunSpec(run_name="", configuration=cfg.model_dump(mode="json", exclude_unset=True), submission_id=uuid.uuid4().hex)

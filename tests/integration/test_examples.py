@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from dstack_ray.runtime.models import JobStatus, JobTerminationReason, RunStatus
+from dstack_ray.models import JobStatus, JobTerminationReason, RunStatus
 from tests.helpers import local_torch_sources, no_leftovers, wait_for
 from tests.integration.test_policies import sampler_client, set_clock
 

@@ -9,7 +9,7 @@ import pytest
 
 from dstack_ray.config import ConfigurationError
 from dstack_ray.exec.repo import repo_id_for
-from dstack_ray.runtime.models import JobTerminationReason, RunStatus
+from dstack_ray.models import JobTerminationReason, RunStatus
 
 
 def git(cwd, *args):

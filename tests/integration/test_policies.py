@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 
-from dstack_ray.runtime.models import JobStatus, JobTerminationReason, RunStatus, RunTerminationReason
+from dstack_ray.models import JobStatus, JobTerminationReason, RunStatus, RunTerminationReason
 from tests.helpers import no_leftovers, wait_for
 
 SMALL = {"cpu": 1, "memory": "256MB"}

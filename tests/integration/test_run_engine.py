@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from dstack_ray.runtime.models import JobStatus, JobTerminationReason, RunStatus, RunTerminationReason
+from dstack_ray.models import JobStatus, JobTerminationReason, RunStatus, RunTerminationReason
 from tests.helpers import no_leftovers, processes_matching, wait_for
 
 SMALL = {"cpu": 1, "memory": "256MB"}

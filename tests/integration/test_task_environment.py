@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from dstack_ray.config import ConfigurationError
-from dstack_ray.runtime.models import RunStatus
+from dstack_ray.models import RunStatus
 from tests.helpers import no_leftovers, wait_for
 
 SMALL = {"cpu": 1, "memory": "256MB"}

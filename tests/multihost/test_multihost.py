@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from dstack_ray.runtime.models import JobStatus, RunStatus, RunTerminationReason
+from dstack_ray.models import JobStatus, RunStatus, RunTerminationReason
 from tests.helpers import local_torch_sources, wait_for
 from tests.multihost.conftest import HEAD, REPO, VENV_BIN, WORKERS
 

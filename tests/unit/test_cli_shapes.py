@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 from rich.console import Console
 
-from dstack_ray.runtime.models import JobRecord, JobStatus, JobTerminationReason, RunRecord, RunStatus
+from dstack_ray.models import JobRecord, JobStatus, JobTerminationReason, RunRecord, RunStatus
 from dstack_ray_cli.runs_cmd import listed_runs, runs_table
 
 NOW = datetime.now(timezone.utc)

@@ -30,7 +30,7 @@ from dstack_ray.exec.prepare import staged_path
 from dstack_ray.exec.process import GuardedProcess
 from dstack_ray.exec.repo import RepoError, RepoPayload, materialize_repo, redact_url
 from dstack_ray.local_head import _head_processes, ensure_auth_token
-from dstack_ray.runtime.models import RunRecord, RunSpec, RunStatus
+from dstack_ray.models import RunRecord, RunSpec, RunStatus
 from dstack_ray.runtime.settings import RuntimeSettings
 from dstack_ray.store import LogStore, Store
 from dstack_ray.store.db import StoreError
