@@ -48,6 +48,7 @@ from dstack_ray.exec.prepare import (
 from dstack_ray.exec.proc import tree_usage
 from dstack_ray.exec.process import DetachedJob
 from dstack_ray.exec.records import LineEcho
+from dstack_ray.models.messages import NodeOutcome, StartOrder, StopOrder
 from dstack_ray.exec.pyenv import venv_maker
 from dstack_ray.exec.ssh import NodeSshd, RunKey, forget_keys, free_port
 from dstack_ray.runtime.settings import NAMESPACE, SUPERVISOR_NAME, RuntimeSettings
@@ -70,23 +71,6 @@ class NodeAssignment(BaseModel):
     gpu_sampler: str
     container_runtime: Optional[str] = None
     ssh_key: Optional[RunKey] = None  # multi-node runs: the attempt's key pair for SSH between nodes
-
-
-class StartOrder(BaseModel):
-    ips: List[str]
-    gpus_per_node: List[int]
-    ssh_ports: List[Optional[int]] = []  # per rank; None where the node runs no sshd
-
-
-class NodeOutcome(BaseModel):
-    """How a rank ended, as the agent saw it."""
-
-    exit_code: Optional[int] = None
-    stopped: Optional[str] = None  # the stop order that ended it, if any
-    error: Optional[str] = None  # the agent could not run the command
-    error_reason: Optional[str] = None  # the JobTerminationReason of that error
-    node_lost: bool = False  # the node's raylet died while the command ran
-    started: bool = False
 
 
 class SpoolShipper:
@@ -246,7 +230,7 @@ def _watch_stop(host: "_SupervisorLink", assignment: NodeAssignment, job: Detach
     seen = 0
     while not job.finished():
         try:
-            order = ray.get(
+            order: Optional[StopOrder] = ray.get(
                 host.agent_wait_order.remote(assignment.run_id, assignment.attempt, assignment.rank, seen, 30.0)
             )
         except ray.exceptions.RayActorError:
@@ -256,11 +240,11 @@ def _watch_stop(host: "_SupervisorLink", assignment: NodeAssignment, job: Detach
         if order is None:
             continue
         seen += 1
-        state.setdefault("stopped", order["reason"])
-        if order.get("abort"):
+        state.setdefault("stopped", order.reason)
+        if order.abort:
             job.kill()
         else:
-            job.stop(order.get("grace", assignment.settings.stop_grace_seconds))
+            job.stop(order.grace if order.grace is not None else assignment.settings.stop_grace_seconds)
 
 
 _GAUGES: Dict[str, Any] = {}
@@ -432,8 +416,7 @@ class NodeAgent:
         if assignment.nodes_num == 1:
             order: Optional[StartOrder] = StartOrder(ips=[self.ip], gpus_per_node=[assignment.gpus])
         else:
-            reply = ray.get(host.agent_wait_start.remote(*key))
-            order = StartOrder.model_validate(reply) if reply else None
+            order = ray.get(host.agent_wait_start.remote(*key))
         if order is None:
             return NodeOutcome(stopped="cancelled")
         try:

@@ -31,7 +31,8 @@ from dstack_ray.config.volumes import InstanceMountPoint
 from dstack_ray.exec.container import DIND_IMAGE, ContainerSpec, InstanceMount
 from dstack_ray.exec.prepare import NodeSpec, RunPayload
 from dstack_ray.exec.ssh import RunKey, new_run_key
-from dstack_ray.runtime.agent import NodeAgent, NodeAssignment, NodeOutcome, bundle_probe
+from dstack_ray.models.messages import CLOSED, NodeOutcome, NodeReady, StartOrder, StopOrder
+from dstack_ray.runtime.agent import NodeAgent, NodeAssignment, bundle_probe
 from dstack_ray.runtime.clock import Clock
 from dstack_ray.models import (
     WAITING_FOR_SCHEDULE,
@@ -70,14 +71,14 @@ _FAILURE_REASONS = {
 class AgentSlot:
     """The rendezvous between a Supervisor and the node agent running one of its jobs."""
 
-    ready: "asyncio.Future[Dict[str, Any]]"
+    ready: "asyncio.Future[NodeReady]"
     running: "asyncio.Future[int]"
-    start: "asyncio.Future[Optional[Dict[str, Any]]]"
+    start: "asyncio.Future[Optional[StartOrder]]"
     # Stop orders, kept: an agent that restarts asks again from the first one.
-    orders: List[Dict[str, Any]] = field(default_factory=list)
+    orders: List[StopOrder] = field(default_factory=list)
     new_order: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def order(self, order: Dict[str, Any]) -> None:
+    def order(self, order: StopOrder) -> None:
         self.orders.append(order)
         self.new_order.set()
 
@@ -99,14 +100,14 @@ class AgentRendezvous:
     def close_slot(self, key: Key) -> None:
         slot = self.slots.pop(key, None)
         if slot is not None:
-            slot.order({"reason": "closed", "abort": True})
+            slot.order(CLOSED)
 
     async def ready(self, key: Key, ip: str, node_id: str, gpu_ids: List[str], ssh_port: Optional[int] = None) -> None:
         slot = self.slots.get(key)
         if slot is not None and not slot.ready.done():
-            slot.ready.set_result({"ip": ip, "node_id": node_id, "gpu_ids": gpu_ids, "ssh_port": ssh_port})
+            slot.ready.set_result(NodeReady(ip=ip, node_id=node_id, gpu_ids=gpu_ids, ssh_port=ssh_port))
 
-    async def wait_start(self, key: Key) -> Optional[Dict[str, Any]]:
+    async def wait_start(self, key: Key) -> Optional[StartOrder]:
         slot = self.slots.get(key)
         if slot is None:
             return None
@@ -117,12 +118,12 @@ class AgentRendezvous:
         if slot is not None and not slot.running.done():
             slot.running.set_result(pid)
 
-    async def wait_order(self, key: Key, seen: int, timeout: float) -> Optional[Dict[str, Any]]:
+    async def wait_order(self, key: Key, seen: int, timeout: float) -> Optional[StopOrder]:
         """The stop order after the first `seen` ones, waiting up to `timeout` for it. A job
         nobody supervises (its run ended, or the supervisor restarted) is told to die."""
         slot = self.slots.get(key)
         if slot is None:
-            return {"reason": "closed", "abort": True}
+            return CLOSED
         deadline = asyncio.get_running_loop().time() + timeout
         while len(slot.orders) <= seen:
             slot.new_order.clear()
@@ -530,8 +531,8 @@ class RunSupervisor:
                 if fut.done():
                     info = fut.result()
                     job = self.jobs[rank]
-                    job.node_ip, job.node_id, job.gpu_ids = info["ip"], info["node_id"], info["gpu_ids"]
-                    self._ssh_ports[rank] = info.get("ssh_port")
+                    job.node_ip, job.node_id, job.gpu_ids = info.ip, info.node_id, info.gpu_ids
+                    self._ssh_ports[rank] = info.ssh_port
                     del pending[rank]
             await self.report()
 
@@ -539,7 +540,7 @@ class RunSupervisor:
         """Give every node the cluster's IPs, in the order `startup_order` asks for."""
         ips = [self.jobs[r].node_ip or "" for r in range(plan.nodes_num)]
         ports = [self._ssh_ports.get(r) for r in range(plan.nodes_num)]
-        order = {"ips": ips, "gpus_per_node": plan.gpus_per_node(), "ssh_ports": ports}
+        order = StartOrder(ips=ips, gpus_per_node=plan.gpus_per_node(), ssh_ports=ports)
         without = [str(r) for r, port in enumerate(ports) if port is None]
         if without and self._ssh_key is not None:
             await self.report(
@@ -680,7 +681,7 @@ class RunSupervisor:
             job.status = JobStatus.TERMINATING
             if not slot.start.done():
                 slot.start.set_result(None)  # never started: it just returns
-            slot.order({"reason": reason.value, "abort": abort, "grace": self.settings.stop_grace_seconds})
+            slot.order(StopOrder(reason=reason.value, abort=abort, grace=self.settings.stop_grace_seconds))
         await self.report(event=event, status=RunStatus.TERMINATING, status_message=RunStatus.TERMINATING.value)
 
     async def _drain(self, slots: Dict[int, AgentSlot], outcomes: Dict[int, "asyncio.Future"]) -> None:
@@ -692,7 +693,7 @@ class RunSupervisor:
             await asyncio.wait(pending, timeout=grace)
         for rank, fut in outcomes.items():
             if not fut.done():
-                slots[rank].order({"reason": "closed", "abort": True})
+                slots[rank].order(CLOSED)
         pending = [f for f in outcomes.values() if not f.done()]
         if pending:
             await asyncio.wait(pending, timeout=10)
@@ -801,7 +802,7 @@ class SupervisorHost:
     ) -> None:
         await self.rendezvous.ready((run_id, attempt, rank), ip, node_id, gpu_ids, ssh_port)
 
-    async def agent_wait_start(self, run_id: str, attempt: int, rank: int) -> Optional[Dict[str, Any]]:
+    async def agent_wait_start(self, run_id: str, attempt: int, rank: int) -> Optional[StartOrder]:
         return await self.rendezvous.wait_start((run_id, attempt, rank))
 
     async def agent_running(self, run_id: str, attempt: int, rank: int, pid: int) -> None:
@@ -830,7 +831,7 @@ class SupervisorHost:
         if supervisor is not None and attempt == supervisor.run.attempt:
             await supervisor.report(event=f"node {rank}: no GPU metrics ({reason})")
 
-    async def agent_wait_order(self, run_id: str, attempt: int, rank: int, seen: int, timeout: float) -> Optional[Dict[str, Any]]:
+    async def agent_wait_order(self, run_id: str, attempt: int, rank: int, seen: int, timeout: float) -> Optional[StopOrder]:
         return await self.rendezvous.wait_order((run_id, attempt, rank), seen, timeout)
 
     async def agent_for(self, node_id: str) -> Any:

@@ -13,7 +13,7 @@ import pytest
 
 from dstack_ray.plan.cluster import ClusterView, NodeView
 from dstack_ray.runtime import supervisor as sup
-from dstack_ray.runtime.agent import NodeOutcome
+from dstack_ray.models.messages import NodeOutcome
 from dstack_ray.models import JobStatus, JobTerminationReason, RunRecord, RunSpec, RunStatus, RunTerminationReason
 from dstack_ray.runtime.settings import RuntimeSettings
 from dstack_ray.config import parse_configuration
@@ -82,7 +82,7 @@ def install_fakes(monkeypatch, script: Script, started: List[tuple]) -> None:
                 return NodeOutcome(stopped="cancelled")
         started.append((assignment.attempt, assignment.rank))
         await rendezvous.running(key, 1000 + assignment.rank)
-        seen, stopped = 0, None
+        seen = 0
         delay = plan[1] if isinstance(plan, tuple) else 0.01
         outcome = plan[0] if isinstance(plan, tuple) else plan
         deadline = asyncio.get_running_loop().time() + delay
@@ -93,8 +93,7 @@ def install_fakes(monkeypatch, script: Script, started: List[tuple]) -> None:
             order = await rendezvous.wait_order(key, seen, max(0.01, remaining) if outcome != "run" else 5)
             if order is not None:
                 seen += 1
-                stopped = order["reason"]
-                return NodeOutcome(exit_code=130 if not order.get("abort") else 137, stopped=stopped, started=True)
+                return NodeOutcome(exit_code=137 if order.abort else 130, stopped=order.reason, started=True)
         if outcome == "lost":
             raise RuntimeError("the node died")
         return NodeOutcome(exit_code=outcome, started=True)

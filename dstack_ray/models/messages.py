@@ -1,0 +1,47 @@
+"""The messages a supervisor and the node agents running its jobs exchange (through the
+SupervisorHost's rendezvous), the same types on both sides."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+from pydantic import BaseModel
+
+
+class NodeReady(BaseModel):
+    """A job's node agent is up: where the job will run."""
+
+    ip: str
+    node_id: str
+    gpu_ids: List[str] = []
+    ssh_port: Optional[int] = None  # the job's sshd; None where the node runs none
+
+
+class StartOrder(BaseModel):
+    """Run the commands: every node's IP and GPU count, in rank order."""
+
+    ips: List[str]
+    gpus_per_node: List[int]
+    ssh_ports: List[Optional[int]] = []  # per rank; None where the node runs no sshd
+
+
+class StopOrder(BaseModel):
+    """Stop the job: SIGINT, then SIGKILL after `grace` seconds; at once with `abort`."""
+
+    reason: str  # the JobTerminationReason value it ends with ("closed": nobody supervises it)
+    abort: bool = False
+    grace: Optional[float] = None  # None: the agent's setting
+
+
+CLOSED = StopOrder(reason="closed", abort=True)
+
+
+class NodeOutcome(BaseModel):
+    """How a job ended, as its node agent saw it."""
+
+    exit_code: Optional[int] = None
+    stopped: Optional[str] = None  # the reason of the stop order that ended it, if any
+    error: Optional[str] = None  # the agent could not run the command
+    error_reason: Optional[str] = None  # the JobTerminationReason of that error
+    node_lost: bool = False  # the node's raylet died while the command ran
+    started: bool = False
