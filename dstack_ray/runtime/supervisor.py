@@ -388,7 +388,9 @@ class RunSupervisor:
         sizes = [g.nodes for g in self.cfg.node_groups]
         self._ssh_key = new_run_key(f"dstack-ray:{self.run.name}:{attempt}") if plan.nodes_num > 1 else None
         self._ssh_ports = {}
-        table = await asyncio.get_running_loop().run_in_executor(None, placement_group_table, pg)
+        # On the event loop's thread, as in _placement_loop: Ray's GCS client is not called from
+        # other threads of this actor (a first version did, and the actor's process died once).
+        table = placement_group_table(pg)
         nodes = {int(index): node for index, node in (table.get("bundles_to_node_id") or {}).items()}
         for bundle in plan.bundles:
             job = self.jobs[bundle.rank]

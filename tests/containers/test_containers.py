@@ -250,7 +250,7 @@ def test_ssh_between_containers_with_the_images_sshd(client, settings):
             "commands": [f'if [ "$DSTACK_NODE_RANK" = 0 ]; then {probe}; else sleep 120; fi'],
         }
     )
-    assert run.wait(180) == RunStatus.DONE, (run.events(), output(run))
+    assert run.wait(180) == RunStatus.DONE, ([m for _, m in run.events()], [(j.status, j.termination_reason, j.termination_message) for j in run.jobs], output(run))
     assert output(run)[-2:] == ["from-rank-1", "by-ip"]
     assert containers_named("dstack-image-ssh") == []
     assert no_leftovers("/dstack/ssh/sshd_config") == []
