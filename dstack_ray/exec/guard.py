@@ -215,12 +215,17 @@ class _Output:
                 return
 
 
+def quiet_tty(fd: int) -> None:
+    """No echo, no `\\n` -> `\\r\\n` translation: the bytes the command writes are the log."""
+    attrs = termios.tcgetattr(fd)
+    attrs[1] &= ~termios.OPOST  # oflag
+    attrs[3] &= ~(termios.ECHO | termios.ICANON)  # lflag
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+
+
 def _run_job(argv: List[str], job_dir: str, watch_pid: Optional[int], cleanup: List[str], log_limit: int) -> int:
     master, slave = pty.openpty()
-    attrs = termios.tcgetattr(slave)  # no echo, no \n -> \r\n: the bytes written are the log
-    attrs[1] &= ~termios.OPOST
-    attrs[3] &= ~(termios.ECHO | termios.ICANON)
-    termios.tcsetattr(slave, termios.TCSANOW, attrs)
+    quiet_tty(slave)
     control = os.open(os.path.join(job_dir, "control"), os.O_RDWR | os.O_NONBLOCK)
     output = _Output(master, os.path.join(job_dir, "output"), log_limit)
     code = 255

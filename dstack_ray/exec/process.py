@@ -8,23 +8,15 @@ import pty
 import signal
 import subprocess
 import sys
-import termios
 import threading
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from dstack_ray.exec.guard import quiet_tty
 from dstack_ray.exec.proc import processes_with
 
 OutputCallback = Callable[[bytes], None]
-
-
-def _quiet_tty(fd: int) -> None:
-    """No echo, no `\\n` -> `\\r\\n` translation: the bytes the command writes are the log."""
-    attrs = termios.tcgetattr(fd)
-    attrs[1] &= ~termios.OPOST  # oflag
-    attrs[3] &= ~(termios.ECHO | termios.ICANON)  # lflag
-    termios.tcsetattr(fd, termios.TCSANOW, attrs)
 
 
 class GuardedProcess:
@@ -61,7 +53,7 @@ class GuardedProcess:
             guard += ["--cleanup", json.dumps(cleanup)]
         if use_pty:
             master, slave = pty.openpty()
-            _quiet_tty(slave)
+            quiet_tty(slave)
             self._proc = subprocess.Popen(
                 guard + ["--tty-fd", str(slave), *argv],
                 stdin=subprocess.PIPE,
