@@ -11,8 +11,8 @@ import typer
 from dstack_ray.config import load_configuration
 from dstack_ray.config.checks import check_submittable
 from dstack_ray.config.schema import configuration_schema
-from dstack_ray.plan.properties import run_properties
 from dstack_ray_cli.console import console, properties_table
+from dstack_ray_cli.properties import run_properties
 
 app = typer.Typer(help="Check task configurations and get their JSON schema.", no_args_is_help=True)
 

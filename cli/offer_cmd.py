@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -13,23 +12,20 @@ from rich.table import Table
 
 from dstack_ray.config import TaskConfiguration, parse_configuration
 from dstack_ray.plan.offers import Offer
-from dstack_ray.plan.properties import format_price, resources_text, spot_policy_text
 from dstack_ray_cli.apply_cmd import apply_overrides, profile_overrides, spot_option
 from dstack_ray_cli.common import AddressOption, connect
 from dstack_ray_cli.console import CLIError, console, properties_table
 from dstack_ray_cli.plan_view import print_offers
+from dstack_ray_cli.properties import format_price, resources_text, spot_policy_text
 
 GROUP_FIELDS = ("gpu", "backend", "region", "count")
 
 
 def _gpu_of(offer: Offer) -> Tuple[str, int]:
-    """(GPU name, count) from an offer's `gpu=NAME:MEM:COUNT` text; ("-", 0) without GPUs."""
-    match = re.search(r"gpu=([^\s]+)", offer.resources)
-    if not match:
+    """(GPU name, count) of an offer; ("-", 0) without GPUs."""
+    if not offer.shape.gpu_count:
         return "-", 0
-    parts = match.group(1).split(":")
-    count = next((int(p) for p in reversed(parts) if p.isdigit()), 1)
-    return parts[0], count
+    return offer.shape.gpu_name or "gpu", offer.shape.gpu_count
 
 
 def parse_group_by(value: Optional[str]) -> List[str]:

@@ -9,10 +9,24 @@ from rich.markup import escape
 from rich.table import Table
 
 from dstack_ray.config.task import TaskConfiguration
-from dstack_ray.plan.offers import NO_OFFERS_WARNING, Offers
+from dstack_ray.plan.offers import Offer, Offers
 from dstack_ray.plan.planner import RunPlan
-from dstack_ray.plan.properties import run_properties
 from dstack_ray_cli.console import console, properties_table
+from dstack_ray_cli.properties import format_price, run_properties
+
+NO_OFFERS_WARNING = (
+    "[gold1]No matching instance offers available. Possible reasons:"
+    " https://dstack.ai/docs/guides/troubleshooting/#no-offers[/]"
+)
+
+
+def offer_resources(offer: Offer) -> str:
+    """The RESOURCES column: `cpu=12 mem=85GB disk=100GB.. gpu=A100:40GB:1 (spot)`."""
+    return offer.shape.describe() + (" (spot)" if offer.spot else "")
+
+
+def offer_price(offer: Offer) -> str:
+    return "-" if offer.price is None else format_price(offer.price)
 
 
 def offers_table(offers: list, max_rows: Optional[int] = 5) -> Table:
@@ -24,9 +38,9 @@ def offers_table(offers: list, max_rows: Optional[int] = 5) -> Table:
         table.add_row(
             str(index),
             escape(offer.backend),
-            escape(offer.resources),
+            escape(offer_resources(offer)),
             escape(offer.instance_type),
-            escape(offer.price_text),
+            escape(offer_price(offer)),
             escape(offer.availability),
             style="grey58" if index > 3 else None,
         )

@@ -21,7 +21,7 @@ from dstack_ray.config.gpus import vendors_of
 from dstack_ray.config.profiles import SpotPolicy
 from dstack_ray.config.resources import ResourcesSpec
 from dstack_ray.config.task import TaskConfiguration
-from dstack_ray.plan.offers import Offer
+from dstack_ray.plan.offers import Offer, OfferShape
 
 # dstack backend names -> skypilot catalog directories.
 CATALOG_CLOUDS = {
@@ -133,17 +133,19 @@ def _gpu_matches(row: CatalogRow, resources: ResourcesSpec) -> bool:
 
 
 def _offer(row: CatalogRow, spot: bool) -> Offer:
-    parts = [f"cpu={row.cpus:g}", f"mem={row.memory_gb:g}GB", "disk=100GB.."]
-    if row.gpu_count:
-        memory = f":{row.gpu_memory_gb:g}GB" if row.gpu_memory_gb else ""
-        parts.append(f"gpu={row.gpu_name}{memory}:{row.gpu_count}")
-    resources = " ".join(parts) + (" (spot)" if spot else "")
-    price = row.spot_price if spot else row.price
+    shape = OfferShape(
+        cpus=row.cpus,
+        memory_gb=row.memory_gb,
+        disk="100GB..",
+        gpu_name=row.gpu_name if row.gpu_count else None,
+        gpu_memory_gb=(row.gpu_memory_gb or None) if row.gpu_count else None,
+        gpu_count=row.gpu_count or 0,
+    )
     return Offer(
         backend=f"{row.cloud} ({row.region})",
-        resources=resources,
+        shape=shape,
         instance_type=row.instance_type,
-        price=price,
+        price=row.spot_price if spot else row.price,
         spot=spot,
         region=row.region,
     )

@@ -63,8 +63,6 @@ AUTO_SPOT_NOTE = (
     " fallback (a spot node type without capacity stays pending); set spot_policy: spot for spot workers"
 )
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
-_OFFER_SHAPE = re.compile(r"cpu=(?P<cpu>[\d.]+) mem=(?P<mem>[\d.]+)GB")
-_OFFER_GPU = re.compile(r"gpu=(?P<name>[^:\s]+)(?::(?P<mem>[\d.]+)GB)?:(?P<count>\d+)")
 _NAME_MEMORY = re.compile(r"^(?P<base>.+)-(?P<mem>\d+)GB?$", re.IGNORECASE)
 # N1 machines take these GPUs as guestAccelerators; newer GCP GPU machine types include theirs.
 _GCP_ATTACHED_GPUS = {"T4", "V100", "P100", "P4", "K80"}
@@ -428,16 +426,14 @@ def _worker_from_offer(cfg: TaskConfiguration, group: NodeGroup, index: int, off
     worker = _worker_from_minimums(cfg, group, index, offer.spot)
     worker.instance_type = offer.instance_type
     worker.price = offer.price
-    shape = _OFFER_SHAPE.search(offer.resources)
-    if shape:  # the Offer carries its shape as dstack's display text only
-        worker.cpus = max(worker.cpus, int(round(float(shape.group("cpu")))))
-        worker.memory_bytes = max(worker.memory_bytes, int(float(shape.group("mem")) * GB))
-    gpu = _OFFER_GPU.search(offer.resources)
-    if gpu:
-        memory = float(gpu.group("mem")) if gpu.group("mem") else None
-        worker.gpus = int(gpu.group("count"))
-        worker.accelerator = ray_accelerator_type(gpu.group("name"), memory)
-        worker.vendor = _gpu_vendor(cfg, group, _NAME_MEMORY.sub(r"\g<base>", gpu.group("name")))
+    shape = offer.shape
+    worker.cpus = max(worker.cpus, int(round(shape.cpus)))
+    if shape.memory_gb:
+        worker.memory_bytes = max(worker.memory_bytes, int(shape.memory_gb * GB))
+    if shape.gpu_count and shape.gpu_name:
+        worker.gpus = shape.gpu_count
+        worker.accelerator = ray_accelerator_type(shape.gpu_name, shape.gpu_memory_gb)
+        worker.vendor = _gpu_vendor(cfg, group, _NAME_MEMORY.sub(r"\g<base>", shape.gpu_name))
     return worker
 
 
@@ -510,12 +506,12 @@ def _cloud_workers(
         if in_region:
             best = in_region[0]
             worker = _worker_from_offer(cfg, group, index, best)
-            shape = best.resources.replace(" (spot)", "")
+            shape = best.shape.describe()
             if given.get(name):
-                notes.append(f"{worker.name}: {best.instance_type} ({shape}), {best.price_text}/h {worker.market}")
+                notes.append(f"{worker.name}: {best.instance_type} ({shape}), ${best.price:g}/h {worker.market}")
             else:
                 notes.append(
-                    f"{worker.name}: {best.instance_type} in {best.region}, {best.price_text}/h {worker.market}"
+                    f"{worker.name}: {best.instance_type} in {best.region}, ${best.price:g}/h {worker.market}"
                     f" ({shape}); the cheapest of {len(in_region)} matching {provider.value} offer(s) there"
                 )
         elif instance_type:

@@ -8,29 +8,49 @@ from typing import List, Optional
 from pydantic import BaseModel
 
 from dstack_ray.config.task import TaskConfiguration
-from dstack_ray.plan.cluster import ClusterView, NodeShape, memory_text
+from dstack_ray.plan.cluster import GB, ClusterView, NodeShape
 from dstack_ray.plan.planner import RunPlan, _Need
 
-NO_OFFERS_WARNING = (
-    "[gold1]No matching instance offers available. Possible reasons:"
-    " https://dstack.ai/docs/guides/troubleshooting/#no-offers[/]"
-)
+class OfferShape(BaseModel):
+    """What one node of an offer has (the CLI formats it as dstack does)."""
+
+    cpus: float
+    memory_gb: Optional[float] = None  # None: not known (a node that reports no memory)
+    disk: Optional[str] = None  # a disk range as dstack writes it, e.g. "100GB.."
+    gpu_name: Optional[str] = None
+    gpu_memory_gb: Optional[float] = None
+    gpu_count: int = 0
+
+    @classmethod
+    def of_node(cls, shape: NodeShape) -> "OfferShape":
+        gpus = int(shape.gpus or 0)
+        return cls(
+            cpus=shape.cpus,
+            memory_gb=None if shape.memory_bytes is None else round(shape.memory_bytes / GB),
+            gpu_name=(shape.gpu_name() or "gpu") if gpus else None,
+            gpu_memory_gb=shape.gpu_memory_gb() if gpus else None,
+            gpu_count=gpus,
+        )
+
+    def describe(self) -> str:
+        """dstack's notation: `cpu=12 mem=85GB disk=100GB.. gpu=A100:40GB:1`."""
+        parts = [f"cpu={self.cpus:g}", "mem=?" if self.memory_gb is None else f"mem={self.memory_gb:g}GB"]
+        if self.disk:
+            parts.append(f"disk={self.disk}")
+        if self.gpu_count:
+            memory = f":{self.gpu_memory_gb:g}GB" if self.gpu_memory_gb else ""
+            parts.append(f"gpu={self.gpu_name}{memory}:{self.gpu_count}")
+        return " ".join(parts)
 
 
 class Offer(BaseModel):
     backend: str  # e.g. "ray (10.0.0.5)", "ray autoscaler", "aws (us-east-1)"
-    resources: str  # dstack's offer display: cpu=... mem=... disk=... gpu=...
+    shape: OfferShape
     instance_type: str
-    price: Optional[float] = None
+    price: Optional[float] = None  # $/hour; None where unknown (the cluster's own nodes)
     spot: bool = False
     availability: str = ""  # blank when available; e.g. "busy", "up to 4 more"
     region: Optional[str] = None
-
-    @property
-    def price_text(self) -> str:
-        if self.price is None:
-            return "-"
-        return f"${self.price:3f}".rstrip("0").rstrip(".")
 
 
 class Offers(BaseModel):
@@ -44,16 +64,6 @@ class Offers(BaseModel):
     @property
     def all(self) -> List[Offer]:
         return self.cluster + self.catalog
-
-
-def shape_resources(shape: NodeShape) -> str:
-    """`cpu=8 mem=30GB gpu=H100:80GB:1` for a node or node type."""
-    parts = [f"cpu={shape.cpus:g}", f"mem={memory_text(shape.memory_bytes)}"]
-    if shape.gpus:
-        name = shape.gpu_name() or "gpu"
-        memory = shape.gpu_memory_gb()
-        parts.append(f"gpu={name}:{memory:g}GB:{shape.gpus:g}" if memory else f"gpu={name}:{shape.gpus:g}")
-    return " ".join(parts)
 
 
 def _fits_now(shape: NodeShape, available: dict, need: _Need) -> bool:
@@ -74,7 +84,7 @@ def cluster_offers(cfg: TaskConfiguration, plan: RunPlan, cluster: ClusterView) 
         offers.append(
             Offer(
                 backend=f"ray ({node.ip})",
-                resources=shape_resources(node),
+                shape=OfferShape.of_node(node),
                 instance_type=("head " if node.is_head else "") + node.node_id[:8],
                 availability="busy" if busy else "",
                 spot=node.labels.get("ray.io/market-type") == "spot",
@@ -86,7 +96,7 @@ def cluster_offers(cfg: TaskConfiguration, plan: RunPlan, cluster: ClusterView) 
         offers.append(
             Offer(
                 backend="ray autoscaler",
-                resources=shape_resources(node_type),
+                shape=OfferShape.of_node(node_type),
                 instance_type=node_type.name,
                 availability=f"up to {node_type.can_add} more" if node_type.can_add else "at max_workers",
             )

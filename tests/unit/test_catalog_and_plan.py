@@ -69,7 +69,7 @@ def test_cpu_memory_and_cpu_only(catalog):
 def test_spot_policies_and_max_price(catalog):
     result = offers_for({"gpu": "A10G:1"}, spot_policy="spot")
     assert names(result) == [("g5.xlarge", True)] and result.offers[0].price == 0.4
-    assert "(spot)" in result.offers[0].resources
+    assert result.offers[0].spot
     assert names(offers_for({"gpu": "A10G:1"}, spot_policy="auto")) == [("g5.xlarge", True), ("g5.xlarge", False)]
     assert names(offers_for({"gpu": "A100-80GB"}, spot_policy="spot")) == []  # no spot price
     assert names(offers_for({"gpu": "A10G:1.."}, max_price=2)) == [("g5.xlarge", False)]
@@ -81,8 +81,9 @@ def test_regions_backends_and_instance_types(catalog):
     assert names(offers_for({"gpu": "A100:1"}, backends=["aws"])) == []
     assert names(offers_for({"gpu": 0}, instance_types=["m5.2xlarge"])) == [("m5.2xlarge", False)]
     offer = offers_for({"gpu": "A100:1"}).offers[0]
-    assert offer.backend == "gcp (us-central1)" and offer.price_text == "$3.67"
-    assert offer.resources == "cpu=12 mem=85GB disk=100GB.. gpu=A100:40GB:1"
+    assert offer.backend == "gcp (us-central1)" and offer.price == 3.67
+    assert offer.shape.describe() == "cpu=12 mem=85GB disk=100GB.. gpu=A100:40GB:1"
+    assert (offer.shape.gpu_name, offer.shape.gpu_memory_gb, offer.shape.gpu_count) == ("A100", 40, 1)
 
 
 def test_missing_catalog_says_how_to_get_it(tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ other layer, the store does not reach into the runtime, and no two modules impor
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 from typing import Dict, Set
 
@@ -41,3 +42,12 @@ def test_no_two_modules_import_each_other():
     graph = imports()
     pairs = {tuple(sorted((a, b))) for a, names in graph.items() for b in names if b in graph and a in graph.get(b, set()) and a != b}
     assert not pairs
+
+
+def test_the_library_has_no_console_markup():
+    """Tables, colours and rich markup belong to the CLI (cli/), not to dstack_ray."""
+    markup = re.compile(r"\[(?:/|bold|dim|grey\d*|gold\d*|red|green|yellow|cyan|link)[\] =]")
+    for path in ROOT.rglob("*.py"):
+        text = path.read_text()
+        assert "import rich" not in text and "from rich" not in text, path
+        assert not markup.search(text), (path, markup.search(text).group(0))
