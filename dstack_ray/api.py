@@ -461,7 +461,7 @@ class Run:
 
     @property
     def configuration(self) -> TaskConfiguration:
-        return RunSpec.model_validate(self._record.spec).task()
+        return self._record.spec.configuration
 
     def refresh(self) -> "Run":
         data = self._client._call(self._client._controller.get_run, self.id)

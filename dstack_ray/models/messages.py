@@ -7,6 +7,8 @@ from typing import List, Optional
 
 from pydantic import BaseModel
 
+from dstack_ray.models.runs import JobTerminationReason
+
 
 class NodeReady(BaseModel):
     """A job's node agent is up: where the job will run."""
@@ -42,6 +44,6 @@ class NodeOutcome(BaseModel):
     exit_code: Optional[int] = None
     stopped: Optional[str] = None  # the reason of the stop order that ended it, if any
     error: Optional[str] = None  # the agent could not run the command
-    error_reason: Optional[str] = None  # the JobTerminationReason of that error
+    error_reason: Optional[JobTerminationReason] = None  # how that error ends the job
     node_lost: bool = False  # the node's raylet died while the command ran
     started: bool = False

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, field_serializer
 
 from dstack_ray.config.profiles import RetryEvent
+from dstack_ray.config.task import TaskConfiguration
 
 
 class RunStatus(str, enum.Enum):
@@ -166,6 +167,13 @@ class JobRecord(Model):
     def status_message(self) -> str:
         return job_status_message(self.status, self.termination_reason, self.exit_code)
 
+    def finish(self, reason: JobTerminationReason, message: Optional[str] = None, at: Optional[datetime] = None) -> None:
+        """The one way a job ends: its status follows from the reason (dstack's mapping)."""
+        self.status = reason.to_status()
+        self.termination_reason = reason
+        self.termination_message = message
+        self.finished_at = at or datetime.now(timezone.utc)
+
     @property
     def error(self) -> Optional[str]:
         if self.termination_reason is None:
@@ -195,7 +203,7 @@ class RunRecord(Model):
     attempt: int = 0
     next_trigger_at: Optional[datetime] = None
     version: int = 0
-    spec: Dict[str, Any] = Field(default_factory=dict)  # RunSpec dump (secrets stored, never shown)
+    spec: Optional["RunSpec"] = None  # what was submitted (secrets stored, never shown)
     jobs: List[JobRecord] = Field(default_factory=list)  # the latest attempt's jobs, by rank
 
     @property
@@ -206,6 +214,19 @@ class RunRecord(Model):
             if job.error:
                 return job.error
         return None
+
+    def finish(self, reason: RunTerminationReason, at: Optional[datetime] = None) -> None:
+        """The one way a run ends: its status follows from the reason, and jobs still active end
+        with the matching job reason (`stopped_by_user` -> `terminated_by_user`, ...)."""
+        at = at or datetime.now(timezone.utc)
+        for job in self.jobs:
+            if not job.status.is_finished():
+                job.finish(reason.to_job_reason(), at=at)
+        self.status = reason.to_status()
+        self.termination_reason = reason
+        self.status_message = self.status.value
+        self.wait_reason = None
+        self.finished_at = at
 
     def display_status(self) -> str:
         """`ps`'s STATUS: the deciding job's message for a finished run, else the run's own."""
@@ -219,7 +240,7 @@ class RunSpec(Model):
     """What a client submits: the configuration as it will run (env resolved, args substituted)."""
 
     run_name: str
-    configuration: Dict[str, Any]  # TaskConfiguration.model_dump(mode="json")
+    configuration: TaskConfiguration  # validated once, when the client loads the file
     configuration_path: Optional[str] = None
     args: List[str] = Field(default_factory=list)
     archives: List[Dict[str, Any]] = Field(default_factory=list)  # files/repo shipped with the run
@@ -229,7 +250,11 @@ class RunSpec(Model):
     default_image: Optional[str] = None  # the image for tasks without one (Client settings)
     submission_id: Optional[str] = None  # unique per `Client.apply` call: a retried submit is answered once
 
-    def task(self):
-        from dstack_ray.config.task import TaskConfiguration
+    @field_serializer("configuration")
+    def _configuration_as_written(self, cfg: TaskConfiguration, info: SerializationInfo) -> Dict[str, Any]:
+        # Only the fields the user set: some checks refuse a field given together with another
+        # (nodes with groups, ...), so defaults written out would not validate again.
+        return cfg.model_dump(mode=info.mode, exclude_unset=True)
 
-        return TaskConfiguration.model_validate(self.configuration)
+
+RunRecord.model_rebuild()

@@ -181,7 +181,7 @@ class Controller:
             # Ray retries this call on a restarted Controller when the first one crashed after
             # saving the run: answer with that run instead of a duplicate or a false conflict.
             for known in self.runs.values():
-                if known.spec.get("submission_id") == run_spec.submission_id:
+                if known.spec is not None and known.spec.submission_id == run_spec.submission_id:
                     return known.model_dump(mode="json")
         name = run_spec.run_name or generate_run_name({r.name for r in self.runs.values()})
         existing = self._find(name)
@@ -190,7 +190,7 @@ class Controller:
                 raise ControllerError(f"run {name} is active ({existing.status.value}); stop it first")
             self._delete(existing)
         run_spec.run_name = name
-        cfg = run_spec.task()
+        cfg = run_spec.configuration
         now = utcnow()
         run = RunRecord(
             id=uuid.uuid4().hex,
@@ -200,7 +200,7 @@ class Controller:
             submitted_at=now,
             last_processed_at=now,
             priority=cfg.priority or 0,
-            spec=run_spec.model_dump(mode="json"),
+            spec=run_spec,
         )
         if cfg.schedule is not None:
             run.status = RunStatus.PENDING
@@ -229,8 +229,9 @@ class Controller:
         run = self.runs.get(run_id)
         if run is None:
             return
-        merged = {**run.model_dump(mode="json"), **changes}
-        updated = RunRecord.model_validate(merged)
+        merged = {**run.model_dump(mode="json", exclude={"spec", "jobs"}), **changes}
+        updated = RunRecord.model_validate(merged)  # the spec never changes: not validated again
+        updated.spec = run.spec
         updated.jobs = [JobRecord.model_validate(j) for j in jobs]
         updated.version = run.version
         self.runs[run_id] = updated
@@ -280,12 +281,7 @@ class Controller:
             stopped = await self.host.stop_run.remote(run.id, abort)
         if not stopped:  # not (or no longer) supervised: end it here
             reason = RunTerminationReason.ABORTED_BY_USER if abort else RunTerminationReason.STOPPED_BY_USER
-            job_reason = reason.to_job_reason()
-            for job in run.jobs:
-                if not job.status.is_finished():
-                    job.status, job.termination_reason, job.finished_at = job_reason.to_status(), job_reason, utcnow()
-            run.status, run.termination_reason = reason.to_status(), reason
-            run.status_message, run.finished_at = run.status.value, utcnow()
+            run.finish(reason)
             self.store.save_jobs(run.jobs)
             self.store.add_event(run.id, f"run {run.status.value} ({reason.value})")
             await self._changed(run)
@@ -373,7 +369,7 @@ class Controller:
         free = free_capacity(cluster, self._reserved())
         for run, future in sorted(waiting, key=lambda item: (-item[0].priority, item[0].submitted_at)):
             try:
-                cfg = RunSpec.model_validate(run.spec).task()
+                cfg = run.spec.configuration
                 plan = build_plan(cfg, cluster)
                 admit = bool(plan.no_capacity) or plan.needs_new_nodes or place(plan, free)
             except Exception as e:  # one bad run must not stop every later admission

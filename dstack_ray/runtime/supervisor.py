@@ -16,7 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import ray
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
@@ -145,8 +145,8 @@ class RunSupervisor:
     def __init__(self, host: "SupervisorHost", run: RunRecord, resume_lost: bool) -> None:
         self.host = host
         self.run = run
-        self.spec = RunSpec.model_validate(run.spec)
-        self.cfg: TaskConfiguration = self.spec.task()
+        self.spec: RunSpec = run.spec
+        self.cfg: TaskConfiguration = run.spec.configuration
         self.settings = host.settings
         self.retry = effective_retry(self.cfg)
         self.resume_lost = resume_lost
@@ -166,14 +166,15 @@ class RunSupervisor:
 
     # -- reporting ----------------------------------------------------------------------------
 
-    async def report(self, event: Optional[str] = None, **fields: Any) -> None:
-        """Persist run fields and the current attempt's jobs in the Controller."""
+    async def report(self, event: Optional[str] = None, changed: Tuple[str, ...] = (), **fields: Any) -> None:
+        """Persist run fields (those given, and those `changed` in `self.run`) and the current
+        attempt's jobs in the Controller."""
         for name, value in fields.items():
             setattr(self.run, name, value)
         self.run.last_processed_at = utcnow()
-        changes = self.run.model_dump(mode="json", include={*fields, "last_processed_at"})
+        changes = self.run.model_dump(mode="json", include={*fields, *changed, "last_processed_at"})
         jobs = [j.model_dump(mode="json") for j in self.jobs]
-        await self.host.call_controller("report_run", self.run.id, changes, jobs, event)
+        await self.host.link.report_run(self.run.id, changes, jobs, event)
 
     async def set_jobs(self, **fields: Any) -> None:
         for job in self.jobs:
@@ -201,10 +202,7 @@ class RunSupervisor:
             logger.exception("supervisor of %s failed", self.run.name)
             for job in self.jobs:
                 if not job.status.is_finished():
-                    job.status = JobStatus.FAILED
-                    job.termination_reason = JobTerminationReason.EXECUTOR_ERROR
-                    job.termination_message = f"supervisor error: {e}"
-                    job.finished_at = utcnow()
+                    job.finish(JobTerminationReason.EXECUTOR_ERROR, f"supervisor error: {e}")
             await self._finish(RunTerminationReason.SERVER_ERROR, f"supervisor error: {e}")
         finally:
             self.host.forget(self.run.id)
@@ -212,10 +210,7 @@ class RunSupervisor:
     async def _fail_lost_attempt(self) -> None:
         for job in self.jobs:
             if not job.status.is_finished():
-                job.status = JobStatus.FAILED
-                job.termination_reason = JobTerminationReason.INTERRUPTED_BY_NO_CAPACITY
-                job.termination_message = "the supervisor of this run was lost"
-                job.finished_at = utcnow()
+                job.finish(JobTerminationReason.INTERRUPTED_BY_NO_CAPACITY, "the supervisor of this run was lost")
             if job.started_at:
                 self.last_provisioned_at = max(self.last_provisioned_at or job.started_at, job.started_at)
         await self.report(event="the supervisor was lost; the attempt was interrupted")
@@ -250,17 +245,15 @@ class RunSupervisor:
         return False
 
     async def _finish(self, reason: RunTerminationReason, message: Optional[str] = None) -> None:
-        job_reason = reason.to_job_reason()
-        for job in self.jobs:
-            if not job.status.is_finished():
-                job.status = job_reason.to_status()
-                job.termination_reason = job_reason
-                job.finished_at = utcnow()
+        self.run.jobs = self.jobs
         status = reason.to_status()
         user_stop = reason in (RunTerminationReason.STOPPED_BY_USER, RunTerminationReason.ABORTED_BY_USER)
         if self.cfg.schedule is not None and not user_stop:
             # dstack: a scheduled run goes back to waiting for its next trigger.
             fire = next_fire_time(self.cfg.schedule.crons, self.clock.now())
+            for job in self.jobs:
+                if not job.status.is_finished():
+                    job.finish(reason.to_job_reason())
             await self.report(
                 event=message or f"execution {status.value} ({reason.value}); next at {fire}",
                 status=RunStatus.PENDING,
@@ -269,13 +262,10 @@ class RunSupervisor:
                 next_trigger_at=fire,
             )
             return
+        self.run.finish(reason)
         await self.report(
             event=message or f"run {status.value} ({reason.value})",
-            status=status,
-            termination_reason=reason,
-            status_message=status.value,
-            wait_reason=None,
-            finished_at=utcnow(),
+            changed=("status", "termination_reason", "status_message", "wait_reason", "finished_at"),
         )
 
     # -- one attempt ----------------------------------------------------------------------------
@@ -319,7 +309,7 @@ class RunSupervisor:
 
     async def _admitted(self) -> bool:
         """Wait for the Controller's go (priority order, capacity); False if stopped meanwhile."""
-        admission = asyncio.ensure_future(self.host.call_controller("request_admission", self.run.id))
+        admission = asyncio.ensure_future(self.host.link.request_admission(self.run.id))
         stop = asyncio.ensure_future(self.stop_event.wait())
         try:
             await asyncio.wait([admission, stop], return_when=asyncio.FIRST_COMPLETED)
@@ -328,15 +318,12 @@ class RunSupervisor:
         if admission.done():
             return True
         admission.cancel()
-        await self.host.call_controller("withdraw_admission", self.run.id)
+        await self.host.link.withdraw_admission(self.run.id)
         return False
 
     async def _no_capacity(self, why: str) -> None:
         for job in self.jobs:
-            job.status = JobStatus.FAILED
-            job.termination_reason = JobTerminationReason.FAILED_TO_START_DUE_TO_NO_CAPACITY
-            job.termination_message = why
-            job.finished_at = utcnow()
+            job.finish(JobTerminationReason.FAILED_TO_START_DUE_TO_NO_CAPACITY, why)
         await self.report(event=f"no capacity: {why}", wait_reason=None, attempt=self.run.attempt)
 
     async def _wait_placement(self, pg: Any, autoscaling: bool) -> bool:
@@ -489,7 +476,7 @@ class RunSupervisor:
     async def _payload_ref(self) -> Any:
         """The files and repo shipped with the run, put into Ray's object store once."""
         if self._payload is None and self.spec.has_payload:
-            data = await self.host.call_controller("get_payload", self.run.id)
+            data = await self.host.link.get_payload(self.run.id)
             self._payload = ray.put(RunPayload.model_validate_json(data)) if data else None
         return self._payload
 
@@ -522,7 +509,7 @@ class RunSupervisor:
                     self.stop_reasons.setdefault(rank, JobTerminationReason.EXECUTOR_ERROR)
                 await self._stop_all(JobTerminationReason.TERMINATED_BY_SERVER, slots, "node agents did not start in time")
                 for rank in pending:
-                    self._mark(rank, JobStatus.FAILED, JobTerminationReason.EXECUTOR_ERROR, "the node agent did not start in time")
+                    self.jobs[rank].finish(JobTerminationReason.EXECUTOR_ERROR, "the node agent did not start in time")
                 return
             await asyncio.wait(
                 list(pending.values()) + list(outcomes.values()) + [stop],
@@ -641,30 +628,23 @@ class RunSupervisor:
         intended = self.stop_reasons.get(rank)
         if outcome is None:
             if intended is not None:
-                self._mark(rank, intended.to_status(), intended, None)
+                self.jobs[rank].finish(intended, None)
             else:
                 text = str(error).strip().splitlines()[0] if error else "the node agent was lost"
-                self._mark(rank, JobStatus.FAILED, JobTerminationReason.INTERRUPTED_BY_NO_CAPACITY, text[:500])
+                self.jobs[rank].finish(JobTerminationReason.INTERRUPTED_BY_NO_CAPACITY, text[:500])
             return
         job.exit_code = outcome.exit_code
         if outcome.node_lost and intended is None:
-            self._mark(rank, JobStatus.FAILED, JobTerminationReason.INTERRUPTED_BY_NO_CAPACITY, "the node was lost")
+            self.jobs[rank].finish(JobTerminationReason.INTERRUPTED_BY_NO_CAPACITY, "the node was lost")
         elif outcome.error:
-            reason = JobTerminationReason(outcome.error_reason or JobTerminationReason.EXECUTOR_ERROR.value)
-            self._mark(rank, JobStatus.FAILED, reason, outcome.error)
+            reason = outcome.error_reason or JobTerminationReason.EXECUTOR_ERROR
+            self.jobs[rank].finish(reason, outcome.error)
         elif intended is not None:
-            self._mark(rank, intended.to_status(), intended, None)
+            self.jobs[rank].finish(intended, None)
         elif outcome.exit_code == 0:
-            self._mark(rank, JobStatus.DONE, JobTerminationReason.DONE_BY_RUNNER, None)
+            self.jobs[rank].finish(JobTerminationReason.DONE_BY_RUNNER, None)
         else:
-            self._mark(rank, JobStatus.FAILED, JobTerminationReason.CONTAINER_EXITED_WITH_ERROR, f"exit status {outcome.exit_code}")
-
-    def _mark(self, rank: int, status: JobStatus, reason: JobTerminationReason, message: Optional[str]) -> None:
-        job = self.jobs[rank]
-        job.status = status
-        job.termination_reason = reason
-        job.termination_message = message
-        job.finished_at = utcnow()
+            self.jobs[rank].finish(JobTerminationReason.CONTAINER_EXITED_WITH_ERROR, f"exit status {outcome.exit_code}")
 
     async def _stop_all(
         self,
@@ -714,7 +694,7 @@ class RunSupervisor:
         keep_after = time.time() - window - COVERAGE_SLACK_SECONDS - 60
         for gpu, series in by_gpu.items():
             by_gpu[gpu] = prune(series, keep_after)
-        asyncio.ensure_future(self.host.call_controller("record_metrics", self.run.id, attempt, rank, samples))
+        asyncio.ensure_future(self.host.link.record_metrics(self.run.id, attempt, rank, samples))
         if policy is None or self._stopping:
             return
         message = utilization_violation(by_gpu, policy.min_gpu_utilization, policy.time_window, time.time())
@@ -741,6 +721,38 @@ def _bundle_probe() -> Any:
     return _BUNDLE_PROBE
 
 
+class ControllerLink:
+    """What supervisors ask of the Controller; each call is retried while the Controller restarts."""
+
+    def __init__(self, controller: Any) -> None:
+        self._controller = controller
+
+    async def report_run(self, run_id: str, changes: Dict[str, Any], jobs: List[Dict[str, Any]], event: Optional[str]) -> None:
+        await self._retried(lambda: self._controller.report_run.remote(run_id, changes, jobs, event))
+
+    async def request_admission(self, run_id: str) -> bool:
+        return await self._retried(lambda: self._controller.request_admission.remote(run_id))
+
+    async def withdraw_admission(self, run_id: str) -> None:
+        await self._retried(lambda: self._controller.withdraw_admission.remote(run_id))
+
+    async def get_payload(self, run_id: str) -> Optional[str]:
+        return await self._retried(lambda: self._controller.get_payload.remote(run_id))
+
+    async def record_metrics(self, run_id: str, attempt: int, rank: int, samples: List[Dict[str, Any]]) -> None:
+        await self._retried(lambda: self._controller.record_metrics.remote(run_id, attempt, rank, samples))
+
+    @staticmethod
+    async def _retried(call: Callable[[], Any]) -> Any:
+        delay = 0.2
+        while True:
+            try:
+                return await call()
+            except ray.exceptions.RayActorError:
+                await asyncio.sleep(delay)  # the Controller restarts: try again
+                delay = min(delay * 2, 5.0)
+
+
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=10000)
 class SupervisorHost:
     """Hosts the RunSupervisors and the rendezvous points of their node agents."""
@@ -750,6 +762,7 @@ class SupervisorHost:
         self.settings = RuntimeSettings.model_validate(settings)
         self.incarnation = uuid.uuid4().hex
         self.controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+        self.link = ControllerLink(self.controller)
         self.self_handle = ray.get_runtime_context().current_actor
         self.supervisors: Dict[str, RunSupervisor] = {}
         self.rendezvous = AgentRendezvous()
@@ -760,15 +773,6 @@ class SupervisorHost:
 
     async def ping(self) -> str:
         return self.incarnation
-
-    async def call_controller(self, method: str, *args: Any) -> Any:
-        delay = 0.2
-        while True:
-            try:
-                return await getattr(self.controller, method).remote(*args)
-            except ray.exceptions.RayActorError:
-                await asyncio.sleep(delay)  # the Controller restarts: try again
-                delay = min(delay * 2, 5.0)
 
     async def start_run(self, run: Dict[str, Any], resume_lost: bool = False) -> None:
         record = RunRecord.model_validate(run)

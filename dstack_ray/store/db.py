@@ -117,7 +117,9 @@ class Store:
 
     def mark_deleted(self, run: RunRecord) -> None:
         """Hide a run from listings, keeping its history but not its secrets."""
-        document = run.model_copy(update={"spec": scrubbed_spec(run.spec)}).model_dump_json(exclude={"jobs"})
+        data = run.model_dump(mode="json", exclude={"jobs"})
+        data["spec"] = scrubbed_spec(data["spec"]) if data["spec"] else None
+        document = json.dumps(data)
         with self._lock:
             self._db.execute("UPDATE runs SET deleted = 1, record = ? WHERE id = ?", (document, run.id))
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -24,7 +24,7 @@ class FakeRun:
         ]
         self.record = RunRecord(
             id=name, name=name, status=status, status_message=status.value,
-            submitted_at=NOW - timedelta(minutes=minutes_ago), last_processed_at=NOW, spec={}, jobs=jobs,
+            submitted_at=NOW - timedelta(minutes=minutes_ago), last_processed_at=NOW, jobs=jobs,
         )
         self.status = status
 

@@ -148,8 +148,9 @@ def test_a_replaced_run_keeps_its_history_but_not_its_secrets(tmp_path):
     store.save_run(run)
     store.mark_deleted(run)
     (kept,) = store.load_runs(include_deleted=True)
-    assert kept.spec["configuration"]["env"] == {"TOKEN": "***"}
-    assert kept.spec["configuration"]["registry_auth"]["password"] == "***"
+    configuration = kept.spec.model_dump(mode="json")["configuration"]
+    assert configuration["env"] == {"TOKEN": "***"}
+    assert configuration["registry_auth"]["password"] == "***"
     store.close()
     for path in tmp_path.iterdir():
         assert SECRET.encode() not in path.read_bytes(), path

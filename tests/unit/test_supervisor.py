@@ -30,14 +30,7 @@ class FakeHost:
         self.reports: List[Dict[str, Any]] = []
         self.events: List[str] = []
         self.controller = self.self_handle = None
-
-    async def call_controller(self, method: str, *args: Any) -> Any:
-        if method == "report_run":
-            _, changes, jobs, event = args
-            self.reports.append({"changes": changes, "jobs": jobs})
-            if event:
-                self.events.append(event)
-        return True  # request_admission: admitted at once
+        self.link = FakeControllerLink(self)
 
     def open_slot(self, key):
         return self.rendezvous.open_slot(key)
@@ -47,6 +40,36 @@ class FakeHost:
 
     def forget(self, run_id: str) -> None:
         pass
+
+
+class FakeControllerLink:
+    """The Controller as the supervisor sees it (sup.ControllerLink's methods): records reports,
+    admits at once."""
+
+    def __init__(self, host: FakeHost) -> None:
+        self.host = host
+
+    async def report_run(self, run_id, changes, jobs, event) -> None:
+        self.host.reports.append({"changes": changes, "jobs": jobs})
+        if event:
+            self.host.events.append(event)
+
+    async def request_admission(self, run_id) -> bool:
+        return True
+
+    async def withdraw_admission(self, run_id) -> None:
+        pass
+
+    async def get_payload(self, run_id):
+        return None
+
+    async def record_metrics(self, run_id, attempt, rank, samples) -> None:
+        pass
+
+
+def test_the_fake_controller_link_has_the_real_ones_methods():
+    public = lambda cls: {n for n in vars(cls) if not n.startswith("_")}
+    assert public(FakeControllerLink) - {"host"} == public(sup.ControllerLink)
 
 
 class FakePlacementGroup:
