@@ -6,6 +6,8 @@ Standard library only: the guard imports it and must start in a few tens of mill
 from __future__ import annotations
 
 import os
+import threading
+import time
 from typing import Dict, List, NamedTuple, Optional
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -19,8 +21,17 @@ class ProcStat(NamedTuple):
     rss_bytes: int
 
 
-def process_table() -> Dict[int, ProcStat]:
-    """pid -> ProcStat for every live process."""
+_recent: Dict[str, object] = {"at": float("-inf"), "table": {}}
+_recent_lock = threading.Lock()
+
+
+def process_table(max_age: float = 0.0) -> Dict[int, ProcStat]:
+    """pid -> ProcStat for every live process; with `max_age`, a table read at most that many
+    seconds ago may be returned (many jobs sampled on one node share one scan of /proc)."""
+    if max_age > 0:
+        with _recent_lock:
+            if time.monotonic() - _recent["at"] <= max_age:  # type: ignore[operator]
+                return _recent["table"]  # type: ignore[return-value]
     table = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -36,6 +47,8 @@ def process_table() -> Dict[int, ProcStat]:
         table[int(entry)] = ProcStat(
             int(fields[1]), int(fields[2]), (int(fields[11]) + int(fields[12])) / _TICKS, int(fields[21]) * _PAGE
         )
+    with _recent_lock:
+        _recent.update(at=time.monotonic(), table=table)
     return table
 
 
@@ -53,9 +66,10 @@ def descendants(root: int, table: Optional[Dict[int, ProcStat]] = None) -> List[
     return found
 
 
-def tree_usage(root: int) -> tuple[float, int]:
-    """CPU seconds used so far and resident bytes of `root` and every process below it."""
-    table = process_table()
+def tree_usage(root: int, max_age: float = 0.0) -> tuple[float, int]:
+    """CPU seconds used so far and resident bytes of `root` and every process below it (from a
+    process table at most `max_age` seconds old)."""
+    table = process_table(max_age)
     members = [pid for pid in [root, *descendants(root, table)] if pid in table]
     return sum(table[p].cpu_seconds for p in members), sum(table[p].rss_bytes for p in members)
 

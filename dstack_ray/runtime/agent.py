@@ -320,9 +320,10 @@ def _sample_job(controller: Any, assignment: NodeAssignment, guard_pid: int, don
     """Every `metrics_interval`: the CPU (percent of one core, as `top`) and resident memory of
     the job's processes, for `dstack-ray metrics` (stored as samples of kind `job`)."""
     key = (assignment.run_id, assignment.attempt, assignment.rank)
-    last_cpu, last_at = tree_usage(guard_pid)[0], time.monotonic()
+    shared = min(1.0, assignment.settings.metrics_interval / 4)  # one /proc scan for every job here
+    last_cpu, last_at = tree_usage(guard_pid, shared)[0], time.monotonic()
     while not done.wait(assignment.settings.metrics_interval):
-        cpu, rss = tree_usage(guard_pid)
+        cpu, rss = tree_usage(guard_pid, shared)
         now = time.monotonic()
         percent = max(0.0, (cpu - last_cpu) / max(now - last_at, 1e-6) * 100)
         last_cpu, last_at = cpu, now

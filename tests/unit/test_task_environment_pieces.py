@@ -170,18 +170,44 @@ def test_run_sshd_serves_the_run_key_and_goes_away(tmp_path):
 
 
 def test_job_venvs_are_copies_of_a_template_that_jobs_cannot_change(tmp_path):
-    """Spares are copies of a per-version template (packages hard-linked, bin/ and pyvenv.cfg
-    copied): a job that uninstalls pip or edits its pyvenv.cfg changes only its own venv."""
+    """Spares are copies of a per-version template (packages hard-linked, pip linked in on first
+    use, bin/ and pyvenv.cfg copied): a job that uninstalls pip or edits its pyvenv.cfg changes
+    only its own venv."""
     maker = VenvMaker(tmp_path / "envs", downloads=False)
     job = maker.take(None, tmp_path / "job-1", "node")
     maker._refilling[""].join(60)
     template = next((tmp_path / "envs" / "templates").iterdir())
-    pip_init = next(job.glob("lib/python3.*/site-packages/pip/__init__.py"))
-    assert os.stat(pip_init).st_ino == os.stat(template / pip_init.relative_to(job)).st_ino  # linked
+    assert len(list(job.rglob("*"))) < 60 < len(list(template.rglob("*")))  # pip's 500 files are not copied
+    record = next(job.glob("lib/python3.*/site-packages/pip-*.dist-info/RECORD"))
+    assert os.stat(record).st_ino == os.stat(template / record.relative_to(job)).st_ino  # linked
     assert os.stat(job / "pyvenv.cfg").st_ino != os.stat(template / "pyvenv.cfg").st_ino  # copied
+    out = subprocess.run([str(job / "bin" / "pip"), "--version"], capture_output=True, text=True, check=True)
+    assert str(job) in out.stdout  # the first use links pip in, then runs it
+    internal = next(job.glob("lib/python3.*/site-packages/pip/_internal/__init__.py"))
+    assert os.stat(internal).st_ino == os.stat(template / internal.relative_to(job)).st_ino
     subprocess.run([str(job / "bin" / "python"), "-m", "pip", "uninstall", "-y", "-q", "pip"], check=True, capture_output=True)
     (job / "pyvenv.cfg").write_text("changed by the job\n")
-    assert (template / pip_init.relative_to(job)).exists() and "changed" not in (template / "pyvenv.cfg").read_text()
+    assert (template / internal.relative_to(job)).exists() and "changed" not in (template / "pyvenv.cfg").read_text()
     later = maker.take(None, tmp_path / "job-2", "node")
     out = subprocess.run([str(later / "bin" / "pip"), "--version"], capture_output=True, text=True, check=True)
     assert str(later) in out.stdout
+
+
+def test_the_first_uses_of_pip_at_once_all_work(tmp_path):
+    """`python -m pip`, `pip` and `import pip` started together in a fresh copy: one links pip
+    in under the lock, the others wait for it, and all of them run the real pip."""
+    maker = VenvMaker(tmp_path / "envs", downloads=False)
+    job = maker.take(None, tmp_path / "job", "node")
+    python = str(job / "bin" / "python")
+    commands = [
+        [python, "-m", "pip", "--version"],
+        [str(job / "bin" / "pip"), "--version"],
+        [python, "-c", "import pip; print('pip', pip.__version__, pip.__file__)"],
+        [str(job / "bin" / "pip3"), "list", "--format=freeze"],
+    ] * 2
+    processes = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
+    results = [(p.communicate(timeout=60), p.returncode) for p in processes]
+    for (out, err), code in results:
+        assert code == 0 and out.startswith("pip"), (out, err)
+    assert all(str(job) in out for (out, _), _ in results[:3])
+    assert "dstack-ray" not in (job / "lib").joinpath(next(job.glob("lib/python3.*")).name, "site-packages", "pip", "__init__.py").read_text()
