@@ -88,6 +88,10 @@ class ClusterView(BaseModel):
     def alive_nodes(self) -> List[NodeView]:
         return [n for n in self.nodes if n.alive]
 
+    def shape_key(self) -> str:
+        """Everything a run's plan depends on (not the free resources): equal keys, equal plans."""
+        return self.model_copy(update={"nodes": [n.model_copy(update={"available": {}}) for n in self.nodes]}).model_dump_json()
+
 
 def memory_text(memory_bytes: Optional[float]) -> str:
     return "?" if memory_bytes is None else f"{memory_bytes / GB:.0f}GB"

@@ -105,6 +105,7 @@ class SpoolShipper:
         self._on_loss = on_loss
         self._echo = LineEcho()
         self._capped = False
+        self._wake = threading.Event()
         self._read_at, self._store_at = self._resume_point()
         self._thread = threading.Thread(target=self._ship, name="dstack-logs", daemon=True)
         self._thread.start()
@@ -138,7 +139,7 @@ class SpoolShipper:
                     continue
                 if finished:
                     return
-                time.sleep(pause)
+                self._wake.wait(pause)
                 pause = min(pause * 1.5, longest)
 
     def _send(self, data: bytes) -> None:
@@ -193,6 +194,7 @@ class SpoolShipper:
 
     def join(self, timeout: float = 60.0) -> None:
         """Until everything the job wrote was shipped (the job must have finished)."""
+        self._wake.set()  # look again now rather than after the current pause
         self._thread.join(timeout)
 
 

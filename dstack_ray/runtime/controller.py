@@ -24,7 +24,8 @@ from dstack_ray.config.cron import next_fire_time
 from dstack_ray.metrics.runs import RunMetrics
 from dstack_ray.plan.capacity import free_capacity, place
 from dstack_ray.plan.live import live_cluster_view
-from dstack_ray.plan.planner import build_plan
+from dstack_ray.plan.cluster import ClusterView
+from dstack_ray.plan.planner import RunPlan, build_plan
 from dstack_ray.runtime.clock import Clock
 from dstack_ray.models import (
     WAITING_FOR_RESOURCES,
@@ -70,6 +71,7 @@ class Controller:
         self.handed: Dict[str, str] = {}  # run id -> incarnation of the host supervising it
         self.admission: Dict[str, "asyncio.Future[bool]"] = {}  # runs waiting for the go
         self.recently_admitted: Dict[str, Tuple[float, List[Dict[str, float]]]] = {}
+        self.plans: Dict[str, Tuple[str, RunPlan]] = {}  # run id -> (cluster shape, its plan there)
         self.clock = Clock(self.settings.clock_offset_file)
         self.wakeup: Optional[asyncio.Event] = None
         self.host: Any = None
@@ -241,6 +243,7 @@ class Controller:
         if updated.status.is_finished() or updated.wait_reason == WAITING_FOR_SCHEDULE:
             self.handed.pop(run_id, None)
             self.recently_admitted.pop(run_id, None)
+            self.plans.pop(run_id, None)
             for job in updated.jobs:
                 self.log_events[(run_id, job.attempt, job.rank)].set()
             self._kick()
@@ -330,6 +333,7 @@ class Controller:
         return await asyncio.shield(future)
 
     async def withdraw_admission(self, run_id: str) -> None:
+        self.plans.pop(run_id, None)
         future = self.admission.pop(run_id, None)
         if future is not None and not future.done():
             future.cancel()
@@ -367,10 +371,10 @@ class Controller:
             return
         cluster = await asyncio.get_running_loop().run_in_executor(None, live_cluster_view)
         free = free_capacity(cluster, self._reserved())
+        shape = cluster.shape_key()
         for run, future in sorted(waiting, key=lambda item: (-item[0].priority, item[0].submitted_at)):
             try:
-                cfg = run.spec.configuration
-                plan = build_plan(cfg, cluster)
+                plan = self._plan(run, cluster, shape)
                 admit = bool(plan.no_capacity) or plan.needs_new_nodes or place(plan, free)
             except Exception as e:  # one bad run must not stop every later admission
                 logger.exception("cannot judge run %s for admission", run.name)
@@ -382,12 +386,23 @@ class Controller:
                 # Nothing can ever hold it, or only new nodes can: let the Supervisor decide
                 # (no capacity) or let its placement group ask the autoscaler.
                 self.admission.pop(run.id, None)
+                self.plans.pop(run.id, None)
                 self.recently_admitted[run.id] = (time.monotonic(), [b.resources for b in plan.bundles])
                 future.set_result(True)
                 continue
             if run.wait_reason != WAITING_FOR_RESOURCES:
                 run.wait_reason = WAITING_FOR_RESOURCES
                 await self._changed(run)
+
+    def _plan(self, run: RunRecord, cluster: ClusterView, shape: str) -> RunPlan:
+        """The run's plan on this cluster: made once per cluster shape (nodes and node types;
+        free resources do not change a plan), not on every scheduling pass."""
+        known = self.plans.get(run.id)
+        if known is not None and known[0] == shape:
+            return known[1]
+        plan = build_plan(run.spec.configuration, cluster)
+        self.plans[run.id] = (shape, plan)
+        return plan
 
     def _reserved(self) -> List[Dict[str, float]]:
         """Bundles of runs admitted moments ago whose placement may not show in Ray yet."""
