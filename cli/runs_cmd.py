@@ -143,14 +143,12 @@ def runs_table(runs: List[Any], verbose: bool = False, width: Optional[int] = No
     return Group(table, Text(""), Text.from_markup("[bold]ERRORS[/]"), *(Text.from_markup(e) for e in errors))
 
 
-def listed_runs(runs: List[Any], all_runs: bool, last: Optional[int]) -> List[Any]:
+def listed_runs(client: Any, all_runs: bool, last: Optional[int]) -> List[Any]:
     """dstack's `ps` selection: newest first; active runs (or, with none, the last finished
-    one) unless `-a`; at most `-n` runs."""
-    newest = sorted(runs, key=lambda r: r.record.submitted_at, reverse=True)
-    if not all_runs:
-        active = [r for r in newest if not r.status.is_finished()]
-        newest = active or newest[:1]
-    return newest[:last] if last is not None else newest
+    one) unless `-a`; at most `-n` runs. Only what is shown is fetched (the history may be long)."""
+    if all_runs:
+        return client.list_runs(all=True, limit=last)
+    return client.list_runs(all=False, limit=last) or client.list_runs(all=True, limit=1)
 
 
 def ps(
@@ -165,7 +163,7 @@ def ps(
     client = connect(address)
 
     def current() -> List[Any]:
-        return listed_runs(client.list_runs(all=True), all_runs, last)
+        return listed_runs(client, all_runs, last)
 
     if as_json:
         print(json.dumps([run_summary(r) for r in current()], indent=2))

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 PAYLOAD_LIMIT_ENV = "DSTACK_RAY_PAYLOAD_LIMIT"
 DEFAULT_PAYLOAD_LIMIT = 64 << 20
+LIST_PAGE = 500  # runs per call when a listing walks the whole history
 
 ConfigurationInput = Union[str, os.PathLike, TaskConfiguration, Mapping[str, Any]]
 
@@ -412,9 +413,28 @@ class Client:
             raise DstackRayError(f"run {name} not found", hint="list runs with `dstack-ray ps -a`")
         return run
 
-    def list_runs(self, all: bool = True) -> List["Run"]:
-        runs = [Run(self, RunRecord.model_validate(r)) for r in self._call(self._controller.list_runs)]
-        return runs if all else [r for r in runs if not r.status.is_finished()]
+    def list_runs(self, all: bool = True, limit: Optional[int] = None) -> List["Run"]:
+        """Runs, newest first: every run (`all`) or the active ones; at most `limit` of them.
+        Without a limit, the history is fetched page by page."""
+        if not all:
+            return [Run(self, RunRecord.model_validate(r)) for r in self._call(self._controller.list_runs, limit, True)]
+        runs: List[Run] = []
+        for run in self.iter_runs(min(limit, LIST_PAGE) if limit else LIST_PAGE):
+            if limit is not None and len(runs) >= limit:
+                break
+            runs.append(run)
+        return runs
+
+    def iter_runs(self, page_size: int = LIST_PAGE) -> Iterator["Run"]:
+        """Every run, newest first, fetched `page_size` at a time."""
+        before = None
+        while True:
+            page = self._call(self._controller.list_runs, page_size, False, before)
+            for data in page:
+                yield Run(self, RunRecord.model_validate(data))
+            if len(page) < page_size:
+                return
+            before = (page[-1]["submitted_at"], page[-1]["id"])
 
 
 class Run:
@@ -461,6 +481,8 @@ class Run:
 
     @property
     def configuration(self) -> TaskConfiguration:
+        if self._record.spec is None:  # a listed run: listings leave the spec out
+            self.refresh()
         return self._record.spec.configuration
 
     def refresh(self) -> "Run":

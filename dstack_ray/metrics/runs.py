@@ -36,7 +36,9 @@ class RunMetrics:
     """Observes run records as they change; every metric call is best effort (a metrics
     problem never disturbs the Controller)."""
 
-    def __init__(self, runs: Iterable[RunRecord] = ()) -> None:
+    def __init__(self, runs: Iterable[RunRecord] = (), history: Optional[Dict[str, int]] = None) -> None:
+        """`runs`: the runs the Controller follows (active ones); `history`: runs per status
+        value of all the stored ones (those included), counted by the store."""
         self._seen: Dict[str, Tuple[RunStatus, int, bool, bool]] = {}  # id -> status, attempt, placed, ran
         self._last_reason: Dict[str, str] = {}  # id -> why a job of the current attempt ended
         self._metrics: Optional[Dict[str, Any]] = None
@@ -44,7 +46,11 @@ class RunMetrics:
         self._counts: Counter = Counter()
         for run in runs:
             self._seen[run.id] = (run.status, run.attempt, run.status in _STARTED, run.status.is_finished())
-            self._counts[run.status] += 1
+            if history is None:
+                self._counts[run.status] += 1
+        for value, count in (history or {}).items():
+            if value in RunStatus._value2member_map_:
+                self._counts[RunStatus(value)] += count
 
     def export_counts(self) -> None:
         """Every status's count (at start: the runs loaded from the store)."""
@@ -55,9 +61,9 @@ class RunMetrics:
         """A run left the Controller (deleted or replaced)."""
         seen = self._seen.pop(run.id, None)
         self._last_reason.pop(run.id, None)
-        if seen is not None:
-            self._counts[seen[0]] -= 1
-            self._export_count(seen[0])
+        status = seen[0] if seen is not None else run.status  # a stored run never observed here
+        self._counts[status] -= 1
+        self._export_count(status)
 
     def _make(self) -> Dict[str, Any]:
         if self._metrics is None:
@@ -111,6 +117,8 @@ class RunMetrics:
         if run.status.is_finished() and not status.is_finished():
             metrics["duration"].observe(((run.finished_at or now) - run.submitted_at).total_seconds(), tags={"status": run.status.value})
         self._seen[run.id] = (run.status, run.attempt, placed, ran)
+        if run.status.is_finished():
+            self._last_reason.pop(run.id, None)
         if known is None or status != run.status:
             if known is not None:
                 self._counts[status] -= 1

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 import uuid
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -45,6 +45,18 @@ from dstack_ray.store import LogGap, LogStore, Store, utcnow
 logger = logging.getLogger(__name__)
 
 HOST_PING_INTERVAL = 1.0
+RECENT_RUNS = 256  # finished runs kept in memory besides the store
+RETENTION_INTERVAL = 600.0  # how often runs past the retention are removed
+
+
+class _NameCheck:
+    """`name in taken` for the name generator, asked of the Controller (and its store)."""
+
+    def __init__(self, taken: Any) -> None:
+        self._taken = taken
+
+    def __contains__(self, name: object) -> bool:
+        return self._taken(name)
 LOG_READ_LIMIT = 4 << 20
 
 
@@ -61,11 +73,14 @@ class Controller:
         self.settings.state_dir = str(state_dir)
         self.store = Store(state_dir / "state.db")
         self.logs = LogStore(state_dir / "logs")
-        self.runs: Dict[str, RunRecord] = {r.id: r for r in self.store.load_runs()}
+        # Active runs live here; finished ones in the store (the newest few also in `recent`),
+        # so that nothing the Controller does slows down as the history grows.
+        self.runs: Dict[str, RunRecord] = {r.id: r for r in self.store.load_runs(active_only=True)}
+        self.recent: "OrderedDict[str, RunRecord]" = OrderedDict()
         for run_id, error in self.store.quarantined:
             logger.error("run record %s cannot be read and was quarantined: %s", run_id, error)
         self.conditions: Dict[str, asyncio.Condition] = {}
-        self.run_metrics = RunMetrics(self.runs.values())
+        self.run_metrics = RunMetrics(self.runs.values(), history=self.store.status_counts())
         self.run_metrics.export_counts()
         self.log_events: Dict[Tuple[str, int, int], asyncio.Event] = defaultdict(asyncio.Event)
         self.handed: Dict[str, str] = {}  # run id -> incarnation of the host supervising it
@@ -96,7 +111,9 @@ class Controller:
         if self.background is None or self.background.done():
             self.wakeup = asyncio.Event()
             await self._connect_host()
-            self.background = asyncio.ensure_future(asyncio.gather(self._watch_host(), self._schedule_loop()))
+            self.background = asyncio.ensure_future(
+                asyncio.gather(self._watch_host(), self._schedule_loop(), self._retention_loop())
+            )
 
     def _kick(self) -> None:
         """Run a scheduling pass soon (a run arrived, finished, or asks to be placed)."""
@@ -147,10 +164,30 @@ class Controller:
     # -- runs -------------------------------------------------------------------------------------
 
     def _find(self, name_or_id: str) -> Optional[RunRecord]:
-        if name_or_id in self.runs:
-            return self.runs[name_or_id]
+        """A run by id or name (the newest of that name): an active one, else from the store."""
+        run = self.runs.get(name_or_id) or self.recent.get(name_or_id)
+        if run is not None:
+            return run
         named = [r for r in self.runs.values() if r.name == name_or_id]
-        return max(named, key=lambda r: r.submitted_at) if named else None
+        if named:  # an active run is the newest of its name (a name is reused once it finished)
+            return named[0]
+        run = self.store.find_run(name_or_id)
+        if run is not None:
+            self._remember(run)
+        return run
+
+    def _get(self, run_id: str) -> Optional[RunRecord]:
+        return self.runs.get(run_id) or self.recent.get(run_id) or self.store.find_run(run_id)
+
+    def _remember(self, run: RunRecord) -> None:
+        """Keep a finished run at hand (clients waiting on it, `logs` right after the end)."""
+        self.recent[run.id] = run
+        self.recent.move_to_end(run.id)
+        while len(self.recent) > RECENT_RUNS:
+            self.recent.popitem(last=False)
+
+    def _name_taken(self, name: str) -> bool:
+        return any(r.name == name for r in self.runs.values()) or self.store.has_name(name)
 
     def _require(self, name: str) -> RunRecord:
         run = self._find(name)
@@ -162,6 +199,8 @@ class Controller:
         run.version += 1
         self.store.save_run(run)
         self.run_metrics.observe(run)
+        if run.status.is_finished() and self.runs.pop(run.id, None) is not None:
+            self._remember(run)
         condition = self.conditions.setdefault(run.id, asyncio.Condition())
         async with condition:
             condition.notify_all()
@@ -182,10 +221,12 @@ class Controller:
         if run_spec.submission_id:
             # Ray retries this call on a restarted Controller when the first one crashed after
             # saving the run: answer with that run instead of a duplicate or a false conflict.
-            for known in self.runs.values():
-                if known.spec is not None and known.spec.submission_id == run_spec.submission_id:
-                    return known.model_dump(mode="json")
-        name = run_spec.run_name or generate_run_name({r.name for r in self.runs.values()})
+            known = next(
+                (r for r in self.runs.values() if r.spec is not None and r.spec.submission_id == run_spec.submission_id), None
+            ) or self.store.find_submission(run_spec.submission_id)
+            if known is not None:
+                return known.model_dump(mode="json")
+        name = run_spec.run_name or generate_run_name(_NameCheck(self._name_taken))
         existing = self._find(name)
         if existing is not None:
             if not existing.status.is_finished():
@@ -257,23 +298,35 @@ class Controller:
         run = self._find(name)
         return run.model_dump(mode="json") if run else None
 
-    async def list_runs(self) -> List[Dict[str, Any]]:
-        return [r.model_dump(mode="json") for r in sorted(self.runs.values(), key=lambda r: r.submitted_at)]
+    async def list_runs(
+        self, limit: Optional[int] = None, active_only: bool = False, before: Optional[Tuple[str, str]] = None
+    ) -> List[Dict[str, Any]]:
+        """Runs newest first, without their specs: the active ones (`active_only`), or a page of
+        all of them (`limit`, and `before` = (submitted_at, id) of the previous page's last)."""
+        if active_only:
+            active = sorted(self.runs.values(), key=lambda r: (r.submitted_at, r.id), reverse=True)
+            return [r.model_dump(mode="json", exclude={"spec"}) for r in active[:limit]]
+        after = None if before is None else (datetime.fromisoformat(before[0]), before[1])
+        page = self.store.list_runs(limit if limit is not None else 1 << 62, after)
+        return [
+            (self.runs[r.id].model_dump(mode="json", exclude={"spec"}) if r.id in self.runs else r.model_dump(mode="json"))
+            for r in page
+        ]
 
     async def wait_run(self, run_id: str, version: int, timeout: float) -> Optional[Dict[str, Any]]:
         """Long-poll: the run once its version passes `version`, or after `timeout` seconds."""
-        run = self.runs.get(run_id)
+        run = self._get(run_id)
         if run is None:
             return None
-        condition = self.conditions.setdefault(run_id, asyncio.Condition())
-        async with condition:
-            try:
-                await asyncio.wait_for(
-                    condition.wait_for(lambda: self.runs[run_id].version > version), timeout
-                )
-            except asyncio.TimeoutError:
-                pass
-        return self.runs[run_id].model_dump(mode="json")
+        if run.version <= version and not run.status.is_finished():
+            condition = self.conditions.setdefault(run_id, asyncio.Condition())
+            async with condition:
+                try:
+                    await asyncio.wait_for(condition.wait_for(lambda: self._get(run_id).version > version), timeout)
+                except asyncio.TimeoutError:
+                    pass
+            run = self._get(run_id)
+        return run.model_dump(mode="json")
 
     async def stop_run(self, name: str, abort: bool = False) -> Dict[str, Any]:
         run = self._require(name)
@@ -298,6 +351,8 @@ class Controller:
         self.store.mark_deleted(run)
         self.run_metrics.forget(run)
         self.runs.pop(run.id, None)
+        self.recent.pop(run.id, None)
+        self.conditions.pop(run.id, None)
         self._payload_path(run.id).unlink(missing_ok=True)
 
     async def delete_run(self, name: str) -> None:
@@ -408,6 +463,38 @@ class Controller:
         """Bundles of runs admitted moments ago whose placement may not show in Ray yet."""
         horizon = time.monotonic() - 5.0
         return [b for at, bundles in self.recently_admitted.values() if at > horizon for b in bundles]
+
+    # -- retention ----------------------------------------------------------------------------------
+
+    async def _retention_loop(self) -> None:
+        while True:
+            try:
+                await self.prune()
+            except Exception:
+                logger.exception("removing runs past the retention failed")
+            await asyncio.sleep(RETENTION_INTERVAL)
+
+    async def prune(self, days: Optional[float] = None, keep: Optional[int] = None) -> int:
+        """Remove finished runs past the retention for good (as `delete` does); returns how many.
+        `days`/`keep` given here replace the configured retention for this call."""
+        if days is None and keep is None:
+            days, keep = self.settings.resolved_retention()
+        if days is None and keep is None:
+            return 0
+        older_than = None if days is None else utcnow() - timedelta(days=days)
+        expired = self.store.expired_runs(older_than, keep)
+        for run_id in expired:
+            run = self.recent.pop(run_id, None) or self.store.find_run(run_id)
+            if run is not None:
+                self.run_metrics.forget(run)
+        self.store.delete_runs(expired)
+        for run_id in expired:
+            self.logs.delete_run(run_id)
+            self._payload_path(run_id).unlink(missing_ok=True)
+            self.conditions.pop(run_id, None)
+        if expired:
+            logger.info("removed %d finished run(s) past the retention (%s days, %s runs)", len(expired), days, keep)
+        return len(expired)
 
     # -- metrics ----------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from pydantic import BaseModel, Field
 
@@ -14,6 +14,8 @@ CONTROLLER_NAME = "dstack:controller"
 SUPERVISOR_NAME = "dstack:supervisor"
 STATE_DIR_ENV = "DSTACK_RAY_STATE_DIR"
 DEFAULT_IMAGE_ENV = "DSTACK_RAY_DEFAULT_IMAGE"
+RETENTION_DAYS_ENV = "DSTACK_RAY_RETENTION_DAYS"
+RETENTION_RUNS_ENV = "DSTACK_RAY_RETENTION_RUNS"
 
 
 def default_state_dir() -> Path:
@@ -43,6 +45,11 @@ class RuntimeSettings(BaseModel):
     # as dstack runs them in its base image. None: $DSTACK_RAY_DEFAULT_IMAGE on the head, else
     # host mode (the job's own venv and home on the node).
     default_image: Optional[str] = None
+    # Finished runs (record, events, metrics, logs, shipped files) are removed once older than
+    # `retention_days`, or beyond the newest `retention_runs` runs; None: kept for ever. None
+    # here: $DSTACK_RAY_RETENTION_DAYS / $DSTACK_RAY_RETENTION_RUNS on the head, if set.
+    retention_days: Optional[float] = Field(default=None, gt=0)
+    retention_runs: Optional[int] = Field(default=None, gt=0)
 
     def state_dir_for(self, gcs_address: str) -> Path:
         """The state directory of the cluster at `gcs_address`: the configured one, else one
@@ -54,6 +61,26 @@ class RuntimeSettings(BaseModel):
 
     def resolved_state_dir(self) -> Path:
         return Path(self.state_dir) if self.state_dir else default_state_dir()
+
+    def resolved_retention(self) -> Tuple[Optional[float], Optional[int]]:
+        """(days, runs) of the retention; an environment value that is not a positive number
+        is an error naming the variable."""
+        days, runs = self.retention_days, self.retention_runs
+        for name, kind in ((RETENTION_DAYS_ENV, float), (RETENTION_RUNS_ENV, int)):
+            text = os.environ.get(name)
+            if not text or (kind is float and days is not None) or (kind is int and runs is not None):
+                continue
+            try:
+                value = kind(text)
+                if value <= 0:
+                    raise ValueError
+            except ValueError:
+                raise ValueError(f"{name}={text!r}: give a positive {'number of days' if kind is float else 'whole number of runs'}") from None
+            if kind is float:
+                days = value
+            else:
+                runs = int(value)
+        return days, runs
 
     def resolved_default_image(self) -> Optional[str]:
         return self.default_image or os.environ.get(DEFAULT_IMAGE_ENV) or None

@@ -8,9 +8,9 @@ import sqlite3
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
-from dstack_ray.models import JobRecord, RunRecord
+from dstack_ray.models import JobRecord, RunRecord, RunStatus
 from dstack_ray.store.paths import private_dir
 
 _SCHEMA = """
@@ -22,6 +22,7 @@ CREATE TABLE IF NOT EXISTS runs (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS runs_name ON runs (name);
+CREATE INDEX IF NOT EXISTS runs_listing ON runs (deleted, submitted_at);
 CREATE TABLE IF NOT EXISTS jobs (
     run_id TEXT NOT NULL,
     attempt INTEGER NOT NULL,
@@ -47,7 +48,18 @@ CREATE INDEX IF NOT EXISTS metrics_run ON metrics (run_id, attempt, rank, at);
 """
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Columns added by schema 2 (indexed copies of record fields, so that queries need not parse
+# records): whether the run finished, and its submission id (a retried submit is answered once).
+_SCHEMA_2 = [
+    ("finished", "INTEGER NOT NULL DEFAULT 0", "json_extract(record, '$.status') IN ('terminated', 'failed', 'done')"),
+    ("submission_id", "TEXT", "json_extract(record, '$.spec.submission_id')"),
+]
+_SCHEMA_2_INDEXES = """
+CREATE INDEX IF NOT EXISTS runs_active ON runs (finished, deleted);
+CREATE INDEX IF NOT EXISTS runs_submission ON runs (submission_id);
+"""
+_FINISHED = {"terminated", "failed", "done"}
 QUARANTINED = 2  # `runs.deleted` of a record that could not be read
 
 
@@ -70,6 +82,11 @@ def scrubbed_spec(spec: dict) -> dict:
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _when(moment: datetime) -> str:
+    """Timestamps as stored: UTC ISO 8601 with microseconds, so that text order is time order."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
 class Store:
@@ -97,8 +114,34 @@ class Store:
                 " upgrade dstack-ray on the head node, or point DSTACK_RAY_STATE_DIR elsewhere"
             )
         self._db.executescript(_SCHEMA)
+        self._upgrade()
         self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self.quarantined: List[Tuple[str, str]] = []  # (run id, why) of records set aside
+        self._check_records()
+
+    def _upgrade(self) -> None:
+        """Schema 1 -> 2: add the indexed columns and fill them from the records."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+        for name, kind, value in _SCHEMA_2:
+            if name not in columns:
+                self._db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+                self._db.execute(f"UPDATE runs SET {name} = {value} WHERE json_valid(record)")
+        self._db.executescript(_SCHEMA_2_INDEXES)
+
+    def _check_records(self) -> None:
+        """Set aside, at start, records that are not JSON or carry a status this version does not
+        know (written by a newer one): one indexed pass, whatever the history's length. Other
+        damage is found when the record is read."""
+        known = tuple(status.value for status in RunStatus)
+        marks = ", ".join("?" * len(known))
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, CASE WHEN json_valid(record) THEN json_extract(record, '$.status') END FROM runs"
+                f" WHERE deleted IN (0, 1) AND (NOT json_valid(record) OR json_extract(record, '$.status') NOT IN ({marks}))",
+                known,
+            ).fetchall()
+        for run_id, status in rows:
+            self._quarantine(run_id, "not a JSON record" if status is None else f"status: unknown value {status!r}")
 
     def close(self) -> None:
         self._db.close()
@@ -108,11 +151,13 @@ class Store:
     def save_run(self, run: RunRecord) -> None:
         """Insert or replace a run (its jobs are saved separately)."""
         document = run.model_dump_json(exclude={"jobs"})
+        submission = run.spec.submission_id if run.spec is not None else None
         with self._lock:
             self._db.execute(
-                "INSERT INTO runs (id, name, deleted, submitted_at, record) VALUES (?, ?, 0, ?, ?)"
-                " ON CONFLICT(id) DO UPDATE SET record = excluded.record",
-                (run.id, run.name, run.submitted_at.isoformat(), document),
+                "INSERT INTO runs (id, name, deleted, submitted_at, record, finished, submission_id)"
+                " VALUES (?, ?, 0, ?, ?, ?, ?)"
+                " ON CONFLICT(id) DO UPDATE SET record = excluded.record, finished = excluded.finished",
+                (run.id, run.name, _when(run.submitted_at), document, int(run.status.is_finished()), submission),
             )
 
     def mark_deleted(self, run: RunRecord) -> None:
@@ -126,20 +171,91 @@ class Store:
 
     def delete_run(self, run_id: str) -> None:
         """Remove a run and everything recorded about it (`delete`)."""
+        self.delete_runs([run_id])
+
+    def delete_runs(self, run_ids: List[str]) -> None:
+        """Remove runs and everything recorded about them, in one transaction; the freed pages
+        are overwritten (secure_delete) and the write-ahead log emptied, so nothing remains."""
         with self._lock:
-            self._db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
-            for table in ("jobs", "events", "metrics"):
-                self._db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+            self._db.execute("BEGIN")
+            try:
+                for run_id in run_ids:
+                    self._db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+                    for table in ("jobs", "events", "metrics"):
+                        self._db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    def load_runs(self, include_deleted: bool = False) -> List[RunRecord]:
-        """The runs; a record that cannot be read (written by another version, damaged) is
+    def load_runs(self, include_deleted: bool = False, active_only: bool = False) -> List[RunRecord]:
+        """The runs, oldest first (with `active_only`, the unfinished ones: what the Controller
+        keeps in memory); a record that cannot be read (written by another version, damaged) is
         quarantined: hidden from listings, kept in the database, and named in `quarantined`."""
         query = "SELECT id, record FROM runs"
         query += " WHERE deleted IN (0, 1)" if include_deleted else " WHERE deleted = 0"
-        query += " ORDER BY submitted_at"
+        if active_only:
+            query += " AND finished = 0"
+        return self._records(query + " ORDER BY submitted_at", ())
+
+    def list_runs(self, limit: int, before: Optional[Tuple[datetime, str]] = None, finished_only: bool = False) -> List[RunRecord]:
+        """Up to `limit` runs, newest first, without their specs (a listing does not need them);
+        `before`: (submitted_at, id) of the last run of the previous page."""
+        query = "SELECT id, json_remove(record, '$.spec') FROM runs WHERE deleted = 0"
+        params: list = []
+        if finished_only:
+            query += " AND finished = 1"
+        if before is not None:
+            query += " AND (submitted_at < ? OR (submitted_at = ? AND id < ?))"
+            params += [_when(before[0]), _when(before[0]), before[1]]
+        return self._records(query + " ORDER BY submitted_at DESC, id DESC LIMIT ?", (*params, limit))
+
+    def find_run(self, name_or_id: str) -> Optional[RunRecord]:
+        """A run by id, else the newest run of that name."""
+        found = self._records("SELECT id, record FROM runs WHERE deleted = 0 AND id = ?", (name_or_id,))
+        if not found:
+            found = self._records(
+                "SELECT id, record FROM runs WHERE deleted = 0 AND name = ? ORDER BY submitted_at DESC LIMIT 1", (name_or_id,)
+            )
+        return found[0] if found else None
+
+    def find_submission(self, submission_id: str) -> Optional[RunRecord]:
+        found = self._records("SELECT id, record FROM runs WHERE deleted = 0 AND submission_id = ?", (submission_id,))
+        return found[0] if found else None
+
+    def has_name(self, name: str) -> bool:
         with self._lock:
-            rows = self._db.execute(query).fetchall()
+            return self._db.execute("SELECT 1 FROM runs WHERE deleted = 0 AND name = ? LIMIT 1", (name,)).fetchone() is not None
+
+    def status_counts(self) -> Dict[str, int]:
+        """Runs per status (for the metrics), from the indexed columns and one JSON field."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT json_extract(record, '$.status'), count(*) FROM runs WHERE deleted = 0 GROUP BY 1"
+            ).fetchall()
+        return {status: count for status, count in rows if status}
+
+    def expired_runs(self, older_than: Optional[datetime], keep: Optional[int]) -> List[str]:
+        """Finished runs past the retention: submitted before `older_than`, or before the newest
+        `keep` listed runs (active ones count, but are never expired)."""
+        expired: List[str] = []
+        with self._lock:
+            if older_than is not None:
+                expired += [r[0] for r in self._db.execute(
+                    "SELECT id FROM runs WHERE deleted IN (0, 1) AND finished = 1 AND submitted_at < ?", (_when(older_than),)
+                )]
+            if keep is not None:  # older than the keep-th newest listed run (replaced ones go with them)
+                expired += [r[0] for r in self._db.execute(
+                    "SELECT id FROM runs WHERE deleted IN (0, 1) AND finished = 1 AND submitted_at <"
+                    " (SELECT submitted_at FROM runs WHERE deleted = 0 ORDER BY submitted_at DESC LIMIT 1 OFFSET ?)",
+                    (keep - 1,),
+                )]
+        return sorted(set(expired))
+
+    def _records(self, query: str, params: tuple) -> List[RunRecord]:
+        with self._lock:
+            rows = self._db.execute(query, params).fetchall()
         runs = []
         for run_id, document in rows:
             try:

@@ -363,3 +363,30 @@ def test_run_metrics_reach_rays_prometheus_endpoints(client):
         return len(found) == len(wanted)
 
     assert wait_for(scrape, 60, interval=2), sorted(set(wanted) - set(found))
+
+
+def test_history_is_paged_and_finished_runs_stay_reachable_until_pruned(client, settings):
+    """Finished runs leave the Controller's memory for the store: listings page through them
+    newest first, lookups by name still work, and the retention removes the oldest for good."""
+    from pathlib import Path
+
+    runs = [client.apply(task(f"history-{i}", [f"echo history {i}"])) for i in range(3)]
+    for run in runs:
+        assert run.wait(60) == RunStatus.DONE
+    newest = client.list_runs(limit=3)
+    assert [r.name for r in newest] == ["history-2", "history-1", "history-0"]
+    assert all(r.record.spec is None for r in newest)  # listings leave the spec out...
+    assert newest[0].configuration.commands == ["echo history 2"]  # ...and a run fetches it when asked
+    everything = list(client.iter_runs(page_size=2))
+    assert [r.name for r in everything[:3]] == ["history-2", "history-1", "history-0"]
+    assert len({r.id for r in everything}) == len(everything)
+    assert client.get_run("history-0").status == RunStatus.DONE and list(client.get_run("history-0").logs()) == ["echo history 0".split(" ", 1)[1]]
+    assert runs[0].wait_change(30).status == RunStatus.DONE  # a finished run answers at once
+    oldest = everything[-2:]  # finished runs of earlier tests: removed as the retention would
+    removed = client._call(client._controller.prune, None, len(everything) - 2)
+    assert removed >= 2  # and runs replaced by a resubmission under their name, as old as those
+    for run in oldest:
+        assert client.find_run(run.id) is None
+        assert not (Path(settings.state_dir) / "logs" / run.id).exists()
+    assert [r.name for r in client.list_runs(limit=3)] == ["history-2", "history-1", "history-0"]
+    assert len(list(client.iter_runs())) == len(everything) - 2

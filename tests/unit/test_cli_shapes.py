@@ -35,12 +35,28 @@ def render(table, width: int) -> str:
     return console.export_text()
 
 
+class FakeClient:
+    """Client.list_runs over a list: newest first, active ones only unless `all`, `limit`."""
+
+    def __init__(self, runs):
+        self.runs = runs
+        self.calls = []
+
+    def list_runs(self, all=True, limit=None):
+        self.calls.append((all, limit))
+        newest = sorted(self.runs, key=lambda r: r.record.submitted_at, reverse=True)
+        chosen = newest if all else [r for r in newest if not r.status.is_finished()]
+        return chosen[:limit] if limit is not None else chosen
+
+
 def test_newest_first_and_the_last_finished_run_when_nothing_is_active():
     runs = [FakeRun("old", RunStatus.DONE, 30), FakeRun("newer", RunStatus.FAILED, 10), FakeRun("oldest", RunStatus.DONE, 60)]
-    assert [r.record.name for r in listed_runs(runs, all_runs=False, last=None)] == ["newer"]
-    assert [r.record.name for r in listed_runs(runs, all_runs=True, last=None)] == ["newer", "old", "oldest"]
-    assert [r.record.name for r in listed_runs(runs, all_runs=True, last=2)] == ["newer", "old"]
-    active = runs + [FakeRun("live", RunStatus.RUNNING, 5), FakeRun("queued", RunStatus.PENDING, 1)]
+    client = FakeClient(runs)
+    assert [r.record.name for r in listed_runs(client, all_runs=False, last=None)] == ["newer"]
+    assert client.calls == [(False, None), (True, 1)]  # the history is not fetched for one run
+    assert [r.record.name for r in listed_runs(client, all_runs=True, last=None)] == ["newer", "old", "oldest"]
+    assert [r.record.name for r in listed_runs(client, all_runs=True, last=2)] == ["newer", "old"]
+    active = FakeClient(runs + [FakeRun("live", RunStatus.RUNNING, 5), FakeRun("queued", RunStatus.PENDING, 1)])
     assert [r.record.name for r in listed_runs(active, all_runs=False, last=None)] == ["queued", "live"]
 
 
