@@ -55,23 +55,30 @@ class LogLine(str):
         return line
 
 
+_STAMP = len("2026-01-01T00:00:00.000000Z")  # the guard's timestamps have this fixed width
+
+
 def _parse_log(data: bytes, rank: int) -> List[LogLine]:
     """Stored records -> LogLines: `<timestamp> <text>` is a line (or the end of one), and
     `<timestamp>\\t<text>` a partial record, more of the same line follows. Records read together
-    share a timestamp, so each distinct one is parsed once."""
+    share a timestamp, so each distinct one is parsed once; the chunk is decoded at once (a
+    newline byte is never inside a UTF-8 character, so this equals decoding line by line)."""
     lines = []
-    last_stamp, last_time = b"", datetime.now(timezone.utc)
-    for raw in data.split(b"\n")[:-1]:
-        space, tab = raw.find(b" "), raw.find(b"\t")
-        cut = min(i for i in (space, tab, len(raw)) if i >= 0)
-        stamp, partial, text = raw[:cut], cut == tab, raw[cut + 1 :]
+    last_stamp, last_time = "", datetime.now(timezone.utc)
+    for raw in data.decode("utf-8", errors="replace").split("\n")[:-1]:
+        if len(raw) > _STAMP and raw[_STAMP - 1] == "Z" and raw[_STAMP] in " \t":
+            cut = _STAMP
+        else:  # not the usual width: find the separator
+            space, tab = raw.find(" "), raw.find("\t")
+            cut = min(i for i in (space, tab, len(raw)) if i >= 0)
+        stamp, partial, text = raw[:cut], cut < len(raw) and raw[cut] == "\t", raw[cut + 1 :]
         if stamp != last_stamp:
             try:
-                last_time = datetime.fromisoformat(stamp.decode().replace("Z", "+00:00"))
+                last_time = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
             except ValueError:
-                stamp, text, partial = b"", raw, False
+                stamp, text, partial = "", raw, False
             last_stamp = stamp
-        lines.append(LogLine(text.decode("utf-8", errors="replace"), last_time, rank, partial))
+        lines.append(LogLine(text, last_time, rank, partial))
     return lines
 
 
@@ -88,6 +95,8 @@ class _LineJoiner:
         if line.partial:
             self.pending = line
             return None
+        if not line.endswith("\r"):
+            return line
         return LogLine(line.rstrip("\r"), line.time, line.rank)
 
     def flush(self) -> Optional[LogLine]:

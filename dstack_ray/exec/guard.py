@@ -185,26 +185,43 @@ class _Output:
 
     def __init__(self, master: int, path: str, limit: int) -> None:
         self.master = master
+        os.set_blocking(master, False)
         self._file = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._written = os.fstat(self._file).st_size
         self._limit = limit
 
+    BATCH = 256 * 1024
+
     def pump(self) -> bool:
-        """Read what the command wrote; False once nobody holds the terminal any more."""
-        try:
-            chunk = os.read(self.master, 65536)
-        except OSError:  # EIO: the last writer of the terminal is gone
-            return False
-        if not chunk:
-            return False
+        """Read what the command wrote; False once nobody holds the terminal any more. A terminal
+        hands over at most 4 KiB per read: what is there is read in one go (the master is
+        non-blocking) and written as one batch of records."""
+        chunks, size, open_ = [], 0, True
+        while size < self.BATCH:
+            try:
+                chunk = os.read(self.master, 65536)
+            except BlockingIOError:
+                break
+            except OSError:  # EIO: the last writer of the terminal is gone
+                open_ = False
+                break
+            if not chunk:
+                open_ = False
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if chunks:
+            self._write(b"".join(chunks))
+        return open_
+
+    def _write(self, chunk: bytes) -> None:
         records = format_records(chunk)
         if self._limit and self._written + len(records) > self._limit:
-            return True  # over the limit: read (the command must not block) but keep nothing
+            return  # over the limit: read (the command must not block) but keep nothing
         view = memoryview(records)
         while view:
             view = view[os.write(self._file, view) :]
         self._written += len(records)
-        return True
 
     def drain(self, seconds: float = 2.0) -> None:
         """What is still in the terminal after the command's processes are gone."""

@@ -35,7 +35,9 @@ class NodeShape(BaseModel):
             custom={
                 k: v
                 for k, v in resources.items()
-                if k not in ("CPU", "GPU", "memory", "object_store_memory") and not k.startswith("node:")
+                if k not in ("CPU", "GPU", "memory", "object_store_memory")
+                and not k.startswith("node:")
+                and "_group_" not in k  # Ray's placement-group resources (CPU_group_<pg>...): not the node's own
             },
         )
 

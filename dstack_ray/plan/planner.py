@@ -67,6 +67,10 @@ class RunPlan(BaseModel):
     def gpus_per_node(self) -> List[int]:
         return [b.gpus for b in self.bundles]
 
+    def need_key(self) -> tuple:
+        """Equal for plans that fit in exactly the same free resources."""
+        return (self.strategy, tuple(tuple(sorted(b.resources.items())) for b in self.bundles))
+
 
 def _gpu_filter(gpu: Optional[GPUSpec], vendor: Optional[AcceleratorVendor]):
     """A predicate on node shapes for the GPU part of the request (count checked elsewhere)."""

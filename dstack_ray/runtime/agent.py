@@ -104,6 +104,7 @@ class SpoolShipper:
         self._prefix = f"[{label}] ".encode()
         self._on_loss = on_loss
         self._echo = LineEcho()
+        self._tokens, self._tokens_at, self._skipped = float(self.ECHO_BURST), time.monotonic(), 0
         self._capped = False
         self._wake = threading.Event()
         self._read_at, self._store_at = self._resume_point()
@@ -153,7 +154,7 @@ class SpoolShipper:
             self._capped = True
             self._on_loss(
                 f"output passed the log limit of {limit} bytes (log_limit_bytes): the rest is not"
-                " stored (the Ray dashboard still shows it in the node agent's log)"
+                " stored (the Ray dashboard still shows it, thinned, in the node agent's log)"
             )
         elif not self._capped:
             self._store(data)
@@ -182,8 +183,25 @@ class SpoolShipper:
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
+    ECHO_RATE = 1 << 20  # bytes per second echoed to the Ray log, on average...
+    ECHO_BURST = 8 << 20  # ...and at most this much at once
+
     def _echo_lines(self, data: bytes) -> None:
+        """The lines, prefixed, on the agent's stdout (the Ray dashboard shows them). A flood is
+        thinned: Ray's log monitor would spend a core on it, and the stored log has every line."""
+        now = time.monotonic()
+        self._tokens = min(self.ECHO_BURST, self._tokens + (now - self._tokens_at) * self.ECHO_RATE)
+        self._tokens_at = now
+        if len(data) > self._tokens:
+            self._skipped += len(data)
+            self._echo = LineEcho()  # a piece of a skipped line must not join a later one
+            return
+        self._tokens -= len(data)
         lines = self._echo.lines(data)
+        if self._skipped:
+            note = f"({self._skipped} bytes of output not shown here: more than {self.ECHO_RATE >> 20} MiB/s; `dstack-ray logs` has every line)"
+            lines.insert(0, note.encode())
+            self._skipped = 0
         if not lines:
             return
         try:

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 import uuid
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict, defaultdict, deque
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -87,6 +87,7 @@ class Controller:
         self.admission: Dict[str, "asyncio.Future[bool]"] = {}  # runs waiting for the go
         self.recently_admitted: Dict[str, Tuple[float, List[Dict[str, float]]]] = {}
         self.plans: Dict[str, Tuple[str, RunPlan]] = {}  # run id -> (cluster shape, its plan there)
+        self.admission_passes: "deque[Tuple[float, int, float]]" = deque(maxlen=20_000)  # (at, waiting, seconds)
         self.clock = Clock(self.settings.clock_offset_file)
         self.wakeup: Optional[asyncio.Event] = None
         self.host: Any = None
@@ -384,6 +385,12 @@ class Controller:
         if future is None or future.done():
             future = asyncio.get_running_loop().create_future()
             self.admission[run_id] = future
+        run = self.runs.get(run_id)
+        if run is not None and run.wait_reason != WAITING_FOR_RESOURCES:
+            # Said here rather than in the scheduling pass, which must stay short however many
+            # runs wait (a pass that saved each newly waiting run would take seconds for 2,000).
+            run.wait_reason = WAITING_FOR_RESOURCES
+            await self._changed(run)
         self._kick()
         return await asyncio.shield(future)
 
@@ -425,12 +432,27 @@ class Controller:
         if not waiting:
             return
         cluster = await asyncio.get_running_loop().run_in_executor(None, live_cluster_view)
+        started = time.perf_counter()
+        try:
+            self._admit_into(waiting, cluster)
+        finally:
+            self.admission_passes.append((time.time(), len(waiting), time.perf_counter() - started))
+
+    def _admit_into(self, waiting: List[Tuple[RunRecord, "asyncio.Future[bool]"]], cluster: ClusterView) -> None:
+        """One pass over the waiting runs against the cluster's free resources (no I/O here)."""
         free = free_capacity(cluster, self._reserved())
         shape = cluster.shape_key()
+        refused: set = set()  # bundles that did not fit in this pass: free only shrinks, so skip their like
         for run, future in sorted(waiting, key=lambda item: (-item[0].priority, item[0].submitted_at)):
             try:
                 plan = self._plan(run, cluster, shape)
-                admit = bool(plan.no_capacity) or plan.needs_new_nodes or place(plan, free)
+                if plan.no_capacity or plan.needs_new_nodes:
+                    admit = True
+                else:
+                    need = plan.need_key()
+                    admit = need not in refused and place(plan, free)
+                    if not admit:
+                        refused.add(need)
             except Exception as e:  # one bad run must not stop every later admission
                 logger.exception("cannot judge run %s for admission", run.name)
                 self.store.add_event(run.id, f"admission check failed ({type(e).__name__}: {e}); its supervisor decides")
@@ -444,10 +466,6 @@ class Controller:
                 self.plans.pop(run.id, None)
                 self.recently_admitted[run.id] = (time.monotonic(), [b.resources for b in plan.bundles])
                 future.set_result(True)
-                continue
-            if run.wait_reason != WAITING_FOR_RESOURCES:
-                run.wait_reason = WAITING_FOR_RESOURCES
-                await self._changed(run)
 
     def _plan(self, run: RunRecord, cluster: ClusterView, shape: str) -> RunPlan:
         """The run's plan on this cluster: made once per cluster shape (nodes and node types;
@@ -458,6 +476,10 @@ class Controller:
         plan = build_plan(run.spec.configuration, cluster)
         self.plans[run.id] = (shape, plan)
         return plan
+
+    async def admission_stats(self) -> List[Tuple[float, int, float]]:
+        """The latest scheduling passes: (when, runs waiting, seconds the pass took)."""
+        return list(self.admission_passes)
 
     def _reserved(self) -> List[Dict[str, float]]:
         """Bundles of runs admitted moments ago whose placement may not show in Ray yet."""
