@@ -1,5 +1,7 @@
 """Logs: a task writing 100 MB of lines, until the client has every byte; against the same
-command writing to a local file. Verifies that nothing is missing or reordered.
+command writing to a local file, and through a bare terminal (`script`, a pty read by a C
+program: what any terminal-attached output costs here, the floor for a command on a pty as
+dstack's runner and ours run it). Verifies that nothing is missing or reordered.
 
     python bench/logs.py [--megabytes 100]
 """
@@ -7,6 +9,7 @@ command writing to a local file. Verifies that nothing is missing or reordered.
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import tempfile
 import time
@@ -33,6 +36,11 @@ def main() -> None:
         started = time.perf_counter()
         subprocess.run(["bash", "-c", command], stdout=out, check=True)
         local = time.perf_counter() - started
+    pty = None
+    if shutil.which("script"):
+        started = time.perf_counter()
+        subprocess.run(["script", "-q", "-c", command, "/dev/null"], stdout=subprocess.DEVNULL, check=True)
+        pty = time.perf_counter() - started
     start_local_ray(num_cpus=2)
     c = client()
     started = time.perf_counter()
@@ -54,6 +62,8 @@ def main() -> None:
         "dstack_ray_seconds": round(elapsed, 2),
         "local_file_seconds": round(local, 2),
         "ratio_vs_local_file": round(elapsed / local, 2),
+        "bare_pty_seconds": round(pty, 2) if pty else None,
+        "ratio_vs_bare_pty": round(elapsed / pty, 2) if pty else None,
         "dstack_ray_mb_per_second": round(args.megabytes / elapsed, 1),
     }
     report("logs", figures)

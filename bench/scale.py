@@ -8,8 +8,10 @@
    CLI prints), each 30 times.
 3. `--queued` one-CPU runs are submitted at once to a head with `--cpus` CPUs, so nearly all of
    them queue; every `apply` is timed.
-4. Until every run ended: the Controller's scheduling passes (`admission_stats`: runs waiting
-   and the pass's time) and its resident memory; `list_runs` is timed again with the queue.
+4. Until every run ended: the Controller's scheduling passes (`admission_stats`: runs waiting,
+   the pass's wall time and the CPU time of its thread — on a busy 2-core head the wall time
+   also counts waiting for a CPU — plans made and garbage collection in it) and its resident
+   memory; `list_runs` is timed again with the queue.
 
 Ends with one JSON line like the other benchmarks. The baseline in the same run is the first
 `list_runs` with an empty history.
@@ -146,7 +148,9 @@ def main() -> None:
     drained = time.perf_counter() - submit_started
     done.set()
 
-    passes = [(waiting, seconds) for _, waiting, seconds in c._call(c._controller.admission_stats) if waiting > 0]
+    stats = [entry for entry in c._call(c._controller.admission_stats) if entry[1] > 0]
+    passes = [(entry[1], entry[2]) for entry in stats]
+    slowest = max(stats, key=lambda entry: entry[2], default=None)
     buckets: Dict[str, List[float]] = {}
     step = max(1, args.queued // 4)
     for waiting, seconds in passes:
@@ -166,6 +170,12 @@ def main() -> None:
         "admission_pass_ms": percentiles([s for _, s in passes]),
         "admission_pass_ms_by_queue": {k: percentiles(v) for k, v in sorted(buckets.items(), key=lambda kv: -int(kv[0].split("..")[0]))},
         "max_waiting_seen": max((w for w, _ in passes), default=0),
+        "admission_pass_cpu_ms": percentiles([entry[3] for entry in stats]),
+        "slowest_pass": {
+            "waiting": slowest[1], "ms": round(slowest[2] * 1000, 1), "cpu_ms": round(slowest[3] * 1000, 1),
+            "plans_made": slowest[4], "gc_ms": round(slowest[5] * 1000, 1),
+        } if slowest else None,
+        "passes_with_gc": sum(1 for entry in stats if entry[5] > 0),
         "all_finished": statuses.count("done") == args.queued,
         "statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
         "submit_seconds": round(submitted, 1),

@@ -50,6 +50,27 @@ RECENT_RUNS = 256  # finished runs kept in memory besides the store
 RETENTION_INTERVAL = 600.0  # how often runs past the retention are removed
 
 
+class _GCPauses:
+    """Seconds the garbage collector paused this process, in total (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._started = 0.0
+
+    def install(self) -> None:
+        if self._observe not in gc.callbacks:
+            gc.callbacks.append(self._observe)
+
+    def _observe(self, phase: str, info: Dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.total += time.perf_counter() - self._started
+
+
+_GC_PAUSES = _GCPauses()
+
+
 class _NameCheck:
     """`name in taken` for the name generator, asked of the Controller (and its store)."""
 
@@ -88,7 +109,10 @@ class Controller:
         self.admission: Dict[str, "asyncio.Future[bool]"] = {}  # runs waiting for the go
         self.recently_admitted: Dict[str, Tuple[float, List[Dict[str, float]]]] = {}
         self.plans: Dict[str, Tuple[str, RunPlan, tuple]] = {}  # run id -> (cluster shape, its plan there, its need)
-        self.admission_passes: "deque[Tuple[float, int, float]]" = deque(maxlen=20_000)  # (at, waiting, seconds)
+        # (at, runs waiting, seconds, CPU seconds of its thread, plans made, seconds of garbage
+        # collection in it): the wall time also counts waiting for a CPU on a busy head
+        self.admission_passes: "deque[Tuple[float, int, float, float, int, float]]" = deque(maxlen=20_000)
+        self.plans_made = 0
         self.clock = Clock(self.settings.clock_offset_file)
         self.wakeup: Optional[asyncio.Event] = None
         self.host: Any = None
@@ -98,6 +122,7 @@ class Controller:
         # What exists now (Ray, the loaded runs) lives as long as the actor: keep it out of the
         # collector's full passes, which otherwise pause the event loop ~0.1 s with long queues.
         gc.freeze()
+        _GC_PAUSES.install()
 
     def __repr__(self) -> str:
         return "DstackController"
@@ -436,11 +461,12 @@ class Controller:
         if not waiting:
             return
         cluster = await asyncio.get_running_loop().run_in_executor(None, live_cluster_view)
-        started = time.perf_counter()
+        started, cpu, self.plans_made, collected = time.perf_counter(), time.thread_time(), 0, _GC_PAUSES.total
         try:
             self._admit_into(waiting, cluster)
         finally:
-            self.admission_passes.append((time.time(), len(waiting), time.perf_counter() - started))
+            took, cpu = time.perf_counter() - started, time.thread_time() - cpu
+            self.admission_passes.append((time.time(), len(waiting), took, cpu, self.plans_made, _GC_PAUSES.total - collected))
 
     def _admit_into(self, waiting: List[Tuple[RunRecord, "asyncio.Future[bool]"]], cluster: ClusterView) -> None:
         """One pass over the waiting runs against the cluster's free resources (no I/O here)."""
@@ -477,11 +503,13 @@ class Controller:
         if known is not None and known[0] == shape:
             return known[1], known[2]
         plan = build_plan(run.spec.configuration, cluster)
+        self.plans_made += 1
         self.plans[run.id] = (shape, plan, plan.need_key())
         return plan, self.plans[run.id][2]
 
-    async def admission_stats(self) -> List[Tuple[float, int, float]]:
-        """The latest scheduling passes: (when, runs waiting, seconds the pass took)."""
+    async def admission_stats(self) -> List[Tuple[float, int, float, float, int, float]]:
+        """The latest scheduling passes: (when, runs waiting, seconds the pass took, CPU seconds
+        it used, plans it made, seconds the garbage collector paused it)."""
         return list(self.admission_passes)
 
     def _reserved(self) -> List[Dict[str, float]]:
