@@ -390,3 +390,31 @@ def test_history_is_paged_and_finished_runs_stay_reachable_until_pruned(client, 
         assert not (Path(settings.state_dir) / "logs" / run.id).exists()
     assert [r.name for r in client.list_runs(limit=3)] == ["history-2", "history-1", "history-0"]
     assert len(list(client.iter_runs())) == len(everything) - 2
+
+
+def test_following_a_big_log_streams_in_bounded_memory(client, cluster):
+    """`logs -f` of a run writing 60 MB: the reader holds one chunk at a time, not the log."""
+    lines = 600_000  # 100 bytes each
+    writer = f"python3 -c \"import sys\nw = sys.stdout.write\nfor i in range({lines}): w('%010d ' % i + 'x' * 88 + '\\\\n')\""
+    run = client.apply(task("big-log", [writer]))
+    script = textwrap.dedent(
+        f"""
+        import resource, ray
+        ray.init(address={cluster.address!r})
+        from dstack_ray import Client
+        run = Client().get_run({run.id!r})
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        count, ordered = 0, True
+        for line in run.logs(follow=True):
+            ordered = ordered and int(line[:10]) == count
+            count += 1
+        grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+        print(count, ordered, grown // 1024)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    count, ordered, grown_mib = out.stdout.split()[-3:]
+    assert int(count) == lines and ordered == "True"
+    assert int(grown_mib) < 40, grown_mib  # the whole log as str objects would be ~100 MiB
+    assert run.wait(60) == RunStatus.DONE
