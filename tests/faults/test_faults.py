@@ -257,8 +257,9 @@ def test_a_retried_submit_is_answered_once(client):
     from dstack_ray.models import RunSpec
 
     cfg = parse_configuration(task("retried-submit", ["echo once"]))
-    spec = RunSpec(run_name="", configuration=cfg.model_dump(mode="json", exclude_unset=True), submission_id=uuid.uuid4().hex)
-    spec.configuration.pop("name")
+    configuration = cfg.model_dump(mode="json", exclude_unset=True)
+    configuration.pop("name")  # the Controller generates one
+    spec = RunSpec(run_name="", configuration=configuration, submission_id=uuid.uuid4().hex)
     first = client._call(client._controller.submit, spec.model_dump(mode="json"), None)
     second = client._call(client._controller.submit, spec.model_dump(mode="json"), None)
     assert first["id"] == second["id"] and first["name"] == second["name"]
