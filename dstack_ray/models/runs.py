@@ -181,7 +181,7 @@ class JobRecord(Model):
         return self.termination_reason.to_error()
 
 
-def new_jobs(run_id: str, attempt: int, cfg: Any, now: datetime) -> List[JobRecord]:
+def new_jobs(run_id: str, attempt: int, cfg: TaskConfiguration, now: datetime) -> List[JobRecord]:
     """An attempt's jobs, one per rank, ranks contiguous across node groups (`submitted`)."""
     groups = [g.name or str(i) for i, g in enumerate(cfg.node_groups) for _ in range(g.nodes)]
     return [JobRecord(run_id=run_id, attempt=attempt, rank=rank, group=group, submitted_at=now) for rank, group in enumerate(groups)]

@@ -14,7 +14,7 @@ import pytest
 from dstack_ray.plan.cluster import ClusterView, NodeView
 from dstack_ray.runtime import supervisor as sup
 from dstack_ray.models.messages import NodeOutcome
-from dstack_ray.models import JobStatus, JobTerminationReason, RunRecord, RunSpec, RunStatus, RunTerminationReason
+from dstack_ray.models import JobStatus, RunRecord, RunSpec, RunStatus, RunTerminationReason
 from dstack_ray.runtime.settings import RuntimeSettings
 from dstack_ray.config import parse_configuration
 
