@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -32,8 +31,6 @@ from pathlib import Path
 from typing import Dict, List
 
 from common import SMALL, report, start_local_ray
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cli/ as dstack_ray_cli when run from a checkout
 
 
 def percentiles(values: List[float]) -> Dict[str, float]:

@@ -37,7 +37,7 @@ import termios
 import time
 from typing import List, Optional
 
-from dstack_ray.exec.proc import descendants, process_table
+from dstack_ray.exec.proc import descendants, process_table, sigkill
 from dstack_ray.exec.records import format_records
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -75,11 +75,7 @@ def _kill_all(pgid: Optional[int]) -> None:
         pids = descendants(os.getpid())
         if not pids:
             return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        sigkill(pids)
         _reap()
         time.sleep(0.02)
 

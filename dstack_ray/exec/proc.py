@@ -6,6 +6,7 @@ Standard library only: the guard imports it and must start in a few tens of mill
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from typing import Dict, List, NamedTuple, Optional
@@ -21,17 +22,21 @@ class ProcStat(NamedTuple):
     rss_bytes: int
 
 
-_recent: Dict[str, object] = {"at": float("-inf"), "table": {}}
-_recent_lock = threading.Lock()
+class _Recent:
+    """The last process table read, shared by the threads of one process."""
+
+    lock = threading.Lock()
+    at = float("-inf")
+    table: Dict[int, ProcStat] = {}
 
 
 def process_table(max_age: float = 0.0) -> Dict[int, ProcStat]:
     """pid -> ProcStat for every live process; with `max_age`, a table read at most that many
     seconds ago may be returned (many jobs sampled on one node share one scan of /proc)."""
     if max_age > 0:
-        with _recent_lock:
-            if time.monotonic() - _recent["at"] <= max_age:  # type: ignore[operator]
-                return _recent["table"]  # type: ignore[return-value]
+        with _Recent.lock:
+            if time.monotonic() - _Recent.at <= max_age:
+                return _Recent.table
     table = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -47,9 +52,18 @@ def process_table(max_age: float = 0.0) -> Dict[int, ProcStat]:
         table[int(entry)] = ProcStat(
             int(fields[1]), int(fields[2]), (int(fields[11]) + int(fields[12])) / _TICKS, int(fields[21]) * _PAGE
         )
-    with _recent_lock:
-        _recent.update(at=time.monotonic(), table=table)
+    with _Recent.lock:
+        _Recent.at, _Recent.table = time.monotonic(), table
     return table
+
+
+def sigkill(pids: List[int]) -> None:
+    """SIGKILL each of `pids`; one already gone is skipped."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass  # it exited meanwhile
 
 
 def descendants(root: int, table: Optional[Dict[int, ProcStat]] = None) -> List[int]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from dstack_ray.exec.guard import quiet_tty
-from dstack_ray.exec.proc import processes_with
+from dstack_ray.exec.proc import processes_with, sigkill
 
 OutputCallback = Callable[[bytes], None]
 
@@ -144,11 +144,7 @@ def kill_leftovers(marker: Optional[bytes], cleanup: Optional[List[str]]) -> Non
             found = [pid for pid in processes_with(marker) if pid != os.getpid()]
             if not found:
                 break
-            for pid in found:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+            sigkill(found)
             time.sleep(0.05)
     if cleanup:
         subprocess.run(cleanup, stdin=subprocess.DEVNULL, capture_output=True, timeout=120)

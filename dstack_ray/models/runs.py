@@ -219,14 +219,19 @@ class RunRecord(Model):
         """The one way a run ends: its status follows from the reason, and jobs still active end
         with the matching job reason (`stopped_by_user` -> `terminated_by_user`, ...)."""
         at = at or datetime.now(timezone.utc)
-        for job in self.jobs:
-            if not job.status.is_finished():
-                job.finish(reason.to_job_reason(), at=at)
+        self.end_jobs(reason, at)
         self.status = reason.to_status()
         self.termination_reason = reason
         self.status_message = self.status.value
         self.wait_reason = None
         self.finished_at = at
+
+    def end_jobs(self, reason: RunTerminationReason, at: Optional[datetime] = None) -> None:
+        """Jobs still active end with the job reason matching the run's `reason` (also when a
+        scheduled run's execution ends and the run waits for its next trigger)."""
+        for job in self.jobs:
+            if not job.status.is_finished():
+                job.finish(reason.to_job_reason(), at=at)
 
     def display_status(self) -> str:
         """`ps`'s STATUS: the deciding job's message for a finished run, else the run's own."""

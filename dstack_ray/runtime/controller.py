@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 HOST_PING_INTERVAL = 1.0
 RECENT_RUNS = 256  # finished runs kept in memory besides the store
 RETENTION_INTERVAL = 600.0  # how often runs past the retention are removed
+LOG_READ_LIMIT = 4 << 20
 
 
 class _GCPauses:
@@ -96,7 +97,6 @@ class _NameCheck:
 
     def __contains__(self, name: object) -> bool:
         return self._taken(name)
-LOG_READ_LIMIT = 4 << 20
 
 
 class ControllerError(Exception):
@@ -354,11 +354,7 @@ class Controller:
             active = sorted(self.runs.values(), key=lambda r: (r.submitted_at, r.id), reverse=True)
             return [r.model_dump(mode="json", exclude={"spec"}) for r in active[:limit]]
         after = None if before is None else (datetime.fromisoformat(before[0]), before[1])
-        page = self.store.list_runs(limit if limit is not None else 1 << 62, after)
-        return [
-            (self.runs[r.id].model_dump(mode="json", exclude={"spec"}) if r.id in self.runs else r.model_dump(mode="json"))
-            for r in page
-        ]
+        return [r.model_dump(mode="json") for r in self.store.list_runs(limit, after)]  # every change is saved
 
     async def wait_run(self, run_id: str, version: int, timeout: float) -> Optional[Dict[str, Any]]:
         """Long-poll: the run once its version passes `version`, or after `timeout` seconds."""
@@ -521,8 +517,9 @@ class Controller:
             return known[1], known[2]
         plan = build_plan(run.spec.configuration, cluster)
         self.plans_made += 1
-        self.plans[run.id] = (shape, plan, plan.need_key())
-        return plan, self.plans[run.id][2]
+        need = plan.need_key()
+        self.plans[run.id] = (shape, plan, need)
+        return plan, need
 
     async def admission_stats(self) -> List[Tuple[float, int, float, float, int, float]]:
         """The latest scheduling passes: (when, runs waiting, seconds the pass took, CPU seconds

@@ -251,9 +251,7 @@ class RunSupervisor:
         if self.cfg.schedule is not None and not user_stop:
             # dstack: a scheduled run goes back to waiting for its next trigger.
             fire = next_fire_time(self.cfg.schedule.crons, self.clock.now())
-            for job in self.jobs:
-                if not job.status.is_finished():
-                    job.finish(reason.to_job_reason())
+            self.run.end_jobs(reason)
             await self.report(
                 event=message or f"execution {status.value} ({reason.value}); next at {fire}",
                 status=RunStatus.PENDING,

@@ -49,17 +49,17 @@ CREATE INDEX IF NOT EXISTS metrics_run ON metrics (run_id, attempt, rank, at);
 
 
 SCHEMA_VERSION = 2
+_FINISHED_STATUSES = ", ".join(f"'{status.value}'" for status in RunStatus if status.is_finished())
 # Columns added by schema 2 (indexed copies of record fields, so that queries need not parse
 # records): whether the run finished, and its submission id (a retried submit is answered once).
 _SCHEMA_2 = [
-    ("finished", "INTEGER NOT NULL DEFAULT 0", "json_extract(record, '$.status') IN ('terminated', 'failed', 'done')"),
+    ("finished", "INTEGER NOT NULL DEFAULT 0", f"json_extract(record, '$.status') IN ({_FINISHED_STATUSES})"),
     ("submission_id", "TEXT", "json_extract(record, '$.spec.submission_id')"),
 ]
 _SCHEMA_2_INDEXES = """
 CREATE INDEX IF NOT EXISTS runs_active ON runs (finished, deleted);
 CREATE INDEX IF NOT EXISTS runs_submission ON runs (submission_id);
 """
-_FINISHED = {"terminated", "failed", "done"}
 QUARANTINED = 2  # `runs.deleted` of a record that could not be read
 
 
@@ -199,17 +199,15 @@ class Store:
             query += " AND finished = 0"
         return self._records(query + " ORDER BY submitted_at", ())
 
-    def list_runs(self, limit: int, before: Optional[Tuple[datetime, str]] = None, finished_only: bool = False) -> List[RunRecord]:
-        """Up to `limit` runs, newest first, without their specs (a listing does not need them);
-        `before`: (submitted_at, id) of the last run of the previous page."""
+    def list_runs(self, limit: Optional[int] = None, before: Optional[Tuple[datetime, str]] = None) -> List[RunRecord]:
+        """Up to `limit` runs (None: all), newest first, without their specs (a listing does not
+        need them); `before`: (submitted_at, id) of the last run of the previous page."""
         query = "SELECT id, json_remove(record, '$.spec') FROM runs WHERE deleted = 0"
         params: list = []
-        if finished_only:
-            query += " AND finished = 1"
         if before is not None:
             query += " AND (submitted_at < ? OR (submitted_at = ? AND id < ?))"
             params += [_when(before[0]), _when(before[0]), before[1]]
-        return self._records(query + " ORDER BY submitted_at DESC, id DESC LIMIT ?", (*params, limit))
+        return self._records(query + " ORDER BY submitted_at DESC, id DESC LIMIT ?", (*params, -1 if limit is None else limit))
 
     def find_run(self, name_or_id: str) -> Optional[RunRecord]:
         """A run by id, else the newest run of that name."""
