@@ -13,7 +13,8 @@ AddressOption = typer.Option(
     None,
     "--address",
     envvar="RAY_ADDRESS",
-    help="Ray cluster address (host:port, auto, ray://...). Default: the local dstack-ray head.",
+    help="The dstack-ray service's URL (http://host:8270), or a Ray cluster address (host:6379, ray://host:10001, auto)"
+    " whose service is found, or started, through the cluster's Jobs API. Default: the local dstack-ray head.",
     show_envvar=True,
 )
 

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from dstack_ray import local_head
+from dstack_ray.errors import DstackRayError
 from dstack_ray_cli.console import CLIError, console
 
 app = typer.Typer(help="Manage the local Ray head that dstack-ray uses when no --address is given.", no_args_is_help=True)
@@ -23,7 +24,12 @@ def start(
     """Start the local head (it keeps running until `server stop`)."""
     running = local_head.status()
     if running is not None:
-        console.print(f"The local Ray head is already running at {running.address} (dashboard: {running.dashboard_url})")
+        try:
+            local_head.service_url(running)
+        except DstackRayError as e:
+            raise CLIError(str(e), e.hint) from None
+        console.print("The local Ray head is already running")
+        _print_head(running)
         return
     if no_auth:
         console.print(
@@ -35,8 +41,16 @@ def start(
         head = local_head.start(num_cpus=num_cpus, num_gpus=num_gpus, auth=not no_auth)
     except local_head.LocalHeadError as e:
         raise CLIError(str(e)) from None
+    except DstackRayError as e:
+        raise CLIError(str(e), e.hint) from None
+    _print_head(head)
+
+
+def _print_head(head: local_head.LocalHead) -> None:
     console.print(f"The local Ray head is running at {head.address}")
     console.print(f"Ray dashboard: {head.dashboard_url}")
+    if head.service:
+        console.print(f"dstack-ray service: {head.service} (the `dstack-ray` job in the dashboard's Jobs tab)")
 
 
 @app.command()
@@ -55,5 +69,4 @@ def status() -> None:
     if head is None:
         console.print("The local Ray head is not running (it starts with the first command that needs it)")
         raise typer.Exit(1)
-    console.print(f"The local Ray head is running at {head.address}")
-    console.print(f"Ray dashboard: {head.dashboard_url}")
+    _print_head(head)

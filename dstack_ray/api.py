@@ -105,16 +105,155 @@ class _LineJoiner:
         return LogLine(line.rstrip("\r"), line.time, line.rank) if line is not None else None
 
 
-def _connect(address: Optional[str]) -> None:
-    address = address or os.environ.get("RAY_ADDRESS")
-    if not address and "ray" not in sys.modules:
-        # The local head: its auth mode must be in the environment before Ray is imported.
-        from dstack_ray import local_head
+class _ActorController:
+    """The Controller through Ray actor handles: inside a Ray application (this process is a
+    Ray driver already), or when the caller manages the Controller itself (`settings`)."""
 
-        head = local_head.status() or local_head.start()
-        address = head.address
-        if head.auth:
-            os.environ["RAY_AUTH_MODE"] = "token"
+    def __init__(self, address: Optional[str], settings: RuntimeSettings) -> None:
+        _connect(address)
+        from dstack_ray.runtime.controller import controller_handle
+
+        self.handle = controller_handle(settings)
+        self._call(self.handle.ping)
+
+    def _call(self, method: Any, *args: Any, timeout: Optional[float] = 120) -> Any:
+        import ray
+
+        from dstack_ray.runtime.controller import ControllerError
+
+        try:
+            return ray.get(method.remote(*args), timeout=timeout)
+        except ray.exceptions.RayTaskError as e:
+            cause = e.as_instanceof_cause()
+            if isinstance(cause, ControllerError):
+                raise DstackRayError(str(cause.args[0]) if cause.args else str(cause)) from None
+            raise
+        except ray.exceptions.GetTimeoutError:
+            raise DstackRayError(
+                "the dstack-ray controller did not answer in time",
+                hint="check the cluster with `ray status`; the controller may be restarting",
+            ) from None
+
+    def address_text(self) -> str:
+        import ray
+
+        try:
+            return ray.get_runtime_context().gcs_address
+        except AttributeError:
+            return "connected"
+
+    def cluster_view(self) -> Dict[str, Any]:
+        return self._call(self.handle.cluster_view)
+
+    def submit(self, spec: Dict[str, Any], payload: Optional[str]) -> Dict[str, Any]:
+        return self._call(self.handle.submit, spec, payload)
+
+    def get_run(self, name: str) -> Optional[Dict[str, Any]]:
+        return self._call(self.handle.get_run, name)
+
+    def list_runs(self, limit: Optional[int], active_only: bool, before: Optional[Tuple[str, str]] = None) -> List[Dict[str, Any]]:
+        return self._call(self.handle.list_runs, limit, active_only, before)
+
+    def wait_run(self, run_id: str, version: int, timeout: float) -> Optional[Dict[str, Any]]:
+        return self._call(self.handle.wait_run, run_id, version, timeout, timeout=timeout + 60)
+
+    def stop_run(self, name: str, abort: bool) -> Dict[str, Any]:
+        return self._call(self.handle.stop_run, name, abort)
+
+    def delete_run(self, name: str) -> None:
+        self._call(self.handle.delete_run, name)
+
+    def events(self, name: str) -> List[Tuple[str, str]]:
+        return self._call(self.handle.events, name)
+
+    def jobs_history(self, name: str) -> List[Dict[str, Any]]:
+        return self._call(self.handle.jobs_history, name)
+
+    def metrics(self, name: str, since_seconds: Optional[float]) -> List[Dict[str, Any]]:
+        return self._call(self.handle.metrics, name, since_seconds)
+
+    def relay(self, run_id: str, port: int, sock: socket.socket) -> None:
+        raise DstackRayError(
+            "the run's node cannot be reached from here, and relaying a port needs the dstack-ray service",
+            hint="connect the Client to the service (its http:// URL) to attach",
+        )
+
+    def log_chunks(self, run_id: str, attempt: int, rank: int, follow: bool) -> Iterator[bytes]:
+        offset = 0
+        while True:
+            data, offset, final = self._call(self.handle.read_logs, run_id, attempt, rank, offset, 5.0 if follow else 0.0)
+            if data:
+                yield data
+            if final or (not follow and not data):
+                return
+
+
+class _ServiceController:
+    """The Controller through the service's HTTP API (what the CLI uses: no Ray driver)."""
+
+    def __init__(self, url: str) -> None:
+        from dstack_ray.service.client import HttpCaller, auth_token
+
+        self.http = HttpCaller(url, auth_token())
+
+    def address_text(self) -> str:
+        return self.http.url
+
+    def cluster_view(self) -> Dict[str, Any]:
+        return self.http.call("GET", "/api/cluster")
+
+    def submit(self, spec: Dict[str, Any], payload: Optional[str]) -> Dict[str, Any]:
+        return self.http.call("POST", "/api/runs", body={"spec": spec, "payload": payload})
+
+    def get_run(self, name: str) -> Optional[Dict[str, Any]]:
+        return self.http.call("GET", f"/api/runs/{_quote(name)}", missing_ok=True)
+
+    def list_runs(self, limit: Optional[int], active_only: bool, before: Optional[Tuple[str, str]] = None) -> List[Dict[str, Any]]:
+        query = {"limit": limit, "active": "1" if active_only else None}
+        if before is not None:
+            query.update(before_at=before[0], before_id=before[1])
+        return self.http.call("GET", "/api/runs", query)
+
+    def wait_run(self, run_id: str, version: int, timeout: float) -> Optional[Dict[str, Any]]:
+        query = {"version": version, "timeout": timeout}
+        return self.http.call("GET", f"/api/runs/{_quote(run_id)}/wait", query, timeout=timeout + 60, missing_ok=True)
+
+    def stop_run(self, name: str, abort: bool) -> Dict[str, Any]:
+        return self.http.call("POST", f"/api/runs/{_quote(name)}/stop", body={"abort": abort})
+
+    def delete_run(self, name: str) -> None:
+        self.http.call("DELETE", f"/api/runs/{_quote(name)}")
+
+    def events(self, name: str) -> List[Tuple[str, str]]:
+        return self.http.call("GET", f"/api/runs/{_quote(name)}/events")
+
+    def jobs_history(self, name: str) -> List[Dict[str, Any]]:
+        return self.http.call("GET", f"/api/runs/{_quote(name)}/jobs")
+
+    def metrics(self, name: str, since_seconds: Optional[float]) -> List[Dict[str, Any]]:
+        return self.http.call("GET", f"/api/runs/{_quote(name)}/metrics", {"since": since_seconds})
+
+    def log_chunks(self, run_id: str, attempt: int, rank: int, follow: bool) -> Iterator[bytes]:
+        query = {"rank": rank, "attempt": attempt, "follow": "1" if follow else None}
+        return self.http.stream(f"/api/runs/{_quote(run_id)}/logs", query)
+
+    def relay(self, run_id: str, port: int, sock: socket.socket) -> None:
+        import asyncio
+
+        from dstack_ray.service.client import relay_socket
+
+        url = self.http.websocket_url(f"/api/runs/{_quote(run_id)}/ports/{port}")
+        asyncio.run(relay_socket(url, self.http.auth_headers(), sock))
+
+
+def _quote(name: str) -> str:
+    import urllib.parse
+
+    return urllib.parse.quote(name, safe="")
+
+
+def _connect(address: Optional[str]) -> None:
+    """This process as a Ray driver (for actor handles), unless it is one already."""
     import ray
 
     if ray.is_initialized():
@@ -122,8 +261,13 @@ def _connect(address: Optional[str]) -> None:
     if not address:
         from dstack_ray import local_head
 
-        address = (local_head.status() or local_head.start()).address
-    _check_reachable(address)
+        head = local_head.status() or local_head.start()
+        address = head.address
+        if head.auth:
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
+    from dstack_ray.service.client import check_reachable
+
+    check_reachable(address)
     try:
         ray.init(
             address=address,
@@ -139,22 +283,24 @@ def _connect(address: Optional[str]) -> None:
         ) from None
 
 
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
-    """Fail fast on a `host:port` nobody listens on (ray.init would retry for minutes)."""
-    target = address.split("://", 1)[-1]
-    if target == "auto" or ":" not in target:
-        return
-    host, _, port = target.rpartition(":")
-    if not port.isdigit():
-        return
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            return
-    except OSError as e:
-        raise DstackRayError(
-            f"cannot connect to the Ray cluster at {address}: {e.strerror or e}",
-            hint="check the address (`--address` or RAY_ADDRESS) and that the Ray head is up (`ray status`)",
-        ) from None
+def _ray_driver() -> bool:
+    """Is this process a Ray driver already (a Ray application)?"""
+    ray = sys.modules.get("ray")
+    return ray is not None and hasattr(ray, "is_initialized") and ray.is_initialized()
+
+
+def _service_url(address: Optional[str]) -> str:
+    """The service's URL for `address`: itself, found through a Ray address, or the local head's."""
+    from dstack_ray.service import client as service
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if service.is_service_url(address):
+        return address
+    if address:
+        return service.service_for_ray_address(address, service.auth_token())
+    from dstack_ray import local_head
+
+    return local_head.service_url(local_head.status() or local_head.start())
 
 
 def pack_payload(cfg: TaskConfiguration) -> Optional[RunPayload]:
@@ -221,61 +367,21 @@ class Client:
     """
 
     def __init__(self, address: Optional[str] = None, settings: Optional[RuntimeSettings] = None) -> None:
-        _connect(address)
         self._settings = settings or RuntimeSettings()
-        self._controller = self._controller_handle()
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        if _ray_driver() or (settings is not None and not (address or "").startswith(("http://", "https://"))):
+            self._controller: Any = _ActorController(address, self._settings)
+        else:
+            self._controller = _ServiceController(_service_url(address))
 
     def address_text(self) -> str:
         """Where this client is connected, for plans and messages."""
-        import ray
-
-        context = ray.get_runtime_context()
-        try:
-            address = context.gcs_address
-        except AttributeError:
-            address = "connected"
         from dstack_ray import local_head
 
         head = local_head.status()
-        if head is not None and head.address.endswith(address.rsplit(":", 1)[-1]):
+        if head is not None and head.service == self._controller.address_text():
             return f"local head {head.address} (dashboard {head.dashboard_url})"
-        return address
-
-    def _controller_handle(self) -> Any:
-        import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        from dstack_ray.runtime.controller import Controller
-
-        try:
-            return ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
-        except ValueError:
-            pass
-        head = next((n for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})), None)
-        options: Dict[str, Any] = dict(name=CONTROLLER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True)
-        if head is not None:
-            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=head["NodeID"], soft=False)
-        controller = Controller.options(**options).remote(self._settings.model_dump())
-        self._call(controller.ping)
-        return controller
-
-    def _call(self, method: Any, *args: Any, timeout: Optional[float] = 120) -> Any:
-        import ray
-
-        from dstack_ray.runtime.controller import ControllerError
-
-        try:
-            return ray.get(method.remote(*args), timeout=timeout)
-        except ray.exceptions.RayTaskError as e:
-            cause = e.as_instanceof_cause()
-            if isinstance(cause, ControllerError):
-                raise DstackRayError(str(cause.args[0]) if cause.args else str(cause)) from None
-            raise
-        except ray.exceptions.GetTimeoutError:
-            raise DstackRayError(
-                "the dstack-ray controller did not answer in time",
-                hint="check the cluster with `ray status`; the controller may be restarting",
-            ) from None
+        return self._controller.address_text()
 
     # -- configurations and plans ---------------------------------------------------------------
 
@@ -289,7 +395,7 @@ class Client:
         return load_configuration(configuration, profile=profile, no_profile=no_profile)
 
     def cluster_view(self) -> ClusterView:
-        view = ClusterView.model_validate(self._call(self._controller.cluster_view))
+        view = ClusterView.model_validate(self._controller.cluster_view())
         if self._settings.default_image:  # this client's own default image wins
             view.default_image = self._settings.default_image
         return view
@@ -409,11 +515,11 @@ class Client:
             has_payload=payload is not None,
         )
         payload_json = payload.model_dump_json() if payload is not None else None
-        record = RunRecord.model_validate(self._call(self._controller.submit, spec.model_dump(mode="json"), payload_json))
+        record = RunRecord.model_validate(self._controller.submit(spec.model_dump(mode="json"), payload_json))
         return Run(self, record)
 
     def find_run(self, name: str) -> Optional["Run"]:
-        data = self._call(self._controller.get_run, name)
+        data = self._controller.get_run(name)
         return Run(self, RunRecord.model_validate(data)) if data else None
 
     def get_run(self, name: str) -> "Run":
@@ -426,7 +532,7 @@ class Client:
         """Runs, newest first: every run (`all`) or the active ones; at most `limit` of them.
         Without a limit, the history is fetched page by page."""
         if not all:
-            return [Run(self, RunRecord.model_validate(r)) for r in self._call(self._controller.list_runs, limit, True)]
+            return [Run(self, RunRecord.model_validate(r)) for r in self._controller.list_runs(limit, True)]
         runs: List[Run] = []
         for run in self.iter_runs(min(limit, LIST_PAGE) if limit else LIST_PAGE):
             if limit is not None and len(runs) >= limit:
@@ -438,7 +544,7 @@ class Client:
         """Every run, newest first, fetched `page_size` at a time."""
         before = None
         while True:
-            page = self._call(self._controller.list_runs, page_size, False, before)
+            page = self._controller.list_runs(page_size, False, before)
             for data in page:
                 yield Run(self, RunRecord.model_validate(data))
             if len(page) < page_size:
@@ -495,14 +601,14 @@ class Run:
         return self._record.spec.configuration
 
     def refresh(self) -> "Run":
-        data = self._client._call(self._client._controller.get_run, self.id)
+        data = self._client._controller.get_run(self.id)
         if data:
             self._record = RunRecord.model_validate(data)
         return self
 
     def wait_change(self, timeout: float = 10.0) -> "Run":
         """Block until the run changes (or `timeout` passes)."""
-        data = self._client._call(self._client._controller.wait_run, self.id, self._record.version, timeout, timeout=timeout + 60)
+        data = self._client._controller.wait_run(self.id, self._record.version, timeout)
         if data:
             self._record = RunRecord.model_validate(data)
         return self
@@ -518,26 +624,31 @@ class Run:
         return self.status
 
     def stop(self, abort: bool = False) -> "Run":
-        self._record = RunRecord.model_validate(self._client._call(self._client._controller.stop_run, self.id, abort))
+        self._record = RunRecord.model_validate(self._client._controller.stop_run(self.id, abort))
         return self
 
     def delete(self) -> None:
-        self._client._call(self._client._controller.delete_run, self.id)
+        self._client._controller.delete_run(self.id)
+
+    def relay_connection(self, port: int, sock: socket.socket) -> None:
+        """Carry a TCP connection (`sock`) to `port` on the run's rank-0 node through the
+        service, until both sides closed (what `attach` does when the node is out of reach)."""
+        self._client._controller.relay(self.id, port, sock)
 
     def metrics(self, since_seconds: Optional[float] = None, jobs: bool = False) -> List[Dict[str, Any]]:
         """GPU samples of the latest attempt: at, rank, gpu, utilization, memory_used, memory_total.
         With `jobs`, also each job's CPU and memory samples (`kind: job`, cpu_percent, memory_bytes)."""
-        samples = self._client._call(self._client._controller.metrics, self.id, since_seconds)
+        samples = self._client._controller.metrics(self.id, since_seconds)
         for sample in samples:
             sample["at"] = datetime.fromisoformat(sample["at"])
         return samples if jobs else [s for s in samples if s.get("kind") != "job"]
 
     def events(self) -> List[Tuple[datetime, str]]:
-        return [(datetime.fromisoformat(at), msg) for at, msg in self._client._call(self._client._controller.events, self.id)]
+        return [(datetime.fromisoformat(at), msg) for at, msg in self._client._controller.events(self.id)]
 
     def jobs_history(self) -> List[JobRecord]:
         """Every job of every attempt, oldest first."""
-        return [JobRecord.model_validate(j) for j in self._client._call(self._client._controller.jobs_history, self.id)]
+        return [JobRecord.model_validate(j) for j in self._client._controller.jobs_history(self.id)]
 
     def logs(
         self,
@@ -553,20 +664,17 @@ class Run:
         wrote was read. With `partial`, pieces of lines still being written are yielded as they
         arrive (`line.partial`; print them without a newline): progress bars show live.
         """
-        controller = self._client._controller
         run_attempt = self._record.attempt if attempt is None else attempt
-        offset = 0
         joiner = _LineJoiner()
-        while True:
-            data, offset, final = self._client._call(
-                controller.read_logs, self.id, run_attempt, rank, offset, 5.0 if follow else 0.0
-            )
+        rest = b""  # a record cut by the chunk boundary: completed by the next chunk
+        for chunk in self._client._controller.log_chunks(self.id, run_attempt, rank, follow):
+            data = rest + chunk
+            cut = data.rfind(b"\n") + 1
+            data, rest = data[:cut], data[cut:]
             for record in _parse_log(data, rank):
                 line = record if partial else joiner.feed(record)
                 if line is not None and (since is None or line.time >= since):
                     yield line
-            if final or (not follow and not data):
-                last = joiner.flush()
-                if last is not None and (since is None or last.time >= since):
-                    yield last
-                return
+        last = joiner.flush()
+        if last is not None and (since is None or last.time >= since):
+            yield last

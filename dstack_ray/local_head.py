@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from dstack_ray.runtime.settings import default_state_dir
+from dstack_ray.service.client import auth_token_path
 from dstack_ray.store.paths import private_dir
 
 GCS_PORT = 6391
@@ -40,6 +41,7 @@ class LocalHead:
     temp_dir: str
     started_at: float
     auth: bool = True  # Ray's token authentication is on
+    service: Optional[str] = None  # the dstack-ray service's URL, once started
 
     @property
     def gcs_port(self) -> int:
@@ -47,10 +49,6 @@ class LocalHead:
 
 
 RAY_CLI = [sys.executable, "-c", "import sys; from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()"]
-
-
-def auth_token_path() -> Path:
-    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
 
 
 def ensure_auth_token() -> None:
@@ -164,8 +162,34 @@ def start(num_cpus: Optional[int] = None, num_gpus: Optional[int] = None, timeou
         started_at=time.time(),
         auth=auth,
     )
-    _info_file().write_text(json.dumps(asdict(head)))
+    _save(head)
+    service_url(head)
     return head
+
+
+def _save(head: LocalHead) -> None:
+    _info_file().write_text(json.dumps(asdict(head)))
+
+
+def service_url(head: LocalHead) -> str:
+    """The URL of the local head's dstack-ray service, started (as a Ray Job on the head,
+    listening on loopback only) when it does not answer."""
+    from dstack_ray.service import DEFAULT_SERVICE_PORT
+    from dstack_ray.service import client as service
+
+    token = service.auth_token() if head.auth else None
+    if head.service and service.healthy(head.service, token):
+        return head.service
+    head.service = service.ensure_service(
+        head.dashboard_url,
+        host="127.0.0.1",
+        bind="127.0.0.1",
+        port=service.free_port(DEFAULT_SERVICE_PORT),
+        python=service.local_service_python(),
+        token=token,
+    )
+    _save(head)
+    return head.service
 
 
 def _head_processes(temp_dir: Optional[str]) -> List[int]:
@@ -217,8 +241,17 @@ def stop(timeout: float = 20) -> bool:
             time.sleep(0.2)
         if not pids:
             break
+    if head is not None and head.service:
+        _wait_closed(int(head.service.rsplit(":", 1)[1]), timeout)
     _info_file().unlink(missing_ok=True)
     return True
+
+
+def _wait_closed(port: int, timeout: float) -> None:
+    """The service (a Ray Job's driver) ends by itself once the head's GCS is gone: wait for it."""
+    deadline = time.time() + timeout
+    while _port_open(port) and time.time() < deadline:
+        time.sleep(0.2)
 
 
 def _zombie(pid: int) -> bool:

@@ -40,7 +40,7 @@ from dstack_ray.models import (
     new_jobs,
 )
 from dstack_ray.runtime.names import generate_run_name
-from dstack_ray.runtime.settings import NAMESPACE, SUPERVISOR_NAME, RuntimeSettings
+from dstack_ray.runtime.settings import CONTROLLER_NAME, NAMESPACE, SUPERVISOR_NAME, RuntimeSettings
 from dstack_ray.store import LogGap, LogStore, Store, utcnow
 
 logger = logging.getLogger(__name__)
@@ -151,6 +151,7 @@ class Controller:
         return {
             "state_dir": self.settings.state_dir,
             "host": self.host_incarnation,
+            "job_id": ray.get_runtime_context().get_job_id(),  # the job whose driver created it
             "quarantined": [{"run_id": run_id, "error": why} for run_id, why in self.store.quarantined],
         }
 
@@ -637,3 +638,19 @@ def _supervisor_host_options(settings: RuntimeSettings) -> Any:
             node_id=ray.get_runtime_context().get_node_id(), soft=False
         ),
     )
+
+
+def controller_handle(settings: RuntimeSettings) -> Any:
+    """The cluster's Controller: the existing one, else a new one on the head node (it then
+    belongs to the job of the calling process: the service's, in normal use)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    try:
+        return ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+    except ValueError:
+        pass
+    head = next((n for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})), None)
+    options: Dict[str, Any] = dict(name=CONTROLLER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True)
+    if head is not None:
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=head["NodeID"], soft=False)
+    return Controller.options(**options).remote(settings.model_dump())

@@ -283,7 +283,8 @@ def test_a_progress_bar_redraws_live_in_the_terminal(cli):
     write_task(cli.cwd, "progress", "type: task\nname: progress\ncommands:\n  - for i in $(seq 1 20); do printf '\\rprogress %d/20' $i; sleep 0.3; done; echo; echo finished\nresources:\n  cpu: 1\n  memory: 0..\n")
     socket = f"dstack-ray-test-{os.getpid()}"
     tmux = ["tmux", "-L", socket]
-    command = " ".join([*CLI, "apply", "-f", "progress.dstack.yml", "-y"])
+    # The pane stays after the CLI exits (it exits right after the last line: no Ray to shut down).
+    command = " ".join([*CLI, "apply", "-f", "progress.dstack.yml", "-y"]) + "; sleep 120"
     subprocess.run([*tmux, "new-session", "-d", "-s", "live", "-x", "160", "-y", "40", "-c", str(cli.cwd), command], env=cli.env, check=True, timeout=30)
     try:
         screens = []

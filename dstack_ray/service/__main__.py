@@ -1,0 +1,3 @@
+from dstack_ray.service.server import main
+
+main()

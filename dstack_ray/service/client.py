@@ -1,0 +1,380 @@
+"""The client side of the service: HTTP calls to it, and finding (or starting) it.
+
+Nothing here imports Ray: a CLI call costs an HTTP round trip to the service, not a Ray driver
+(no `ray.init`, no entry in the dashboard's Jobs tab). Given a Ray address, the service is
+found through the cluster's Job Submission API (the dashboard, port 8265 by default): it is the
+running job whose metadata holds its port; when there is none, it is submitted there once.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import shlex
+import socket
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+
+from dstack_ray.errors import DstackRayError
+from dstack_ray.service import (
+    DEFAULT_SERVICE_PORT,
+    JOB_NAME,
+    SERVICE_METADATA_KEY,
+    SERVICE_PORT_ENV,
+    SERVICE_PYTHON_ENV,
+)
+
+logger = logging.getLogger(__name__)
+
+DASHBOARD_PORT = 8265
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"  # Ray's own variable for its Jobs API (`ray job`)
+START_TIMEOUT = 120.0
+AUTH_HINT = (
+    "this cluster has Ray token authentication on: give the client its token"
+    " (RAY_AUTH_TOKEN, or the file in RAY_AUTH_TOKEN_PATH, default ~/.ray/auth_token)"
+)
+
+
+def auth_token_path() -> Path:
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+
+
+def auth_token() -> Optional[str]:
+    """The cluster's Ray token, found where Ray's own clients look for it."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if token:
+        return token
+    try:
+        return auth_token_path().read_text().strip() or None
+    except OSError:
+        return None
+
+
+class HttpCaller:
+    """JSON requests to one HTTP server (the service, or Ray's dashboard) with the Ray token."""
+
+    def __init__(self, url: str, token: Optional[str] = None, what: str = "the dstack-ray service") -> None:
+        parts = urllib.parse.urlsplit(url.rstrip("/"))
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise DstackRayError(f"{url!r} is not an http(s) URL", hint="give e.g. http://127.0.0.1:8270")
+        self.url = url.rstrip("/")
+        self._parts = parts
+        self._token = token
+        self._what = what
+
+    def _connection(self, timeout: Optional[float]) -> http.client.HTTPConnection:
+        kind = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
+        return kind(self._parts.hostname, self._parts.port, timeout=timeout)
+
+    def _send(
+        self, method: str, path: str, query: Optional[Mapping[str, Any]], body: Any, timeout: Optional[float]
+    ) -> Tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        target = self._parts.path + path
+        if query:
+            target += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+        headers = {"Accept": "application/json"}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        connection = self._connection(timeout)
+        try:
+            connection.request(method, target, body=data, headers=headers)
+            return connection, connection.getresponse()
+        except (OSError, http.client.HTTPException) as e:
+            connection.close()
+            raise DstackRayError(
+                f"cannot reach {self._what} at {self.url}: {getattr(e, 'strerror', None) or e}",
+                hint="check the address (`--address` or RAY_ADDRESS) and that the cluster is up",
+            ) from None
+
+    def _error(self, response: http.client.HTTPResponse, text: str) -> DstackRayError:
+        if response.status in (401, 403):
+            return DstackRayError(f"{self._what} at {self.url} refused the request: {text.strip()[:200]}", hint=AUTH_HINT)
+        try:
+            detail = json.loads(text)
+            return DstackRayError(str(detail["error"]), hint=detail.get("hint"))
+        except (ValueError, KeyError, TypeError):
+            return DstackRayError(f"{self._what} at {self.url} answered {response.status}: {text.strip()[:300]}")
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        query: Optional[Mapping[str, Any]] = None,
+        body: Any = None,
+        timeout: Optional[float] = 130,
+        missing_ok: bool = False,
+    ) -> Any:
+        """The JSON answer; None for `missing_ok` requests the server answers with 404."""
+        connection, response = self._send(method, path, query, body, timeout)
+        try:
+            text = response.read().decode("utf-8", errors="replace")
+        except (OSError, http.client.HTTPException) as e:
+            raise DstackRayError(f"{self._what} at {self.url} closed the connection: {e}") from None
+        finally:
+            connection.close()
+        if response.status == 404 and missing_ok:
+            return None
+        if response.status >= 400:
+            raise self._error(response, text)
+        return json.loads(text) if text else None
+
+    def stream(self, path: str, query: Optional[Mapping[str, Any]] = None) -> Iterator[bytes]:
+        """The body of a GET as it arrives (the server decides when it ends)."""
+        connection, response = self._send("GET", path, query, None, None)
+        try:
+            if response.status >= 400:
+                raise self._error(response, response.read().decode("utf-8", errors="replace"))
+            while True:
+                chunk = response.read1(1 << 20)
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            connection.close()
+
+    def websocket_url(self, path: str) -> str:
+        scheme = "wss" if self._parts.scheme == "https" else "ws"
+        return f"{scheme}://{self._parts.netloc}{self._parts.path}{path}"
+
+    def auth_headers(self) -> Dict[str, str]:
+        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
+
+
+# -- finding the service ----------------------------------------------------------------------------
+
+
+def is_service_url(address: Optional[str]) -> bool:
+    return bool(address) and address.startswith(("http://", "https://"))
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a Ray `host:port` nobody listens on (ray.init would retry for minutes, and
+    the dashboard found next to it could belong to another cluster)."""
+    target = address.split("://", 1)[-1]
+    if target == "auto" or ":" not in target:
+        return
+    host, _, port = target.rpartition(":")
+    if not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return
+    except OSError as e:
+        raise DstackRayError(
+            f"cannot connect to the Ray cluster at {address}: {e.strerror or e}",
+            hint="check the address (`--address` or RAY_ADDRESS) and that the Ray head is up (`ray status`)",
+        ) from None
+
+
+def _ray_host(address: str) -> str:
+    """The head's host name of a Ray address (`host:port`, `ray://host:10001`, `auto`)."""
+    target = address.split("://", 1)[-1].strip("/")
+    if target == "auto":
+        current = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
+        try:
+            target = current.read_text().strip()
+        except OSError:
+            raise DstackRayError(
+                "address `auto`: no Ray cluster was started on this machine",
+                hint="give the head's address (host:6379 or the service's http:// URL)",
+            ) from None
+    host = target.rsplit(":", 1)[0] if ":" in target else target
+    return host.strip("[]") or "127.0.0.1"
+
+
+def service_jobs(dashboard: HttpCaller) -> List[Dict[str, Any]]:
+    """The cluster's service jobs that run or start, newest first."""
+    jobs = dashboard.call("GET", "/api/jobs/") or []
+    ours = [j for j in jobs if (j.get("metadata") or {}).get(SERVICE_METADATA_KEY) and j.get("status") in ("PENDING", "RUNNING")]
+    return sorted(ours, key=lambda j: j.get("start_time") or 0, reverse=True)
+
+
+def _running_service_port(dashboard: HttpCaller) -> Optional[int]:
+    """The port of the service job that is running (or starting) on the cluster, if any."""
+    jobs = service_jobs(dashboard)
+    return int(jobs[0]["metadata"][SERVICE_METADATA_KEY]) if jobs else None
+
+
+def healthy(url: str, token: Optional[str]) -> bool:
+    try:
+        answer = HttpCaller(url, token).call("GET", "/api/health", timeout=5)
+    except DstackRayError:
+        return False
+    return isinstance(answer, dict) and answer.get("service") == JOB_NAME
+
+
+def _entrypoint(python: str, host: str, port: int) -> str:
+    return f"{shlex.quote(python)} -m dstack_ray.service --host {shlex.quote(host)} --port {port}"
+
+
+def submit_service(dashboard: HttpCaller, python: str, host: str, port: int) -> str:
+    """Start the service as a Ray Job (the Jobs tab shows it as `dstack-ray`); its submission id."""
+    submission_id = f"{JOB_NAME}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
+    dashboard.call(
+        "POST",
+        "/api/jobs/",
+        body={
+            "entrypoint": _entrypoint(python, host, port),
+            "submission_id": submission_id,
+            "metadata": {"job_name": JOB_NAME, SERVICE_METADATA_KEY: str(port)},
+            "entrypoint_num_cpus": 0,
+        },
+    )
+    return submission_id
+
+
+def waithealthy(url: str, token: Optional[str], dashboard: HttpCaller, submission_id: Optional[str], timeout: float = START_TIMEOUT) -> None:
+    """Until the service answers; a service job that ended first is an error with its log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if healthy(url, token):
+            return
+        if submission_id is not None:
+            job = dashboard.call("GET", f"/api/jobs/{submission_id}", missing_ok=True) or {}
+            if job.get("status") in ("FAILED", "STOPPED", "SUCCEEDED"):
+                logs = (dashboard.call("GET", f"/api/jobs/{submission_id}/logs", missing_ok=True) or {}).get("logs", "")
+                tail = " | ".join(logs.strip().splitlines()[-5:])
+                raise DstackRayError(
+                    f"the dstack-ray service job {submission_id} ended ({job.get('status')}): {job.get('message') or ''} {tail}".strip(),
+                    hint="see the job's log in the Ray dashboard (Jobs tab)",
+                )
+        time.sleep(0.2)
+    raise DstackRayError(
+        f"the dstack-ray service did not answer at {url} within {timeout:.0f} s",
+        hint="see the `dstack-ray` job's log in the Ray dashboard (Jobs tab)",
+    )
+
+
+def ensure_service(
+    dashboard_url: str, host: str, bind: str, port: int, python: str, token: Optional[str]
+) -> str:
+    """The URL of the cluster's service (reached at `host`), started through the Jobs API if
+    no service job runs."""
+    dashboard = HttpCaller(dashboard_url, token, what="the Ray dashboard")
+    running = _running_service_port(dashboard)
+    if running is not None:
+        url = f"http://{_url_host(host)}:{running}"
+        waithealthy(url, token, dashboard, None, timeout=60)
+        return url
+    url = f"http://{_url_host(host)}:{port}"
+    submission_id = submit_service(dashboard, python, bind, port)
+    waithealthy(url, token, dashboard, submission_id)
+    return url
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _cache_file() -> Path:
+    from dstack_ray.runtime.settings import default_state_dir
+
+    return default_state_dir() / "services.json"
+
+
+def _cached(key: str) -> Optional[str]:
+    try:
+        return json.loads(_cache_file().read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _remember(key: str, url: str) -> None:
+    path = _cache_file()
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    known[key] = url
+    try:
+        from dstack_ray.store.paths import private_dir
+
+        private_dir(path.parent)
+        path.write_text(json.dumps(known))
+    except OSError as e:  # only a cache: the next call finds the service again
+        logger.debug("cannot remember the service address: %s", e)
+
+
+def service_for_ray_address(address: str, token: Optional[str]) -> str:
+    """The service of the cluster at a Ray address: remembered, else found or started."""
+    check_reachable(address)
+    host = _ray_host(address)
+    dashboard_url = os.environ.get(API_SERVER_ENV) or f"http://{_url_host(host)}:{DASHBOARD_PORT}"
+    if not is_service_url(dashboard_url):
+        dashboard_url = f"http://{dashboard_url}"
+    cached = _cached(dashboard_url)
+    if cached and healthy(cached, token):
+        return cached
+    url = ensure_service(
+        dashboard_url,
+        host=host,
+        bind="0.0.0.0",
+        port=int(os.environ.get(SERVICE_PORT_ENV) or DEFAULT_SERVICE_PORT),
+        python=os.environ.get(SERVICE_PYTHON_ENV) or "python",
+        token=token,
+    )
+    _remember(dashboard_url, url)
+    return url
+
+
+def free_port(preferred: int, host: str = "127.0.0.1") -> int:
+    for port in range(preferred, preferred + 50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+                return port
+            except OSError:
+                continue
+    raise DstackRayError(f"no free port near {preferred} on {host} for the dstack-ray service")
+
+
+def local_service_python() -> str:
+    return os.environ.get(SERVICE_PYTHON_ENV) or sys.executable
+
+
+
+RELAY_CHUNK = 256 * 1024
+
+
+async def relay_socket(url: str, headers: Mapping[str, str], sock: socket.socket) -> None:
+    """Carry one local TCP connection over the service's websocket relay (binary messages;
+    `eof` when the local side stopped sending) until both sides are done."""
+    import asyncio
+
+    import aiohttp
+
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+
+    async with aiohttp.ClientSession(headers=dict(headers)) as session:
+        async with session.ws_connect(url, max_msg_size=0) as ws:
+
+            async def upstream() -> None:
+                while True:
+                    data = await loop.sock_recv(sock, RELAY_CHUNK)
+                    if not data:
+                        await ws.send_str("eof")
+                        return
+                    await ws.send_bytes(data)
+
+            sender = asyncio.ensure_future(upstream())
+            try:
+                async for message in ws:
+                    if message.type != aiohttp.WSMsgType.BINARY:
+                        break
+                    await loop.sock_sendall(sock, message.data)
+            finally:
+                sender.cancel()
+                try:
+                    sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass

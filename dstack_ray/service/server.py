@@ -1,0 +1,274 @@
+"""The service process (`python -m dstack_ray.service`): owns the Controller and serves the HTTP API.
+
+It runs as a Ray Job driver on the head node, so the Controller it creates — and everything the
+Controller starts: the supervisor host, node agents, their tasks — belongs to this live job
+(a Controller made by a short-lived client would leave every later task attributed to a job that
+already ended, which the dashboard then shows as FAILED).
+
+The API (JSON unless said otherwise; run names or ids in paths):
+  GET    /api/health                      {"service": "dstack-ray", "version", "auth"} (no token needed)
+  GET    /api/cluster                     the cluster view plans are made against
+  GET    /api/runs?active=&limit=&before_at=&before_id=   runs, newest first (pages: before = last of the previous)
+  POST   /api/runs                        {"spec": RunSpec, "payload": packed files or null} -> the run
+  GET    /api/runs/{run}                  the run (404: no such run)
+  GET    /api/runs/{run}/wait?version=&timeout=   the run once it changed past `version`
+  POST   /api/runs/{run}/stop             {"abort": bool} -> the run
+  DELETE /api/runs/{run}                  a finished run and its logs
+  GET    /api/runs/{run}/events           [[time, message], ...]
+  GET    /api/runs/{run}/jobs             every job of every attempt
+  GET    /api/runs/{run}/metrics?since=   samples of the latest attempt
+  GET    /api/runs/{run}/logs?rank=&attempt=&offset=&follow=   the stored log records, streamed
+                                          (`<timestamp> <text>` lines); with follow, until the job ended
+  GET    /api/runs/{run}/ports/{port}     websocket: a TCP connection to that port on the run's rank-0 node
+With Ray's token authentication on, every request but health needs `Authorization: Bearer <token>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from typing import Any, Awaitable, Callable, Dict, Optional
+
+import aiohttp
+import ray
+from aiohttp import web
+
+from dstack_ray import __version__
+from dstack_ray.runtime.controller import ControllerError, controller_handle
+from dstack_ray.runtime.settings import NAMESPACE, RuntimeSettings
+from dstack_ray.service import DEFAULT_SERVICE_PORT, JOB_NAME, SERVICE_PORT_ENV
+
+logger = logging.getLogger(__name__)
+
+RELAY_CHUNK = 256 * 1024
+LOG_WAIT = 5.0  # seconds one read of a followed log waits for new lines
+MAX_REQUEST = 512 << 20  # an apply carries the run's packed files (64 MiB by default, as JSON)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str, hint: Optional[str] = None) -> web.Response:
+    return web.json_response({"error": message, "hint": hint}, status=status)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refusals as JSON a client can show: {"error", "hint"}."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except ray.exceptions.RayTaskError as e:
+        cause = e.as_instanceof_cause()
+        if isinstance(cause, ControllerError):
+            return _error(400, str(cause.args[0]) if cause.args else str(cause))
+        logger.exception("the controller failed on %s %s", request.method, request.path)
+        return _error(500, f"the dstack-ray controller failed: {cause}", "see the `dstack-ray` job's log in the Ray dashboard")
+    except ray.exceptions.RayActorError:
+        return _error(503, "the dstack-ray controller is restarting", "try again in a few seconds")
+    except (ValueError, TypeError, KeyError) as e:
+        return _error(400, f"bad request: {e}")
+
+
+def _token_auth() -> Any:
+    """Ray's own check of its token (a no-op when the cluster's token authentication is off)."""
+    from ray._private.authentication.http_token_authentication import get_token_auth_middleware
+
+    return get_token_auth_middleware(aiohttp, whitelisted_exact_paths=["/api/health"])
+
+
+def _token_auth_on() -> bool:
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+    return is_token_auth_enabled()
+
+
+def _flag(value: Optional[str]) -> bool:
+    return (value or "").lower() in ("1", "true", "yes")
+
+
+class Service:
+    """The API's handlers: each is a thin call of the Controller."""
+
+    def __init__(self, controller: Any) -> None:
+        self.controller = controller
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[_token_auth(), _errors], client_max_size=MAX_REQUEST)
+        app.add_routes(
+            [
+                web.get("/api/health", self.health),
+                web.get("/api/cluster", self.cluster),
+                web.get("/api/runs", self.list_runs),
+                web.post("/api/runs", self.submit),
+                web.get("/api/runs/{run}", self.get_run),
+                web.get("/api/runs/{run}/wait", self.wait_run),
+                web.post("/api/runs/{run}/stop", self.stop_run),
+                web.delete("/api/runs/{run}", self.delete_run),
+                web.get("/api/runs/{run}/events", self.events),
+                web.get("/api/runs/{run}/jobs", self.jobs),
+                web.get("/api/runs/{run}/metrics", self.metrics),
+                web.get("/api/runs/{run}/logs", self.logs),
+                web.get("/api/runs/{run}/ports/{port}", self.relay),
+            ]
+        )
+        return app
+
+    async def _run(self, request: web.Request) -> Dict[str, Any]:
+        name = request.match_info["run"]
+        run = await self.controller.get_run.remote(name)
+        if run is None:
+            raise web.HTTPNotFound(
+                text=f'{{"error": "run {name} not found", "hint": "list runs with `dstack-ray ps -a`"}}',
+                content_type="application/json",
+            )
+        return run
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"service": JOB_NAME, "version": __version__, "auth": _token_auth_on()})
+
+    async def cluster(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.controller.cluster_view.remote())
+
+    async def list_runs(self, request: web.Request) -> web.Response:
+        query = request.query
+        limit = int(query["limit"]) if query.get("limit") else None
+        before = (query["before_at"], query["before_id"]) if query.get("before_at") else None
+        return web.json_response(await self.controller.list_runs.remote(limit, _flag(query.get("active")), before))
+
+    async def submit(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        return web.json_response(await self.controller.submit.remote(body["spec"], body.get("payload")))
+
+    async def get_run(self, request: web.Request) -> web.Response:
+        return web.json_response(await self._run(request))
+
+    async def wait_run(self, request: web.Request) -> web.Response:
+        run = await self._run(request)
+        timeout = min(float(request.query.get("timeout", 10)), 60.0)
+        version = int(request.query.get("version", run["version"]))
+        return web.json_response(await self.controller.wait_run.remote(run["id"], version, timeout))
+
+    async def stop_run(self, request: web.Request) -> web.Response:
+        body = await request.json() if request.can_read_body else {}
+        return web.json_response(await self.controller.stop_run.remote(request.match_info["run"], bool(body.get("abort"))))
+
+    async def delete_run(self, request: web.Request) -> web.Response:
+        await self.controller.delete_run.remote(request.match_info["run"])
+        return web.json_response(None)
+
+    async def events(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.controller.events.remote(request.match_info["run"]))
+
+    async def jobs(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.controller.jobs_history.remote(request.match_info["run"]))
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        since = float(request.query["since"]) if request.query.get("since") else None
+        return web.json_response(await self.controller.metrics.remote(request.match_info["run"], since))
+
+    async def logs(self, request: web.Request) -> web.StreamResponse:
+        run = await self._run(request)
+        query = request.query
+        rank = int(query.get("rank", 0))
+        attempt = int(query["attempt"]) if query.get("attempt") else run["attempt"]
+        offset = int(query.get("offset", 0))
+        follow = _flag(query.get("follow"))
+        response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+        await response.prepare(request)
+        while True:
+            data, offset, final = await self.controller.read_logs.remote(run["id"], attempt, rank, offset, LOG_WAIT if follow else 0.0)
+            if data:
+                await response.write(data)
+            if final or (not follow and not data):
+                break
+        await response.write_eof()
+        return response
+
+    async def relay(self, request: web.Request) -> web.StreamResponse:
+        """One TCP connection to a port of the rank-0 node, carried in binary websocket
+        messages; a text message `eof` from the client closes its sending side."""
+        run = await self._run(request)
+        port = int(request.match_info["port"])
+        jobs = run.get("jobs") or []
+        if not jobs or not jobs[0].get("node_ip"):
+            return _error(409, f"run {run['name']} has no rank-0 node yet", "wait until it is running")
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(jobs[0]["node_ip"], port), 10)
+        except (OSError, asyncio.TimeoutError) as e:
+            return _error(502, f"cannot connect to port {port} of run {run['name']}: {e}")
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+
+        async def upstream() -> None:
+            async for message in ws:
+                if message.type == aiohttp.WSMsgType.BINARY:
+                    writer.write(message.data)
+                    await writer.drain()
+                elif message.type == aiohttp.WSMsgType.TEXT and message.data == "eof":
+                    writer.write_eof()
+            writer.close()
+
+        async def downstream() -> None:
+            while True:
+                data = await reader.read(RELAY_CHUNK)
+                if not data:
+                    break
+                await ws.send_bytes(data)
+            await ws.close()
+
+        await asyncio.gather(upstream(), downstream(), return_exceptions=True)
+        return ws
+
+
+async def _exit_with_the_cluster(gcs_address: str, interval: float = 1.0) -> None:
+    """End this process once the cluster's GCS stops answering (the head was stopped): a Ray
+    Job's driver is not always killed with the head, and it would keep the API's port."""
+    host, _, port = gcs_address.rpartition(":")
+    misses = 0
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), 5)
+            writer.close()
+            misses = 0
+        except (OSError, asyncio.TimeoutError):
+            misses += 1
+            if misses >= 3:
+                logger.warning("the cluster's GCS at %s is gone: the service stops", gcs_address)
+                logging.shutdown()
+                os._exit(0)
+
+
+def main(argv: Optional[list] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m dstack_ray.service", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get(SERVICE_PORT_ENV) or DEFAULT_SERVICE_PORT))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", namespace=NAMESPACE, log_to_driver=False)
+    controller = controller_handle(RuntimeSettings())
+    state = ray.get(controller.ping.remote())
+    job_id = ray.get_runtime_context().get_job_id()
+    if state.get("job_id") != job_id:
+        logger.warning(
+            "the controller was created by job %s, not by this service (%s): tasks it starts are attributed to that job",
+            state.get("job_id"),
+            job_id,
+        )
+    logger.info("dstack-ray service %s on %s:%d (state in %s, token auth %s)", __version__, args.host, args.port, state["state_dir"], "on" if _token_auth_on() else "off")
+    app = Service(controller).app()
+    gcs_address = ray.get_runtime_context().gcs_address
+
+    async def watch(app: web.Application) -> None:
+        app["watchdog"] = asyncio.ensure_future(_exit_with_the_cluster(gcs_address))
+
+    app.on_startup.append(watch)
+    try:
+        web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
+    except OSError as e:
+        logger.error("cannot listen on %s:%d: %s (another dstack-ray service? set %s)", args.host, args.port, e, SERVICE_PORT_ENV)
+        sys.exit(1)
