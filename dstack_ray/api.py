@@ -107,12 +107,15 @@ class _LineJoiner:
 
 class _ActorController:
     """The Controller through Ray actor handles: inside a Ray application (this process is a
-    Ray driver already), or when the caller manages the Controller itself (`settings`)."""
+    Ray driver already), on a cluster without a dashboard, or when the caller manages the
+    Controller itself (`create`: made here if missing, with the caller's settings)."""
 
-    def __init__(self, address: Optional[str], settings: RuntimeSettings) -> None:
+    def __init__(self, address: Optional[str], settings: RuntimeSettings, create: bool) -> None:
         _connect(address)
         from dstack_ray.runtime.controller import controller_handle
 
+        if not create:
+            _start_service_for_this_cluster()
         self.handle = controller_handle(settings)
         self._call(self.handle.ping)
 
@@ -289,13 +292,30 @@ def _ray_driver() -> bool:
     return ray is not None and hasattr(ray, "is_initialized") and ray.is_initialized()
 
 
-def _service_url(address: Optional[str]) -> str:
-    """The service's URL for `address`: itself, found through a Ray address, or the local head's."""
+def _start_service_for_this_cluster() -> None:
+    """Inside a Ray application: make sure the cluster's service runs, so that the Controller
+    belongs to it and not to this application's job (whose end would leave every task the
+    Controller starts later attributed to a finished job)."""
+    import ray
+
+    from dstack_ray.runtime.settings import CONTROLLER_NAME
     from dstack_ray.service import client as service
 
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if service.is_service_url(address):
-        return address
+    try:
+        ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+        return
+    except ValueError:
+        pass
+    try:
+        service.service_for_ray_address(ray.get_runtime_context().gcs_address, service.auth_token())
+    except DstackRayError as e:
+        logger.warning("the dstack-ray service could not be started (%s); this application creates the controller", e)
+
+
+def _service_url(address: Optional[str]) -> Optional[str]:
+    """The service's URL for a Ray `address`, or the local head's. None: a cluster without a dashboard, reached as a Ray driver instead."""
+    from dstack_ray.service import client as service
+
     if address:
         return service.service_for_ray_address(address, service.auth_token())
     from dstack_ray import local_head
@@ -361,18 +381,30 @@ def _registry_auth_value(text: str, field: str, env: Mapping[str, str], cfg: Tas
 class Client:
     """Submits dstack tasks to a Ray cluster and finds their runs.
 
-    `address`: a Ray address (`host:port`, `auto`, `ray://...`). Without it, an existing
-    `ray.init` connection is reused, else $RAY_ADDRESS, else the embedded local head
-    (`dstack-ray server start`), which is started when it is not running.
+    `address`: the dstack-ray service's URL (`http://host:8270`), or a Ray address (`host:port`,
+    `auto`, `ray://...`) whose service is found, or started, through the cluster's Jobs API.
+    Without it: $RAY_ADDRESS, else the embedded local head (`dstack-ray server start`), started
+    when it is not running. Calls go over HTTP to the service (this process does not become a
+    Ray driver). Inside a Ray application (`ray.init` was called), or with `settings` (the
+    caller runs the Controller itself, e.g. with its own state directory), or on a cluster
+    without a dashboard, the Client uses actor handles on this process's Ray connection.
     """
 
     def __init__(self, address: Optional[str] = None, settings: Optional[RuntimeSettings] = None) -> None:
+        from dstack_ray.service.client import is_service_url
+
         self._settings = settings or RuntimeSettings()
         address = address or os.environ.get("RAY_ADDRESS") or None
-        if _ray_driver() or (settings is not None and not (address or "").startswith(("http://", "https://"))):
-            self._controller: Any = _ActorController(address, self._settings)
+        if is_service_url(address):
+            url: Optional[str] = address
+        elif _ray_driver() or settings is not None:
+            url = None
         else:
-            self._controller = _ServiceController(_service_url(address))
+            url = _service_url(address)
+        if url is not None:
+            self._controller: Any = _ServiceController(url)
+        else:
+            self._controller = _ActorController(address, self._settings, create=settings is not None)
 
     def address_text(self) -> str:
         """Where this client is connected, for plans and messages."""

@@ -55,6 +55,14 @@ def auth_token() -> Optional[str]:
         return None
 
 
+class Unreachable(DstackRayError):
+    """Nothing answered at the server's address."""
+
+
+class ServiceEnded(DstackRayError):
+    """The service's Ray Job ended before it answered."""
+
+
 class HttpCaller:
     """JSON requests to one HTTP server (the service, or Ray's dashboard) with the Ray token."""
 
@@ -90,7 +98,7 @@ class HttpCaller:
             return connection, connection.getresponse()
         except (OSError, http.client.HTTPException) as e:
             connection.close()
-            raise DstackRayError(
+            raise Unreachable(
                 f"cannot reach {self._what} at {self.url}: {getattr(e, 'strerror', None) or e}",
                 hint="check the address (`--address` or RAY_ADDRESS) and that the cluster is up",
             ) from None
@@ -198,12 +206,6 @@ def service_jobs(dashboard: HttpCaller) -> List[Dict[str, Any]]:
     return sorted(ours, key=lambda j: j.get("start_time") or 0, reverse=True)
 
 
-def _running_service_port(dashboard: HttpCaller) -> Optional[int]:
-    """The port of the service job that is running (or starting) on the cluster, if any."""
-    jobs = service_jobs(dashboard)
-    return int(jobs[0]["metadata"][SERVICE_METADATA_KEY]) if jobs else None
-
-
 def healthy(url: str, token: Optional[str]) -> bool:
     try:
         answer = HttpCaller(url, token).call("GET", "/api/health", timeout=5)
@@ -232,21 +234,20 @@ def submit_service(dashboard: HttpCaller, python: str, host: str, port: int) -> 
     return submission_id
 
 
-def waithealthy(url: str, token: Optional[str], dashboard: HttpCaller, submission_id: Optional[str], timeout: float = START_TIMEOUT) -> None:
+def wait_healthy(url: str, token: Optional[str], dashboard: HttpCaller, submission_id: str, timeout: float = START_TIMEOUT) -> None:
     """Until the service answers; a service job that ended first is an error with its log."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if healthy(url, token):
             return
-        if submission_id is not None:
-            job = dashboard.call("GET", f"/api/jobs/{submission_id}", missing_ok=True) or {}
-            if job.get("status") in ("FAILED", "STOPPED", "SUCCEEDED"):
-                logs = (dashboard.call("GET", f"/api/jobs/{submission_id}/logs", missing_ok=True) or {}).get("logs", "")
-                tail = " | ".join(logs.strip().splitlines()[-5:])
-                raise DstackRayError(
-                    f"the dstack-ray service job {submission_id} ended ({job.get('status')}): {job.get('message') or ''} {tail}".strip(),
-                    hint="see the job's log in the Ray dashboard (Jobs tab)",
-                )
+        job = dashboard.call("GET", f"/api/jobs/{submission_id}", missing_ok=True) or {}
+        if job.get("status") in ("FAILED", "STOPPED", "SUCCEEDED"):
+            logs = (dashboard.call("GET", f"/api/jobs/{submission_id}/logs", missing_ok=True) or {}).get("logs", "")
+            tail = " | ".join(logs.strip().splitlines()[-5:])
+            raise ServiceEnded(
+                f"the dstack-ray service job {submission_id} ended ({job.get('status')}): {job.get('message') or ''} {tail}".strip(),
+                hint="see the job's log in the Ray dashboard (Jobs tab)",
+            )
         time.sleep(0.2)
     raise DstackRayError(
         f"the dstack-ray service did not answer at {url} within {timeout:.0f} s",
@@ -260,14 +261,16 @@ def ensure_service(
     """The URL of the cluster's service (reached at `host`), started through the Jobs API if
     no service job runs."""
     dashboard = HttpCaller(dashboard_url, token, what="the Ray dashboard")
-    running = _running_service_port(dashboard)
-    if running is not None:
-        url = f"http://{_url_host(host)}:{running}"
-        waithealthy(url, token, dashboard, None, timeout=60)
-        return url
+    for job in service_jobs(dashboard):  # one that is stopping is passed over once it ended
+        url = f"http://{_url_host(host)}:{job['metadata'][SERVICE_METADATA_KEY]}"
+        try:
+            wait_healthy(url, token, dashboard, job["submission_id"], timeout=60)
+            return url
+        except ServiceEnded:
+            continue
     url = f"http://{_url_host(host)}:{port}"
     submission_id = submit_service(dashboard, python, bind, port)
-    waithealthy(url, token, dashboard, submission_id)
+    wait_healthy(url, token, dashboard, submission_id)
     return url
 
 
@@ -304,8 +307,9 @@ def _remember(key: str, url: str) -> None:
         logger.debug("cannot remember the service address: %s", e)
 
 
-def service_for_ray_address(address: str, token: Optional[str]) -> str:
-    """The service of the cluster at a Ray address: remembered, else found or started."""
+def service_for_ray_address(address: str, token: Optional[str]) -> Optional[str]:
+    """The service of the cluster at a Ray address: remembered, else found or started through
+    the cluster's Jobs API. None: the cluster has no dashboard (so no Jobs API) to find it with."""
     check_reachable(address)
     host = _ray_host(address)
     dashboard_url = os.environ.get(API_SERVER_ENV) or f"http://{_url_host(host)}:{DASHBOARD_PORT}"
@@ -314,14 +318,18 @@ def service_for_ray_address(address: str, token: Optional[str]) -> str:
     cached = _cached(dashboard_url)
     if cached and healthy(cached, token):
         return cached
-    url = ensure_service(
-        dashboard_url,
-        host=host,
-        bind="0.0.0.0",
-        port=int(os.environ.get(SERVICE_PORT_ENV) or DEFAULT_SERVICE_PORT),
-        python=os.environ.get(SERVICE_PYTHON_ENV) or "python",
-        token=token,
-    )
+    try:
+        url = ensure_service(
+            dashboard_url,
+            host=host,
+            bind="0.0.0.0",
+            port=int(os.environ.get(SERVICE_PORT_ENV) or DEFAULT_SERVICE_PORT),
+            python=os.environ.get(SERVICE_PYTHON_ENV) or "python",
+            token=token,
+        )
+    except Unreachable:
+        logger.info("no Ray dashboard at %s: connecting to the cluster as a Ray driver", dashboard_url)
+        return None
     _remember(dashboard_url, url)
     return url
 

@@ -1,0 +1,134 @@
+"""The dstack-ray service on the local head: the CLI is an HTTP client of it.
+
+No CLI call becomes a Ray driver (so the Jobs tab holds only the service job, and a run that
+outlives the command that submitted it is not marked FAILED in the dashboard), the API checks
+Ray's token, and a restarted service keeps every run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from tests.cli.conftest import write_task
+from tests.helpers import wait_for
+
+# The CLI with `import ray` made impossible: every command the service serves must still work.
+CLI_WITHOUT_RAY = [
+    sys.executable,
+    "-c",
+    "import runpy, sys; sys.modules['ray'] = None; sys.argv[0] = 'dstack-ray'; runpy.run_module('dstack_ray_cli.main', run_name='__main__')",
+]
+SMALL = "resources:\n  cpu: 1\n  memory: 256MB\n"
+
+
+def _head(cli) -> Dict[str, Any]:
+    return json.loads((Path(cli.env["DSTACK_RAY_STATE_DIR"]) / "local-head.json").read_text())
+
+
+def _token(cli) -> str:
+    return (Path(cli.env["HOME"]) / ".ray" / "auth_token").read_text().strip()
+
+
+def _request(url: str, token: Optional[str] = None, method: str = "GET") -> Tuple[int, Any]:
+    request = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = response.read().decode()
+            return response.status, json.loads(body) if body else None
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except urllib.error.URLError as e:  # nothing listens
+        return 0, str(e.reason)
+
+
+def _jobs(cli) -> List[Dict[str, Any]]:
+    """The dashboard's Jobs tab, as its REST API lists it."""
+    status, jobs = _request(_head(cli)["dashboard_url"] + "/api/jobs/", _token(cli))
+    assert status == 200, jobs
+    return jobs
+
+
+def _service_jobs(cli) -> List[Dict[str, Any]]:
+    return [j for j in _jobs(cli) if (j.get("metadata") or {}).get("job_name") == "dstack-ray" and j["status"] == "RUNNING"]
+
+
+def _without_ray(cli, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    result = subprocess.run([*CLI_WITHOUT_RAY, *args], env=cli.env, cwd=cli.cwd, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{args}: rc={result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def test_cli_calls_import_no_ray_and_add_no_ray_jobs(cli):
+    before = {j["submission_id"] or j["job_id"] for j in _jobs(cli)}
+    assert len(_service_jobs(cli)) == 1
+    write_task(cli.cwd, "calls", f"type: task\nname: svc-calls\ncommands:\n  - echo from the service\n{SMALL}")
+    _without_ray(cli, "apply", "-f", "calls.dstack.yml", "-y", "-d")
+    assert wait_for(lambda: '"done"' in _without_ray(cli, "ps", "-a", "--json").stdout, 90)
+    assert "from the service" in _without_ray(cli, "logs", "svc-calls").stdout
+    assert "svc-calls" in _without_ray(cli, "ps", "-a").stdout
+    events = _without_ray(cli, "events", "svc-calls").stdout
+    assert "submitted" in events and "done" in events, events
+    _without_ray(cli, "delete", "svc-calls", "-y")
+    after = {j["submission_id"] or j["job_id"] for j in _jobs(cli)}
+    assert after == before, f"CLI calls added Ray jobs: {after - before}"
+
+
+def test_the_api_refuses_requests_without_the_token(cli):
+    url = _head(cli)["service"]
+    status, health = _request(url + "/api/health")
+    assert status == 200 and health["service"] == "dstack-ray" and health["auth"] is True
+    assert _request(url + "/api/runs")[0] == 401
+    assert _request(url + "/api/runs", token="not-the-token")[0] == 403
+    assert _request(url + "/api/runs", token=_token(cli))[0] == 200
+    refused = subprocess.run(
+        [*CLI_WITHOUT_RAY, "ps"], env={**cli.env, "RAY_AUTH_TOKEN": "not-the-token"}, cwd=cli.cwd, capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 1 and "refused the request" in refused.stderr and "RAY_AUTH_TOKEN" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_a_run_outliving_its_client_is_not_failed_in_the_dashboard(cli):
+    """`apply -d` exits at once; Ray used to mark the run's tasks FAILED ~15 s after the driver
+    that created the Controller exited. Every task now belongs to the service's live job."""
+    write_task(cli.cwd, "outlive", f"type: task\nname: svc-outlive\ncommands:\n  - sleep 20\n  - echo end\n{SMALL}")
+    _without_ray(cli, "apply", "-f", "outlive.dstack.yml", "-y", "-d")
+    assert wait_for(lambda: '"done"' in _without_ray(cli, "ps", "-a", "--json").stdout, 120)
+    (service,) = _service_jobs(cli)
+
+    def tasks() -> List[Dict[str, Any]]:
+        status, answer = _request(_head(cli)["dashboard_url"] + "/api/v0/tasks?limit=10000&detail=1", _token(cli))
+        assert status == 200, answer
+        return answer["data"]["result"]["result"]
+
+    def jobs_ran() -> List[Dict[str, Any]]:  # the agents' run_job calls, once Ray reported them ended
+        ran = [t for t in tasks() if t["name"].endswith(".run_job")]
+        return ran if ran and all(t["state"] in ("FINISHED", "FAILED") for t in ran) else []
+
+    assert wait_for(jobs_ran, 60), [(t["name"], t["state"]) for t in tasks()]
+    assert {t["state"] for t in jobs_ran()} == {"FINISHED"}
+    everything = tasks()
+    assert [(t["name"], t["job_id"]) for t in everything if t["state"] == "FAILED"] == []
+    assert {t["job_id"] for t in everything} == {service["job_id"]}
+
+
+def test_a_restarted_service_keeps_every_run(cli):
+    write_task(cli.cwd, "across", f"type: task\nname: svc-across\ncommands:\n  - echo before\n  - sleep 8\n  - echo after\n{SMALL}")
+    _without_ray(cli, "apply", "-f", "across.dstack.yml", "-y", "-d")
+    assert wait_for(lambda: "running" in _without_ray(cli, "ps").stdout, 60)
+    (old,) = _service_jobs(cli)
+    dashboard, token = _head(cli)["dashboard_url"], _token(cli)
+    assert _request(f"{dashboard}/api/jobs/{old['submission_id']}/stop", token, method="POST")[0] == 200
+    assert wait_for(lambda: _request(_head(cli)["service"] + "/api/health")[0] != 200, 60)
+    listed = _without_ray(cli, "ps", "-a").stdout  # finds no service: starts a new one
+    assert "svc-across" in listed and "svc-calls" not in listed
+    (new,) = _service_jobs(cli)
+    assert new["submission_id"] != old["submission_id"]
+    logs = _without_ray(cli, "logs", "svc-across", "-f", timeout=120).stdout
+    assert logs.splitlines() == ["before", "after"]
+    assert wait_for(lambda: '"exited (0)"' in _without_ray(cli, "ps", "-a", "--json").stdout, 60)
