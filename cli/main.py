@@ -6,9 +6,15 @@ import logging
 import os
 import sys
 
-import typer
+# While the CLI's models are built at import, pydantic would look for plugins in every installed
+# distribution's metadata (tens of ms with Ray's dependencies): the CLI uses none. Restored in
+# main(), so processes the CLI starts (the local head) get the user's environment.
+_PYDANTIC_PLUGINS = os.environ.get("PYDANTIC_DISABLE_PLUGINS")
+os.environ["PYDANTIC_DISABLE_PLUGINS"] = "__all__"
 
-from dstack_ray.errors import DstackRayError
+import typer  # noqa: E402
+
+from dstack_ray.errors import DstackRayError  # noqa: E402
 from dstack_ray.config import ConfigurationError
 from dstack_ray_cli import apply_cmd, config_cmd, offer_cmd, runs_cmd, server_cmd
 from dstack_ray_cli import cluster_cmd
@@ -41,6 +47,10 @@ def main() -> None:
     Usage errors are click's (standalone mode); our own errors propagate here.
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    if _PYDANTIC_PLUGINS is None:
+        del os.environ["PYDANTIC_DISABLE_PLUGINS"]
+    else:
+        os.environ["PYDANTIC_DISABLE_PLUGINS"] = _PYDANTIC_PLUGINS
     try:
         app()
     except ConfigurationError as e:

@@ -95,6 +95,14 @@ def _free_port(preferred: int) -> int:
     raise LocalHeadError(f"no free port near {preferred} for the local Ray head")
 
 
+def recorded_service() -> Optional[str]:
+    """The service URL the local head's record holds (whether it answers is not checked)."""
+    try:
+        return json.loads(_info_file().read_text()).get("service")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def status() -> Optional[LocalHead]:
     """The running local head, or None (a stale record is removed)."""
     path = _info_file()

@@ -11,3 +11,7 @@ fi
 spec="."
 [ -n "$extras" ] && spec=".[${extras}]"
 VIRTUAL_ENV="$PWD/.venv" uv pip install --quiet -e "$spec"
+# Bytecode ahead of time (uv does not write it): with PYTHONDONTWRITEBYTECODE set, as on some
+# machines, Python would compile every module again on each `dstack-ray` call (+0.5 s to a 0.35 s
+# `ps`). A file that does not compile (a package's test data) only stays without bytecode.
+.venv/bin/python -m compileall -q -j 0 .venv/lib/python*/site-packages dstack_ray cli >/dev/null || true

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Iterable, Optional, Sequence
 
-from croniter import croniter
 
 WEEKDAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
@@ -176,6 +175,8 @@ _HORIZON_YEARS = 30
 
 def _next_for(expr: CronExpression, start: datetime) -> Optional[datetime]:
     """The first fire time >= start (start is whole-second, UTC)."""
+    from croniter import croniter  # here: only schedules need it, and it is slow to import
+
     iterator = croniter(expr.to_posix(), start - timedelta(seconds=1), day_or=False)
     try:
         fire = iterator.get_next(datetime)
