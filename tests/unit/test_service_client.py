@@ -1,0 +1,197 @@
+"""Finding the service without Ray: a fake Jobs API (Ray's dashboard) and a fake service on
+loopback, served by threads of this test."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Dict, List, Optional
+
+import pytest
+
+from dstack_ray.errors import DstackRayError
+from dstack_ray.service import client as service
+
+
+class FakeServer:
+    """One HTTP server whose answers the test sets: {(method, path): (status, body)}."""
+
+    def __init__(self) -> None:
+        self.routes: Dict[tuple, tuple] = {}
+        self.requests: List[Dict[str, Any]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                server.requests.append({"method": self.command, "path": self.path, "body": body, "auth": self.headers.get("Authorization")})
+                status, answer = server.routes.get((self.command, self.path.split("?")[0]), (404, {"error": "no such route"}))
+                if callable(answer):
+                    answer = answer(body)
+                data = json.dumps(answer).encode() if not isinstance(answer, str) else answer.encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_DELETE = _answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def fake():
+    servers: List[FakeServer] = []
+
+    def make() -> FakeServer:
+        servers.append(FakeServer())
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def _service(server: FakeServer) -> None:
+    server.routes[("GET", "/api/health")] = (200, {"service": "dstack-ray", "version": "x", "auth": False})
+
+
+def _job(submission_id: str, port: int, status: str = "RUNNING", start: int = 1) -> Dict[str, Any]:
+    return {"submission_id": submission_id, "status": status, "start_time": start, "metadata": {"job_name": "dstack-ray", service.SERVICE_METADATA_KEY: str(port)}}
+
+
+def test_a_running_service_job_is_found_and_none_is_submitted(fake):
+    dashboard, svc = fake(), fake()
+    _service(svc)
+    dashboard.routes[("GET", "/api/jobs/")] = (200, [_job("old", 1, status="STOPPED"), _job("dstack-ray-1", svc.port)])
+    dashboard.routes[("GET", "/api/jobs/dstack-ray-1")] = (200, _job("dstack-ray-1", svc.port))
+    url = service.ensure_service(dashboard.url, host="127.0.0.1", bind="0.0.0.0", port=1, python="python", token="secret")
+    assert url == svc.url
+    assert not [r for r in dashboard.requests if r["method"] == "POST"]
+    assert {r["auth"] for r in dashboard.requests} == {"Bearer secret"}
+
+
+def test_no_service_job_submits_one_that_listens_where_the_client_expects(fake):
+    dashboard, svc = fake(), fake()
+    submitted: List[Dict[str, Any]] = []
+
+    def submit(body: Dict[str, Any]) -> Dict[str, Any]:
+        submitted.append(body)
+        _service(svc)  # the job starts: the service answers from now on
+        dashboard.routes[("GET", f"/api/jobs/{body['submission_id']}")] = (200, _job(body["submission_id"], svc.port))
+        return {"submission_id": body["submission_id"]}
+
+    dashboard.routes[("GET", "/api/jobs/")] = (200, [])
+    dashboard.routes[("POST", "/api/jobs/")] = (200, submit)
+    url = service.ensure_service(dashboard.url, host="127.0.0.1", bind="0.0.0.0", port=svc.port, python="/opt/py 3/python", token=None)
+    assert url == svc.url
+    (body,) = submitted
+    assert body["entrypoint"] == f"'/opt/py 3/python' -m dstack_ray.service --host 0.0.0.0 --port {svc.port}"
+    assert body["metadata"] == {"job_name": "dstack-ray", service.SERVICE_METADATA_KEY: str(svc.port)}
+    assert body["submission_id"].startswith("dstack-ray-") and body["entrypoint_num_cpus"] == 0
+
+
+def test_a_service_job_that_fails_is_an_error_with_its_log(fake):
+    dashboard = fake()
+
+    def submit(body: Dict[str, Any]) -> Dict[str, Any]:
+        sid = body["submission_id"]
+        dashboard.routes[("GET", f"/api/jobs/{sid}")] = (200, {**_job(sid, 1, status="FAILED"), "message": "exit code 1"})
+        dashboard.routes[("GET", f"/api/jobs/{sid}/logs")] = (200, {"logs": "line 1\nModuleNotFoundError: No module named 'ray'\n"})
+        return {"submission_id": sid}
+
+    dashboard.routes[("GET", "/api/jobs/")] = (200, [])
+    dashboard.routes[("POST", "/api/jobs/")] = (200, submit)
+    with pytest.raises(service.ServiceEnded, match="FAILED.*exit code 1.*No module named 'ray'"):
+        service.ensure_service(dashboard.url, host="127.0.0.1", bind="0.0.0.0", port=9, python="python", token=None)
+
+
+def test_a_stopping_service_job_is_passed_over(fake):
+    """The job list still says RUNNING while a stopped service shuts down: once the job reads
+    STOPPED, a new one is submitted instead of waiting on the old port."""
+    dashboard, svc = fake(), fake()
+    dashboard.routes[("GET", "/api/jobs/")] = (200, [_job("stopping", 9)])
+    dashboard.routes[("GET", "/api/jobs/stopping")] = (200, _job("stopping", 9, status="STOPPED"))
+    dashboard.routes[("GET", "/api/jobs/stopping/logs")] = (200, {"logs": ""})
+
+    def submit(body: Dict[str, Any]) -> Dict[str, Any]:
+        _service(svc)
+        dashboard.routes[("GET", f"/api/jobs/{body['submission_id']}")] = (200, _job(body["submission_id"], svc.port))
+        return {}
+
+    dashboard.routes[("POST", "/api/jobs/")] = (200, submit)
+    assert service.ensure_service(dashboard.url, host="127.0.0.1", bind="0.0.0.0", port=svc.port, python="python", token=None) == svc.url
+
+
+def test_a_ray_address_without_a_dashboard_means_no_service(fake, monkeypatch, tmp_path):
+    gcs = fake()  # something listens on the "GCS" port, nothing on the dashboard's
+    monkeypatch.setenv("DSTACK_RAY_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv(service.API_SERVER_ENV, "http://127.0.0.1:1")
+    assert service.service_for_ray_address(f"127.0.0.1:{gcs.port}", None) is None
+
+
+def test_a_found_service_is_remembered_per_cluster(fake, monkeypatch, tmp_path):
+    dashboard, svc, gcs = fake(), fake(), fake()
+    _service(svc)
+    dashboard.routes[("GET", "/api/jobs/")] = (200, [_job("s", svc.port)])
+    dashboard.routes[("GET", "/api/jobs/s")] = (200, _job("s", svc.port))
+    monkeypatch.setenv("DSTACK_RAY_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv(service.API_SERVER_ENV, dashboard.url)
+    assert service.service_for_ray_address(f"127.0.0.1:{gcs.port}", None) == svc.url
+    dashboard.close()  # the next client goes straight to the remembered service
+    assert service.service_for_ray_address(f"127.0.0.1:{gcs.port}", None) == svc.url
+    assert json.loads((tmp_path / "services.json").read_text()) == {dashboard.url: svc.url}
+
+
+def test_unreachable_ray_address_is_a_clear_error():
+    with pytest.raises(DstackRayError, match="cannot connect to the Ray cluster at 127.0.0.1:1"):
+        service.service_for_ray_address("127.0.0.1:1", None)
+
+
+@pytest.mark.parametrize(
+    "status,body,message,hint",
+    [
+        (401, "Unauthorized: Missing authentication token", "refused the request: Unauthorized", "RAY_AUTH_TOKEN"),
+        (403, "Forbidden: Invalid authentication token", "refused the request: Forbidden", "RAY_AUTH_TOKEN"),
+        (400, {"error": "run x is active (running); stop it before deleting", "hint": None}, "run x is active", None),
+        (500, "<html>boom</html>", "answered 500: <html>boom</html>", None),
+    ],
+)
+def test_refusals_become_errors_a_user_can_act_on(fake, status, body, message, hint):
+    svc = fake()
+    svc.routes[("GET", "/api/runs")] = (status, body)
+    with pytest.raises(DstackRayError, match=message) as caught:
+        service.HttpCaller(svc.url).call("GET", "/api/runs")
+    assert (hint in (caught.value.hint or "")) if hint else caught.value.hint is None
+
+
+def test_missing_ok_and_the_token_header(fake):
+    svc = fake()
+    assert service.HttpCaller(svc.url, "tok").call("GET", "/api/runs/nope", missing_ok=True) is None
+    assert svc.requests[-1]["auth"] == "Bearer tok"
+    with pytest.raises(service.Unreachable, match="cannot reach the dstack-ray service at http://127.0.0.1:1"):
+        service.HttpCaller("http://127.0.0.1:1").call("GET", "/api/runs")
+    with pytest.raises(DstackRayError, match="not an http"):
+        service.HttpCaller("127.0.0.1:8270")
+
+
+def test_the_token_is_found_where_ray_looks(monkeypatch, tmp_path):
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "token"))
+    assert service.auth_token() is None
+    (tmp_path / "token").write_text("from-file\n")
+    assert service.auth_token() == "from-file"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
+    assert service.auth_token() == "from-env"
