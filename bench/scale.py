@@ -145,7 +145,7 @@ def main() -> None:
     drained = time.perf_counter() - submit_started
     done.set()
 
-    stats = [entry for entry in c._call(c._controller.admission_stats) if entry[1] > 0]
+    stats = [entry for entry in c._controller._call(c._controller.handle.admission_stats) if entry[1] > 0]
     passes = [(entry[1], entry[2]) for entry in stats]
     slowest = max(stats, key=lambda entry: entry[2], default=None)
     buckets: Dict[str, List[float]] = {}

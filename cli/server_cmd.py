@@ -1,4 +1,5 @@
-"""`dstack-ray server start|stop|status`: the embedded local Ray head (like `dstack server`)."""
+"""`dstack-ray server start|stop|status`: the embedded local Ray head (like `dstack server`) and
+its dstack-ray service; with `--address`, the service of another cluster."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ from dstack_ray import local_head
 from dstack_ray.errors import DstackRayError
 from dstack_ray_cli.console import CLIError, console
 
-app = typer.Typer(help="Manage the local Ray head that dstack-ray uses when no --address is given.", no_args_is_help=True)
+app = typer.Typer(
+    help="Manage the local Ray head that dstack-ray uses when no --address is given, or a cluster's dstack-ray service.",
+    no_args_is_help=True,
+)
+ClusterOption = typer.Option(
+    None, "--address", help="A Ray cluster (host:6379, ray://host:10001): its dstack-ray service (a Ray Job) instead of the local head."
+)
 
 
 @app.command()
@@ -54,8 +61,18 @@ def _print_head(head: local_head.LocalHead) -> None:
 
 
 @app.command()
-def stop() -> None:
-    """Stop the local head and everything running on it."""
+def stop(address: Optional[str] = ClusterOption) -> None:
+    """Stop the local head and everything running on it; with --address, only that cluster's
+    service (runs go on; the next dstack-ray command starts it again)."""
+    if address:
+        from dstack_ray.service.client import stop_service
+
+        try:
+            stopped = stop_service(address)
+        except DstackRayError as e:
+            raise CLIError(str(e), e.hint) from None
+        console.print(f"Stopped the dstack-ray service job {', '.join(stopped)}" if stopped else "No dstack-ray service runs on that cluster")
+        return
     if local_head.stop():
         console.print("The local Ray head was stopped")
     else:

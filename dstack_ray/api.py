@@ -257,17 +257,17 @@ def _quote(name: str) -> str:
 
 def _connect(address: Optional[str]) -> None:
     """This process as a Ray driver (for actor handles), unless it is one already."""
-    import ray
-
-    if ray.is_initialized():
+    if _ray_driver():
         return
     if not address:
         from dstack_ray import local_head
 
         head = local_head.status() or local_head.start()
         address = head.address
-        if head.auth:
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
+        if head.auth and "ray" not in sys.modules:  # read when Ray is imported
+            os.environ["RAY_AUTH_MODE"] = "token"
+    import ray
+
     from dstack_ray.service.client import check_reachable
 
     check_reachable(address)
@@ -306,14 +306,22 @@ def _start_service_for_this_cluster() -> None:
         return
     except ValueError:
         pass
+    from dstack_ray import local_head
+
+    gcs_address = ray.get_runtime_context().gcs_address
+    head = local_head.status()
     try:
-        service.service_for_ray_address(ray.get_runtime_context().gcs_address, service.auth_token())
+        if head is not None and gcs_address.rsplit(":", 1)[-1] == str(head.gcs_port):
+            local_head.service_url(head)
+        else:
+            service.service_for_ray_address(gcs_address, service.auth_token())
     except DstackRayError as e:
         logger.warning("the dstack-ray service could not be started (%s); this application creates the controller", e)
 
 
 def _service_url(address: Optional[str]) -> Optional[str]:
-    """The service's URL for a Ray `address`, or the local head's. None: a cluster without a dashboard, reached as a Ray driver instead."""
+    """The service's URL for a Ray `address`, or the local head's. None: a cluster without a
+    dashboard, reached as a Ray driver instead."""
     from dstack_ray.service import client as service
 
     if address:

@@ -310,18 +310,14 @@ def _remember(key: str, url: str) -> None:
 def service_for_ray_address(address: str, token: Optional[str]) -> Optional[str]:
     """The service of the cluster at a Ray address: remembered, else found or started through
     the cluster's Jobs API. None: the cluster has no dashboard (so no Jobs API) to find it with."""
-    check_reachable(address)
-    host = _ray_host(address)
-    dashboard_url = os.environ.get(API_SERVER_ENV) or f"http://{_url_host(host)}:{DASHBOARD_PORT}"
-    if not is_service_url(dashboard_url):
-        dashboard_url = f"http://{dashboard_url}"
+    dashboard_url = _dashboard_for(address).url
     cached = _cached(dashboard_url)
     if cached and healthy(cached, token):
         return cached
     try:
         url = ensure_service(
             dashboard_url,
-            host=host,
+            host=_ray_host(address),
             bind="0.0.0.0",
             port=int(os.environ.get(SERVICE_PORT_ENV) or DEFAULT_SERVICE_PORT),
             python=os.environ.get(SERVICE_PYTHON_ENV) or "python",
@@ -332,6 +328,25 @@ def service_for_ray_address(address: str, token: Optional[str]) -> Optional[str]
         return None
     _remember(dashboard_url, url)
     return url
+
+
+def _dashboard_for(address: str) -> HttpCaller:
+    check_reachable(address)
+    dashboard_url = os.environ.get(API_SERVER_ENV) or f"http://{_url_host(_ray_host(address))}:{DASHBOARD_PORT}"
+    if not is_service_url(dashboard_url):
+        dashboard_url = f"http://{dashboard_url}"
+    return HttpCaller(dashboard_url, auth_token(), what="the Ray dashboard")
+
+
+def stop_service(address: str) -> List[str]:
+    """Stop the service job(s) of the cluster at a Ray address; their submission ids. Runs go
+    on: the next client starts the service again."""
+    dashboard = _dashboard_for(address)
+    stopped = []
+    for job in service_jobs(dashboard):
+        dashboard.call("POST", f"/api/jobs/{job['submission_id']}/stop")
+        stopped.append(job["submission_id"])
+    return stopped
 
 
 def free_port(preferred: int, host: str = "127.0.0.1") -> int:

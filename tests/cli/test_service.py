@@ -122,8 +122,8 @@ def test_a_restarted_service_keeps_every_run(cli):
     _without_ray(cli, "apply", "-f", "across.dstack.yml", "-y", "-d")
     assert wait_for(lambda: "running" in _without_ray(cli, "ps").stdout, 60)
     (old,) = _service_jobs(cli)
-    dashboard, token = _head(cli)["dashboard_url"], _token(cli)
-    assert _request(f"{dashboard}/api/jobs/{old['submission_id']}/stop", token, method="POST")[0] == 200
+    stopped = _without_ray(cli, "server", "stop", "--address", _head(cli)["address"]).stdout
+    assert f"Stopped the dstack-ray service job {old['submission_id']}" in stopped
     assert wait_for(lambda: _request(_head(cli)["service"] + "/api/health")[0] != 200, 60)
     listed = _without_ray(cli, "ps", "-a").stdout  # finds no service: starts a new one
     assert "svc-across" in listed and "svc-calls" not in listed

@@ -243,7 +243,7 @@ def test_an_unreadable_record_is_quarantined_and_the_controller_starts(client, s
 
 def _ping(client):
     try:
-        return client._call(client._controller.ping, timeout=5)
+        return client._controller._call(client._controller.handle.ping, timeout=5)
     except Exception:
         return None
 
@@ -260,8 +260,8 @@ def test_a_retried_submit_is_answered_once(client):
     configuration = cfg.model_dump(mode="json", exclude_unset=True)
     configuration.pop("name")  # the Controller generates one
     spec = RunSpec(run_name="", configuration=configuration, submission_id=uuid.uuid4().hex)
-    first = client._call(client._controller.submit, spec.model_dump(mode="json"), None)
-    second = client._call(client._controller.submit, spec.model_dump(mode="json"), None)
+    first = client._controller.submit(spec.model_dump(mode="json"), None)
+    second = client._controller.submit(spec.model_dump(mode="json"), None)
     assert first["id"] == second["id"] and first["name"] == second["name"]
     assert [r.name for r in client.list_runs()].count(first["name"]) == 1
 

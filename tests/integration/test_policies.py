@@ -82,7 +82,7 @@ def test_interruption_is_resubmitted_on_the_remaining_nodes(client, gpu_nodes, t
     gpu_nodes.remove_node(victim, allow_graceful=False)
     assert run.wait(90) == RunStatus.DONE
     assert run.record.attempt == 1
-    history = client._call(client._controller.jobs_history, run.id)
+    history = client._controller.jobs_history(run.id)
     first = [j for j in history if j["attempt"] == 0]
     assert {j["termination_reason"] for j in first} >= {"interrupted_by_no_capacity"}
     assert victim.node_id not in {j.node_id for j in run.jobs}
@@ -202,7 +202,7 @@ def test_controller_restart_loses_nothing(client, settings):
 
     run = client.apply(task("survivor", ["for i in $(seq 1 6); do echo tick-$i; sleep 0.5; done"]))
     assert wait_for(lambda: "tick-1" in list(run.logs()), 30)
-    ray.kill(client._controller, no_restart=False)
+    ray.kill(client._controller.handle, no_restart=False)
     assert run.wait(90) == RunStatus.DONE
     assert list(run.logs()) == [f"tick-{i}" for i in range(1, 7)]
     assert client.get_run("survivor").id == run.id

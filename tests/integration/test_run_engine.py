@@ -383,7 +383,7 @@ def test_history_is_paged_and_finished_runs_stay_reachable_until_pruned(client, 
     assert client.get_run("history-0").status == RunStatus.DONE and list(client.get_run("history-0").logs()) == ["echo history 0".split(" ", 1)[1]]
     assert runs[0].wait_change(30).status == RunStatus.DONE  # a finished run answers at once
     oldest = everything[-2:]  # finished runs of earlier tests: removed as the retention would
-    removed = client._call(client._controller.prune, None, len(everything) - 2)
+    removed = client._controller._call(client._controller.handle.prune, None, len(everything) - 2)
     assert removed >= 2  # and runs replaced by a resubmission under their name, as old as those
     for run in oldest:
         assert client.find_run(run.id) is None

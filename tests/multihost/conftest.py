@@ -34,6 +34,9 @@ HEALTH_CHECKS = {
     "health_check_initial_delay_ms": 0,
 }
 VENV_BIN = Path(sys.executable).parent
+# The hosts' `python` is not the one with Ray: the service job started on the head names it.
+SERVICE_PYTHON_ENV = "DSTACK_RAY_SERVICE_PYTHON"
+SERVICE_PYTHON = str(VENV_BIN / "python")
 REPO = Path(__file__).resolve().parents[2]
 
 # Lists the live processes of a run in one container: by its environment (DSTACK_RUN_NAME, as
@@ -128,12 +131,14 @@ class Hosts:
         ray = [str(VENV_BIN / "ray"), "start", "--block", "--num-cpus", "1", "--object-store-memory", str(100 * 1024**2),
                "--node-ip-address", self.ips[host], "--memory", str((3 if host == HEAD else 6) * 1024**3)]
         if host == HEAD:
-            ray += ["--head", "--port", "6379", "--ray-client-server-port", "10001", "--include-dashboard", "false",
-                    "--system-config", json.dumps(HEALTH_CHECKS)]
+            # The dashboard (its Jobs API) is how a client finds or starts the dstack-ray service.
+            ray += ["--head", "--port", "6379", "--ray-client-server-port", "10001", "--include-dashboard", "true",
+                    "--dashboard-host", "0.0.0.0", "--system-config", json.dumps(HEALTH_CHECKS)]
         else:
             ray += ["--address", f"{self.head_ip}:6379"]
         hosts = [arg for name, ip in self.ips.items() for arg in ("--add-host", f"{name}:{ip}")]
-        env = [arg for pair in ("RAY_AUTH_MODE=disabled", "RAY_USAGE_STATS_ENABLED=0", "RAY_DEDUP_LOGS=0") for arg in ("-e", pair)]
+        pairs = ("RAY_AUTH_MODE=disabled", "RAY_USAGE_STATS_ENABLED=0", "RAY_DEDUP_LOGS=0", f"{SERVICE_PYTHON_ENV}={SERVICE_PYTHON}")
+        env = [arg for pair in pairs for arg in ("-e", pair)]
         podman(
             "run", "-d", "--name", self.container(host), "--hostname", host, "--network", self.network,
             "--ip", self.ips[host], *hosts, *env, "--shm-size", "512m",

@@ -20,7 +20,7 @@ import yaml
 
 from dstack_ray.models import JobStatus, RunStatus, RunTerminationReason
 from tests.helpers import local_torch_sources, wait_for
-from tests.multihost.conftest import HEAD, REPO, VENV_BIN, WORKERS
+from tests.multihost.conftest import HEAD, REPO, SERVICE_PYTHON, SERVICE_PYTHON_ENV, VENV_BIN, WORKERS
 
 EXAMPLES = REPO / "examples"
 CLI = [sys.executable, "-m", "dstack_ray_cli.main"]
@@ -53,7 +53,7 @@ def explain(run) -> str:
 
 
 def cli(hosts, *args: str, timeout: float = 180, **popen) -> subprocess.CompletedProcess:
-    env = dict(os.environ, COLUMNS="200")
+    env = dict(os.environ, COLUMNS="200", **{SERVICE_PYTHON_ENV: SERVICE_PYTHON})
     return subprocess.run([*CLI, *args, "--address", hosts.ray_address], env=env, capture_output=True, text=True, timeout=timeout, **popen)
 
 
@@ -220,7 +220,7 @@ def test_attach_forwards_to_a_web_app_on_a_worker_host(three_hosts, client):
     try:
         for relay in ("", "always"):
             local = free_port()
-            env = dict(os.environ, COLUMNS="200", DSTACK_RAY_PORT_RELAY=relay)
+            env = dict(os.environ, COLUMNS="200", DSTACK_RAY_PORT_RELAY=relay, **{SERVICE_PYTHON_ENV: SERVICE_PYTHON})
             attach = subprocess.Popen(
                 [*CLI, "attach", "mh-web", "-p", f"{local}:8000", "--address", three_hosts.ray_address],
                 env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -305,7 +305,7 @@ def test_host_loss_with_retry_resumes_on_the_remaining_hosts(three_hosts, client
     victim = kill_a_worker_running(run, three_hosts)
     assert run.wait(180) == RunStatus.DONE, explain(run)
     assert run.record.attempt == 1
-    history = client._call(client._controller.jobs_history, run.id)
+    history = client._controller.jobs_history(run.id)
     assert {j["termination_reason"] for j in history if j["attempt"] == 0} >= {"interrupted_by_no_capacity"}
     assert three_hosts.ips[victim] not in {job.node_ip for job in run.jobs}
     resumed_on = {list(run.logs(rank=r))[-1] for r in range(2)}
