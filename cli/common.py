@@ -24,6 +24,8 @@ def connect(address: Optional[str]):
     from dstack_ray import local_head
     from dstack_ray.api import Client, DstackRayError
 
+    if not address:
+        address = local_head.answering_service()  # the local head's service, when it answers
     if not address and local_head.status() is None:
         err_console.print("[dim]Starting the local Ray head (stop it with `dstack-ray server stop`)…[/]")
     try:

@@ -328,10 +328,7 @@ def _service_url(address: Optional[str]) -> Optional[str]:
         return service.service_for_ray_address(address, service.auth_token())
     from dstack_ray import local_head
 
-    recorded = local_head.recorded_service()
-    if recorded is not None and service.healthy(recorded, service.auth_token()):
-        return recorded  # answers: the head runs (no need to look for its processes)
-    return local_head.service_url(local_head.status() or local_head.start())
+    return local_head.answering_service() or local_head.service_url(local_head.status() or local_head.start())
 
 
 def pack_payload(cfg: TaskConfiguration) -> Optional[RunPayload]:

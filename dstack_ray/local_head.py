@@ -95,12 +95,17 @@ def _free_port(preferred: int) -> int:
     raise LocalHeadError(f"no free port near {preferred} for the local Ray head")
 
 
-def recorded_service() -> Optional[str]:
-    """The service URL the local head's record holds (whether it answers is not checked)."""
+def answering_service() -> Optional[str]:
+    """The local head's service URL if it answers: the quick check (no look for the head's
+    processes) every command that has no address makes first."""
+    from dstack_ray.service import client as service
+
     try:
-        return json.loads(_info_file().read_text()).get("service")
-    except (OSError, ValueError, AttributeError):
+        head = LocalHead(**json.loads(_info_file().read_text()))
+    except (OSError, ValueError, TypeError):
         return None
+    token = service.auth_token() if head.auth else None
+    return head.service if head.service and service.healthy(head.service, token) else None
 
 
 def status() -> Optional[LocalHead]:

@@ -255,22 +255,38 @@ def wait_healthy(url: str, token: Optional[str], dashboard: HttpCaller, submissi
     )
 
 
-def ensure_service(
-    dashboard_url: str, host: str, bind: str, port: int, python: str, token: Optional[str]
-) -> str:
-    """The URL of the cluster's service (reached at `host`), started through the Jobs API if
-    no service job runs."""
-    dashboard = HttpCaller(dashboard_url, token, what="the Ray dashboard")
-    for job in service_jobs(dashboard):  # one that is stopping is passed over once it ended
+def _running_service(dashboard: HttpCaller, host: str, token: Optional[str]) -> Optional[str]:
+    """The URL of a service job that runs (or starts) and answers; one that is stopping is
+    passed over once its job has ended."""
+    for job in service_jobs(dashboard):
         url = f"http://{_url_host(host)}:{job['metadata'][SERVICE_METADATA_KEY]}"
         try:
             wait_healthy(url, token, dashboard, job["submission_id"], timeout=60)
             return url
         except ServiceEnded:
             continue
+    return None
+
+
+def ensure_service(
+    dashboard_url: str, host: str, bind: str, port: int, python: str, token: Optional[str]
+) -> str:
+    """The URL of the cluster's service (reached at `host`), started through the Jobs API if
+    no service job runs."""
+    dashboard = HttpCaller(dashboard_url, token, what="the Ray dashboard")
+    running = _running_service(dashboard, host, token)
+    if running is not None:
+        return running
     url = f"http://{_url_host(host)}:{port}"
     submission_id = submit_service(dashboard, python, bind, port)
-    wait_healthy(url, token, dashboard, submission_id)
+    try:
+        wait_healthy(url, token, dashboard, submission_id)
+    except ServiceEnded:
+        # Another client may have started one at the same moment (ours then found its port taken).
+        running = _running_service(dashboard, host, token)
+        if running is None:
+            raise
+        return running
     return url
 
 

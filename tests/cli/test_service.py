@@ -106,12 +106,11 @@ def test_a_run_outliving_its_client_is_not_failed_in_the_dashboard(cli):
         assert status == 200, answer
         return answer["data"]["result"]["result"]
 
-    def jobs_ran() -> List[Dict[str, Any]]:  # the agents' run_job calls, once Ray reported them ended
-        ran = [t for t in tasks() if t["name"].endswith(".run_job")]
-        return ran if ran and all(t["state"] in ("FINISHED", "FAILED") for t in ran) else []
+    def finished_jobs() -> List[Dict[str, Any]]:  # the agents' run_job calls Ray reports ended
+        return [t for t in tasks() if t["name"].endswith(".run_job") and t["state"] == "FINISHED"]
 
-    assert wait_for(jobs_ran, 60), [(t["name"], t["state"]) for t in tasks()]
-    assert {t["state"] for t in jobs_ran()} == {"FINISHED"}
+    # The run took 20 s: past the ~15 s after which Ray marked a gone driver's tasks FAILED.
+    assert wait_for(finished_jobs, 60), [(t["name"], t["state"]) for t in tasks()]
     everything = tasks()
     assert [(t["name"], t["job_id"]) for t in everything if t["state"] == "FAILED"] == []
     assert {t["job_id"] for t in everything} == {service["job_id"]}

@@ -195,3 +195,21 @@ def test_the_token_is_found_where_ray_looks(monkeypatch, tmp_path):
     assert service.auth_token() == "from-file"
     monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
     assert service.auth_token() == "from-env"
+
+
+def test_two_clients_starting_the_service_at_once_share_one(fake):
+    """Ours could not listen (the other client's service took the port): the other is used."""
+    dashboard, svc = fake(), fake()
+    _service(svc)
+
+    def submit(body: Dict[str, Any]) -> Dict[str, Any]:
+        sid = body["submission_id"]
+        dashboard.routes[("GET", f"/api/jobs/{sid}")] = (200, _job(sid, 1, status="FAILED"))
+        dashboard.routes[("GET", f"/api/jobs/{sid}/logs")] = (200, {"logs": "cannot listen on 0.0.0.0:1"})
+        dashboard.routes[("GET", "/api/jobs/")] = (200, [_job(sid, 1, status="FAILED"), _job("other", svc.port)])
+        dashboard.routes[("GET", "/api/jobs/other")] = (200, _job("other", svc.port))
+        return {}
+
+    dashboard.routes[("GET", "/api/jobs/")] = (200, [])
+    dashboard.routes[("POST", "/api/jobs/")] = (200, submit)
+    assert service.ensure_service(dashboard.url, host="127.0.0.1", bind="0.0.0.0", port=1, python="python", token=None) == svc.url
