@@ -24,7 +24,7 @@ from dstack_ray.config.interpolate import interpolate
 from dstack_ray.errors import DstackRayError
 from dstack_ray.exec.prepare import RunPayload
 from dstack_ray.plan.cluster import ClusterView
-from dstack_ray.plan.offers import Offers, cluster_offers
+from dstack_ray.plan.offers import Offers, offers_for
 from dstack_ray.plan.planner import RunPlan, build_plan
 from dstack_ray.models import JobRecord, RunRecord, RunSpec, RunStatus, RunTerminationReason
 from dstack_ray.runtime.settings import CONTROLLER_NAME, NAMESPACE, RuntimeSettings
@@ -460,18 +460,7 @@ class Client:
     def offers(self, configuration: ConfigurationInput, catalog: bool = True) -> Offers:
         """Where the task could run: this cluster's nodes and autoscaler node types that fit a
         node of it, then (with the skypilot extra and its catalog on disk) cloud instances."""
-        from dstack_ray.plan.catalog import catalog_offers
-
-        cfg = self.load(configuration)
-        cluster = self.cluster_view()
-        plan = build_plan(cfg, cluster)
-        result = catalog_offers(cfg) if catalog else None
-        return Offers(
-            cluster=cluster_offers(cfg, plan, cluster),
-            catalog=result.offers if result else [],
-            catalog_message=result.message if result else None,
-            no_capacity=plan.no_capacity,
-        )
+        return offers_for(self.load(configuration), self.cluster_view(), catalog)
 
     @staticmethod
     def prepare(

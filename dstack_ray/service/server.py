@@ -8,6 +8,7 @@ already ended, which the dashboard then shows as FAILED).
 The API (JSON unless said otherwise; run names or ids in paths):
   GET    /api/health                      {"service": "dstack-ray", "version", "auth"} (no token needed)
   GET    /api/cluster                     the cluster view plans are made against
+  POST   /api/offers?catalog=             {"configuration": {...}} -> where it could run
   GET    /api/runs?active=&limit=&before_at=&before_id=   runs, newest first (pages: before = last of the previous)
   POST   /api/runs                        {"spec": RunSpec, "payload": packed files or null} -> the run
   GET    /api/runs/{run}                  the run (404: no such run)
@@ -37,6 +38,9 @@ import ray
 from aiohttp import web
 
 from dstack_ray import __version__
+from dstack_ray.config import ConfigurationError, parse_configuration
+from dstack_ray.plan.cluster import ClusterView
+from dstack_ray.plan.offers import offers_for
 from dstack_ray.runtime.controller import ControllerError, controller_handle
 from dstack_ray.runtime.settings import NAMESPACE, RuntimeSettings
 from dstack_ray.service import DEFAULT_SERVICE_PORT, JOB_NAME, SERVICE_PORT_ENV
@@ -102,6 +106,7 @@ class Service:
             [
                 web.get("/api/health", self.health),
                 web.get("/api/cluster", self.cluster),
+                web.post("/api/offers", self.offers),
                 web.get("/api/runs", self.list_runs),
                 web.post("/api/runs", self.submit),
                 web.get("/api/runs/{run}", self.get_run),
@@ -132,6 +137,17 @@ class Service:
 
     async def cluster(self, request: web.Request) -> web.Response:
         return web.json_response(await self.controller.cluster_view.remote())
+
+    async def offers(self, request: web.Request) -> web.Response:
+        """{"configuration": a task configuration} -> the offers (`?catalog=1`: with the
+        catalogs on the head); an invalid configuration is a 400 naming the field."""
+        body = await request.json()
+        try:
+            cfg = parse_configuration(body["configuration"])
+        except ConfigurationError as e:
+            return _error(400, str(e))
+        cluster = ClusterView.model_validate(await self.controller.cluster_view.remote())
+        return web.json_response(offers_for(cfg, cluster, catalog=_flag(request.query.get("catalog"))).model_dump(mode="json"))
 
     async def list_runs(self, request: web.Request) -> web.Response:
         query = request.query

@@ -146,7 +146,7 @@ def check_forwarding(cli, name: str, port: int, local: int, extra_env: dict | No
     assert "Detached" in err
 
 
-def test_attach_forwards_ports_directly_and_through_ray(cli):
+def test_attach_forwards_ports_directly_and_through_the_service(cli):
     port = free_port()
     http_task(cli, "cli-http", port)
     cli("apply", "-f", "cli-http.dstack.yml", "-y", "-d", check_rc=0)

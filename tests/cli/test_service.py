@@ -35,8 +35,12 @@ def _token(cli) -> str:
     return (Path(cli.env["HOME"]) / ".ray" / "auth_token").read_text().strip()
 
 
-def _request(url: str, token: Optional[str] = None, method: str = "GET") -> Tuple[int, Any]:
-    request = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {token}"} if token else {})
+def _request(url: str, token: Optional[str] = None, method: str = "GET", body: Any = None) -> Tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    data = json.dumps(body).encode() if body is not None else None
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             body = response.read().decode()
@@ -86,6 +90,11 @@ def test_the_api_refuses_requests_without_the_token(cli):
     assert _request(url + "/api/runs")[0] == 401
     assert _request(url + "/api/runs", token="not-the-token")[0] == 403
     assert _request(url + "/api/runs", token=_token(cli))[0] == 200
+    task = {"type": "task", "commands": ["true"], "resources": {"cpu": 1, "memory": "0.."}}
+    status, offers = _request(url + "/api/offers", _token(cli), "POST", {"configuration": task})
+    assert status == 200 and offers["cluster"] and offers["cluster"][0]["backend"].startswith("ray"), offers
+    status, refused = _request(url + "/api/offers", _token(cli), "POST", {"configuration": {**task, "resources": {"gpu": "2:3"}}})
+    assert status == 400 and "resources.gpu" in refused, refused
     refused = subprocess.run(
         [*CLI_WITHOUT_RAY, "ps"], env={**cli.env, "RAY_AUTH_TOKEN": "not-the-token"}, cwd=cli.cwd, capture_output=True, text=True, timeout=60
     )

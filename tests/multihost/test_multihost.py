@@ -210,7 +210,7 @@ def fetch_through(local: int, timeout: float = 60) -> str:
 
 def test_attach_forwards_to_a_web_app_on_a_worker_host(three_hosts, client):
     """The web-app example, given more memory than the head has so that it lands on a worker;
-    `attach -p` on this machine reaches it directly and through Ray."""
+    `attach -p` on this machine reaches it directly and through the service's relay."""
     config = example("web-app.dstack.yml", name="mh-web")
     config["resources"]["memory"] = "4GB.."
     run = client.apply(config)
