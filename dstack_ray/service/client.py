@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 DASHBOARD_PORT = 8265
 API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"  # Ray's own variable for its Jobs API (`ray job`)
 START_TIMEOUT = 120.0
+RESTART_RETRIES = 30  # one a second while the service answers 503 (its controller restarts)
 AUTH_HINT = (
     "this cluster has Ray token authentication on: give the client its token"
     " (RAY_AUTH_TOKEN, or the file in RAY_AUTH_TOKEN_PATH, default ~/.ray/auth_token)"
@@ -121,14 +122,20 @@ class HttpCaller:
         timeout: Optional[float] = 130,
         missing_ok: bool = False,
     ) -> Any:
-        """The JSON answer; None for `missing_ok` requests the server answers with 404."""
-        connection, response = self._send(method, path, query, body, timeout)
-        try:
-            text = response.read().decode("utf-8", errors="replace")
-        except (OSError, http.client.HTTPException) as e:
-            raise DstackRayError(f"{self._what} at {self.url} closed the connection: {e}") from None
-        finally:
-            connection.close()
+        """The JSON answer; None for `missing_ok` requests the server answers with 404. While
+        the service says its controller restarts (503), the request is repeated for a while
+        (a repeated submission is recognised by its submission id)."""
+        for attempt in range(RESTART_RETRIES + 1):
+            connection, response = self._send(method, path, query, body, timeout)
+            try:
+                text = response.read().decode("utf-8", errors="replace")
+            except (OSError, http.client.HTTPException) as e:
+                raise DstackRayError(f"{self._what} at {self.url} closed the connection: {e}") from None
+            finally:
+                connection.close()
+            if response.status != 503 or attempt == RESTART_RETRIES:
+                break
+            time.sleep(1.0)
         if response.status == 404 and missing_ok:
             return None
         if response.status >= 400:

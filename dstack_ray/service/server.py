@@ -58,25 +58,6 @@ def _error(status: int, message: str, hint: Optional[str] = None) -> web.Respons
     return web.json_response({"error": message, "hint": hint}, status=status)
 
 
-@web.middleware
-async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refusals as JSON a client can show: {"error", "hint"}."""
-    try:
-        return await handler(request)
-    except web.HTTPException:
-        raise
-    except ray.exceptions.RayTaskError as e:
-        cause = e.as_instanceof_cause()
-        if isinstance(cause, ControllerError):
-            return _error(400, str(cause.args[0]) if cause.args else str(cause))
-        logger.exception("the controller failed on %s %s", request.method, request.path)
-        return _error(500, f"the dstack-ray controller failed: {cause}", "see the `dstack-ray` job's log in the Ray dashboard")
-    except ray.exceptions.RayActorError:
-        return _error(503, "the dstack-ray controller is restarting", "try again in a few seconds")
-    except (ValueError, TypeError, KeyError) as e:
-        return _error(400, f"bad request: {e}")
-
-
 def _token_auth() -> Any:
     """Ray's own check of its token (a no-op when the cluster's token authentication is off)."""
     from ray._private.authentication.http_token_authentication import get_token_auth_middleware
@@ -100,8 +81,30 @@ class Service:
     def __init__(self, controller: Any) -> None:
         self.controller = controller
 
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Refusals as JSON a client can show: {"error", "hint"}."""
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except ray.exceptions.RayTaskError as e:
+            cause = e.as_instanceof_cause()
+            if isinstance(cause, ControllerError):
+                return _error(400, str(cause.args[0]) if cause.args else str(cause))
+            logger.exception("the controller failed on %s %s", request.method, request.path)
+            return _error(500, f"the dstack-ray controller failed: {cause}", "see the `dstack-ray` job's log in the Ray dashboard")
+        except ray.exceptions.RayActorError:
+            # Restarting (Ray retries), or gone for good (killed): then a new one is made from
+            # the store, as the first service of a cluster makes it.
+            logger.warning("the controller did not answer; looking it up again")
+            self.controller = await asyncio.get_running_loop().run_in_executor(None, controller_handle, RuntimeSettings())
+            return _error(503, "the dstack-ray controller is restarting", "try again in a few seconds")
+        except (ValueError, TypeError, KeyError) as e:
+            return _error(400, f"bad request: {e}")
+
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[_token_auth(), _errors], client_max_size=MAX_REQUEST)
+        app = web.Application(middlewares=[_token_auth(), self._errors], client_max_size=MAX_REQUEST)
         app.add_routes(
             [
                 web.get("/api/health", self.health),

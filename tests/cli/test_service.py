@@ -140,3 +140,18 @@ def test_a_restarted_service_keeps_every_run(cli):
     logs = _without_ray(cli, "logs", "svc-across", "-f", timeout=120).stdout
     assert logs.splitlines() == ["before", "after"]
     assert wait_for(lambda: '"exited (0)"' in _without_ray(cli, "ps", "-a", "--json").stdout, 60)
+
+
+def test_the_service_brings_a_lost_controller_back(cli):
+    """The Controller killed for good (as a head restart would lose it): the service makes a new
+    one from the store, and commands go on (they wait while it answers 503)."""
+    kill = (
+        "import ray; ray.init(address=%r, namespace='dstack', log_to_driver=False);"
+        " ray.kill(ray.get_actor('dstack:controller', namespace='dstack'), no_restart=True)" % _head(cli)["address"]
+    )
+    killed = subprocess.run([sys.executable, "-c", kill], env={**cli.env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == 0, killed.stderr
+    listed = _without_ray(cli, "ps", "-a").stdout
+    assert "svc-across" in listed
+    write_task(cli.cwd, "after", f"type: task\nname: svc-after\ncommands:\n  - echo still served\n{SMALL}")
+    assert "still served" in _without_ray(cli, "apply", "-f", "after.dstack.yml", "-y").stdout

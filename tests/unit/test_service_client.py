@@ -213,3 +213,19 @@ def test_two_clients_starting_the_service_at_once_share_one(fake):
     dashboard.routes[("GET", "/api/jobs/")] = (200, [])
     dashboard.routes[("POST", "/api/jobs/")] = (200, submit)
     assert service.ensure_service(dashboard.url, host="127.0.0.1", bind="0.0.0.0", port=1, python="python", token=None) == svc.url
+
+
+def test_a_restarting_controller_is_waited_for(fake):
+    """503 (the service is getting its controller back) is repeated, then answered."""
+    svc = fake()
+    calls = []
+
+    def restarting(body: Any) -> Dict[str, Any]:
+        calls.append(body)
+        if len(calls) == 2:  # back after two refusals
+            svc.routes[("GET", "/api/runs")] = (200, [])
+        return {"error": "the dstack-ray controller is restarting", "hint": "try again"}
+
+    svc.routes[("GET", "/api/runs")] = (503, restarting)
+    assert service.HttpCaller(svc.url).call("GET", "/api/runs") == []
+    assert len(svc.requests) == 3
