@@ -24,7 +24,8 @@ from dstack_ray.config.interpolate import interpolate
 from dstack_ray.errors import DstackRayError
 from dstack_ray.exec.prepare import RunPayload
 from dstack_ray.plan.cluster import ClusterView
-from dstack_ray.plan.offers import Offers, offers_for
+from dstack_ray.plan.catalog import offers_for
+from dstack_ray.plan.offers import Offers
 from dstack_ray.plan.planner import RunPlan, build_plan
 from dstack_ray.models import JobRecord, RunRecord, RunSpec, RunStatus, RunTerminationReason
 from dstack_ray.runtime.settings import CONTROLLER_NAME, NAMESPACE, RuntimeSettings

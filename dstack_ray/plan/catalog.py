@@ -21,7 +21,9 @@ from dstack_ray.config.gpus import vendors_of
 from dstack_ray.config.profiles import SpotPolicy
 from dstack_ray.config.resources import ResourcesSpec
 from dstack_ray.config.task import TaskConfiguration
-from dstack_ray.plan.offers import Offer, OfferShape
+from dstack_ray.plan.cluster import ClusterView
+from dstack_ray.plan.offers import Offer, Offers, OfferShape, cluster_offers
+from dstack_ray.plan.planner import build_plan
 
 # dstack backend names -> skypilot catalog directories.
 CATALOG_CLOUDS = {
@@ -209,3 +211,16 @@ def catalog_offers(cfg: TaskConfiguration, group_index: int = 0) -> CatalogResul
             rows += parse_rows(name, csv.DictReader(f))
     resources = cfg.node_groups[group_index].resources
     return CatalogResult(offers=match_rows(rows, cfg, resources), clouds=[name for name, _ in found])
+
+
+def offers_for(cfg: TaskConfiguration, cluster: ClusterView, catalog: bool = True) -> Offers:
+    """Where the task could run: the cluster's nodes and autoscaler node types that fit a node
+    of it, then (with `catalog`, from the catalogs on this machine) cloud instances."""
+    plan = build_plan(cfg, cluster)
+    result = catalog_offers(cfg) if catalog else None
+    return Offers(
+        cluster=cluster_offers(cfg, plan, cluster),
+        catalog=result.offers if result else [],
+        catalog_message=result.message if result else None,
+        no_capacity=plan.no_capacity,
+    )

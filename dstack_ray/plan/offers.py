@@ -103,18 +103,3 @@ def cluster_offers(cfg: TaskConfiguration, plan: RunPlan, cluster: ClusterView) 
         )
     return offers
 
-
-def offers_for(cfg: TaskConfiguration, cluster: ClusterView, catalog: bool = True) -> Offers:
-    """Where the task could run: the cluster's nodes and autoscaler node types that fit a node
-    of it, then (with `catalog`, from the catalogs on this machine) cloud instances."""
-    from dstack_ray.plan.catalog import catalog_offers
-    from dstack_ray.plan.planner import build_plan
-
-    plan = build_plan(cfg, cluster)
-    result = catalog_offers(cfg) if catalog else None
-    return Offers(
-        cluster=cluster_offers(cfg, plan, cluster),
-        catalog=result.offers if result else [],
-        catalog_message=result.message if result else None,
-        no_capacity=plan.no_capacity,
-    )

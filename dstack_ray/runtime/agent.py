@@ -50,7 +50,7 @@ from dstack_ray.exec.records import LineEcho
 from dstack_ray.models.messages import NodeOutcome, StartOrder, StopOrder
 from dstack_ray.exec.pyenv import venv_maker
 from dstack_ray.exec.ssh import NodeSshd, RunKey, forget_keys, free_port
-from dstack_ray.runtime.settings import NAMESPACE, SUPERVISOR_NAME, RuntimeSettings
+from dstack_ray.runtime.settings import NAMESPACE, SUPERVISOR_NAME, RuntimeSettings, named_controller
 from dstack_ray.store.paths import private_dir
 
 logger = logging.getLogger(__name__)
@@ -168,8 +168,9 @@ class SpoolShipper:
                 self._store_at += len(data)
                 return
             except ray.exceptions.RayActorError:
-                time.sleep(delay)  # the Controller is restarting: keep the lines and retry
+                time.sleep(delay)  # the Controller is restarting (or made again): keep the lines and retry
                 delay = min(delay * 2, 5.0)
+                self._controller = named_controller() or self._controller
             except Exception as e:  # the head refused the chunk (a full disk, ...)
                 refusals += 1
                 logger.warning("cannot store logs (%d/%d): %s", refusals, self.STORE_ATTEMPTS, e)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from pydantic import BaseModel, Field
 
@@ -16,6 +16,16 @@ STATE_DIR_ENV = "DSTACK_RAY_STATE_DIR"
 DEFAULT_IMAGE_ENV = "DSTACK_RAY_DEFAULT_IMAGE"
 RETENTION_DAYS_ENV = "DSTACK_RAY_RETENTION_DAYS"
 RETENTION_RUNS_ENV = "DSTACK_RAY_RETENTION_RUNS"
+
+
+def named_controller() -> Optional[Any]:
+    """The cluster's Controller by its name, or None while there is none (in a Ray process)."""
+    import ray
+
+    try:
+        return ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+    except ValueError:
+        return None
 
 
 def default_state_dir() -> Path:

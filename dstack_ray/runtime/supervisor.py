@@ -46,7 +46,7 @@ from dstack_ray.models import (
     new_jobs,
 )
 from dstack_ray.runtime.retry import backoff, decide
-from dstack_ray.runtime.settings import CONTROLLER_NAME, NAMESPACE, RuntimeSettings
+from dstack_ray.runtime.settings import CONTROLLER_NAME, NAMESPACE, RuntimeSettings, named_controller
 from dstack_ray.runtime.utilization import COVERAGE_SLACK_SECONDS, Sample, prune, utilization_violation
 from dstack_ray.store.db import utcnow
 
@@ -419,7 +419,7 @@ class RunSupervisor:
             node_id, gpu_ids = await self._probe(pg, bundle)
         agent = await self.host.agent_for(node_id)
         try:
-            return await agent.run_job.remote(assignment, self.host.controller, self.host.self_handle, payload, gpu_ids)
+            return await agent.run_job.remote(assignment, self.host.link.controller, self.host.self_handle, payload, gpu_ids)
         except ray.exceptions.RayActorError:
             self.host.forget_agent(node_id)  # its node is gone: a later job there starts a new one
             raise
@@ -720,35 +720,43 @@ def _bundle_probe() -> Any:
 
 
 class ControllerLink:
-    """What supervisors ask of the Controller; each call is retried while the Controller restarts."""
+    """What supervisors ask of the Controller; each call is retried while the Controller
+    restarts, and goes to a new Controller once the old one is gone for good (made again from
+    the store by the service)."""
 
-    def __init__(self, controller: Any) -> None:
+    def __init__(self, controller: Any, lookup: Callable[[], Optional[Any]] = named_controller) -> None:
         self._controller = controller
+        self._lookup = lookup
 
     async def report_run(self, run_id: str, changes: Dict[str, Any], jobs: List[Dict[str, Any]], event: Optional[str]) -> None:
-        await self._retried(lambda: self._controller.report_run.remote(run_id, changes, jobs, event))
+        await self._retried(lambda c: c.report_run.remote(run_id, changes, jobs, event))
 
     async def request_admission(self, run_id: str) -> bool:
-        return await self._retried(lambda: self._controller.request_admission.remote(run_id))
+        return await self._retried(lambda c: c.request_admission.remote(run_id))
 
     async def withdraw_admission(self, run_id: str) -> None:
-        await self._retried(lambda: self._controller.withdraw_admission.remote(run_id))
+        await self._retried(lambda c: c.withdraw_admission.remote(run_id))
 
     async def get_payload(self, run_id: str) -> Optional[str]:
-        return await self._retried(lambda: self._controller.get_payload.remote(run_id))
+        return await self._retried(lambda c: c.get_payload.remote(run_id))
 
     async def record_metrics(self, run_id: str, attempt: int, rank: int, samples: List[Dict[str, Any]]) -> None:
-        await self._retried(lambda: self._controller.record_metrics.remote(run_id, attempt, rank, samples))
+        await self._retried(lambda c: c.record_metrics.remote(run_id, attempt, rank, samples))
 
-    @staticmethod
-    async def _retried(call: Callable[[], Any]) -> Any:
+    @property
+    def controller(self) -> Any:
+        """The Controller's handle as last known (node agents store logs through it)."""
+        return self._controller
+
+    async def _retried(self, call: Callable[[Any], Any]) -> Any:
         delay = 0.2
         while True:
             try:
-                return await call()
+                return await call(self._controller)
             except ray.exceptions.RayActorError:
-                await asyncio.sleep(delay)  # the Controller restarts: try again
+                await asyncio.sleep(delay)  # the Controller restarts (or a new one is made): try again
                 delay = min(delay * 2, 5.0)
+                self._controller = self._lookup() or self._controller
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=10000)
@@ -759,8 +767,7 @@ class SupervisorHost:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
         self.settings = RuntimeSettings.model_validate(settings)
         self.incarnation = uuid.uuid4().hex
-        self.controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
-        self.link = ControllerLink(self.controller)
+        self.link = ControllerLink(ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE))
         self.self_handle = ray.get_runtime_context().current_actor
         self.supervisors: Dict[str, RunSupervisor] = {}
         self.rendezvous = AgentRendezvous()

@@ -40,7 +40,7 @@ from aiohttp import web
 from dstack_ray import __version__
 from dstack_ray.config import ConfigurationError, parse_configuration
 from dstack_ray.plan.cluster import ClusterView
-from dstack_ray.plan.offers import offers_for
+from dstack_ray.plan.catalog import offers_for
 from dstack_ray.runtime.controller import ControllerError, controller_handle
 from dstack_ray.runtime.settings import NAMESPACE, RuntimeSettings
 from dstack_ray.service import DEFAULT_SERVICE_PORT, JOB_NAME, SERVICE_PORT_ENV

@@ -46,6 +46,8 @@ class FakeControllerLink:
     """The Controller as the supervisor sees it (sup.ControllerLink's methods): records reports,
     admits at once."""
 
+    controller = None  # the handle node agents are given
+
     def __init__(self, host: FakeHost) -> None:
         self.host = host
 
@@ -70,6 +72,36 @@ class FakeControllerLink:
 def test_the_fake_controller_link_has_the_real_ones_methods():
     public = lambda cls: {n for n in vars(cls) if not n.startswith("_")}
     assert public(FakeControllerLink) - {"host"} == public(sup.ControllerLink)
+
+
+def test_the_controller_link_finds_a_new_controller_once_the_old_is_gone(monkeypatch):
+    """A Controller killed for good is made again under its name by the service: the link
+    must not retry the dead handle forever."""
+    import ray
+
+    class Method:
+        def __init__(self, answer):
+            self.answer = answer
+
+        def remote(self, *args):
+            async def call():
+                if isinstance(self.answer, Exception):
+                    raise self.answer
+                return self.answer
+
+            return call()
+
+    class Handle:
+        def __init__(self, answer):
+            self.request_admission = Method(answer)
+
+    real_sleep = asyncio.sleep
+    monkeypatch.setattr(asyncio, "sleep", lambda seconds: real_sleep(0))
+    dead, new = Handle(ray.exceptions.RayActorError()), Handle(True)
+    lookups = iter([None, new])  # none for a moment, then the new one
+    link = sup.ControllerLink(dead, lookup=lambda: next(lookups))
+    assert asyncio.run(asyncio.wait_for(link.request_admission("run"), 5)) is True
+    assert link.controller is new
 
 
 class FakePlacementGroup:
