@@ -68,7 +68,8 @@ def stop(address: Optional[str] = ClusterOption) -> None:
         from dstack_ray.service.client import stop_service
 
         try:
-            stopped = stop_service(address)
+            head = local_head.head_at(address)
+            stopped = stop_service(address, head.dashboard_url if head else None)
         except DstackRayError as e:
             raise CLIError(str(e), e.hint) from None
         console.print(f"Stopped the dstack-ray service job {', '.join(stopped)}" if stopped else "No dstack-ray service runs on that cluster")

@@ -300,22 +300,14 @@ def _start_service_for_this_cluster() -> None:
     import ray
 
     from dstack_ray.runtime.settings import CONTROLLER_NAME
-    from dstack_ray.service import client as service
 
     try:
         ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
         return
     except ValueError:
         pass
-    from dstack_ray import local_head
-
-    gcs_address = ray.get_runtime_context().gcs_address
-    head = local_head.status()
     try:
-        if head is not None and gcs_address.rsplit(":", 1)[-1] == str(head.gcs_port):
-            local_head.service_url(head)
-        else:
-            service.service_for_ray_address(gcs_address, service.auth_token())
+        _service_url(ray.get_runtime_context().gcs_address)
     except DstackRayError as e:
         logger.warning("the dstack-ray service could not be started (%s); this application creates the controller", e)
 
@@ -323,12 +315,12 @@ def _start_service_for_this_cluster() -> None:
 def _service_url(address: Optional[str]) -> Optional[str]:
     """The service's URL for a Ray `address`, or the local head's. None: a cluster without a
     dashboard, reached as a Ray driver instead."""
+    from dstack_ray import local_head
     from dstack_ray.service import client as service
 
     if address:
-        return service.service_for_ray_address(address, service.auth_token())
-    from dstack_ray import local_head
-
+        head = local_head.head_at(address)  # the local head's service listens on loopback only
+        return local_head.service_url(head) if head else service.service_for_ray_address(address, service.auth_token())
     return local_head.answering_service() or local_head.service_url(local_head.status() or local_head.start())
 
 

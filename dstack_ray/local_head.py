@@ -108,6 +108,13 @@ def answering_service() -> Optional[str]:
     return head.service if head.service and service.healthy(head.service, token) else None
 
 
+def head_at(address: str) -> Optional[LocalHead]:
+    """The running local head, if a Ray address names it (by its GCS port)."""
+    head = status()
+    target = address.split("://", 1)[-1]
+    return head if head is not None and target.rsplit(":", 1)[-1] == str(head.gcs_port) else None
+
+
 def status() -> Optional[LocalHead]:
     """The running local head, or None (a stale record is removed)."""
     path = _info_file()

@@ -353,18 +353,20 @@ def service_for_ray_address(address: str, token: Optional[str]) -> Optional[str]
     return url
 
 
-def _dashboard_for(address: str) -> HttpCaller:
+def _dashboard_for(address: str, known: Optional[str] = None) -> HttpCaller:
+    """The Jobs API of the cluster at a Ray address: `known` (the local head's), else
+    $RAY_API_SERVER_ADDRESS, else the dashboard's default port on the head's host."""
     check_reachable(address)
-    dashboard_url = os.environ.get(API_SERVER_ENV) or f"http://{_url_host(_ray_host(address))}:{DASHBOARD_PORT}"
+    dashboard_url = known or os.environ.get(API_SERVER_ENV) or f"http://{_url_host(_ray_host(address))}:{DASHBOARD_PORT}"
     if not is_service_url(dashboard_url):
         dashboard_url = f"http://{dashboard_url}"
     return HttpCaller(dashboard_url, auth_token(), what="the Ray dashboard")
 
 
-def stop_service(address: str) -> List[str]:
+def stop_service(address: str, dashboard_url: Optional[str] = None) -> List[str]:
     """Stop the service job(s) of the cluster at a Ray address; their submission ids. Runs go
     on: the next client starts the service again."""
-    dashboard = _dashboard_for(address)
+    dashboard = _dashboard_for(address, dashboard_url)
     stopped = []
     for job in service_jobs(dashboard):
         dashboard.call("POST", f"/api/jobs/{job['submission_id']}/stop")
