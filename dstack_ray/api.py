@@ -306,8 +306,17 @@ def _start_service_for_this_cluster() -> None:
         return
     except ValueError:
         pass
+    from dstack_ray import local_head
+    from dstack_ray.service import client as service
+
+    context = ray.get_runtime_context()
+    head = local_head.head_at(context.gcs_address)
+    on_head = any(n.get("NodeID") == context.get_node_id() and "node:__internal_head__" in n.get("Resources", {}) for n in ray.nodes())
     try:
-        _service_url(ray.get_runtime_context().gcs_address)
+        if head is not None:
+            local_head.service_url(head)
+        else:  # an application on the head node runs the Python the head has
+            service.service_for_ray_address(context.gcs_address, service.auth_token(), sys.executable if on_head else None)
     except DstackRayError as e:
         logger.warning("the dstack-ray service could not be started (%s); this application creates the controller", e)
 

@@ -330,9 +330,10 @@ def _remember(key: str, url: str) -> None:
         logger.debug("cannot remember the service address: %s", e)
 
 
-def service_for_ray_address(address: str, token: Optional[str]) -> Optional[str]:
+def service_for_ray_address(address: str, token: Optional[str], python: Optional[str] = None) -> Optional[str]:
     """The service of the cluster at a Ray address: remembered, else found or started through
-    the cluster's Jobs API. None: the cluster has no dashboard (so no Jobs API) to find it with."""
+    the cluster's Jobs API (with `python` on the head, default $DSTACK_RAY_SERVICE_PYTHON or
+    `python`). None: the cluster has no dashboard (so no Jobs API) to find it with."""
     dashboard_url = _dashboard_for(address).url
     cached = _cached(dashboard_url)
     if cached and healthy(cached, token):
@@ -343,7 +344,7 @@ def service_for_ray_address(address: str, token: Optional[str]) -> Optional[str]
             host=_ray_host(address),
             bind="0.0.0.0",
             port=int(os.environ.get(SERVICE_PORT_ENV) or DEFAULT_SERVICE_PORT),
-            python=os.environ.get(SERVICE_PYTHON_ENV) or "python",
+            python=python or os.environ.get(SERVICE_PYTHON_ENV) or "python",
             token=token,
         )
     except Unreachable:
