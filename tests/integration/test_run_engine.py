@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -308,11 +309,21 @@ def test_partial_lines_arrive_while_the_command_runs(client):
     assert list(run.logs()) == ["\r10%\r20%\r30%\r40%\r50%\r60%", "after"]
 
 
+def ray_free_cpus() -> dict:
+    """Free CPUs per node as Ray sees them (what a failed placement is explained with)."""
+    import ray._private.state
+
+    return {node[:8]: free.get("CPU", 0) for node, free in ray._private.state.available_resources_per_node().items()}
+
+
 def test_attach_to_every_job_prefixes_lines_by_rank(client, capsys):
     from dstack_ray_cli.runs_cmd import stream_all_logs
 
     run = client.apply(task("all-jobs", ["for i in 1 2 3; do echo \"rank $DSTACK_NODE_RANK line $i\"; sleep 0.2; done"], nodes=3))
-    stream_all_logs(run)
+    follower = threading.Thread(target=stream_all_logs, args=(run,), daemon=True)
+    follower.start()
+    follower.join(120)  # bounded: a run that cannot be placed would keep it following
+    assert not follower.is_alive(), f"{run.refresh().status.value}: {run.record.wait_reason}; free: {ray_free_cpus()}"
     assert run.wait(60) == RunStatus.DONE
     lines = capsys.readouterr().out.splitlines()
     for rank in range(3):
