@@ -28,7 +28,7 @@ from dstack_ray.plan.catalog import offers_for
 from dstack_ray.plan.offers import Offers
 from dstack_ray.plan.planner import RunPlan, build_plan
 from dstack_ray.models import JobRecord, RunRecord, RunSpec, RunStatus, RunTerminationReason
-from dstack_ray.runtime.settings import CONTROLLER_NAME, NAMESPACE, RuntimeSettings
+from dstack_ray.runtime.settings import NAMESPACE, RuntimeSettings, named_controller
 
 logger = logging.getLogger(__name__)
 
@@ -299,13 +299,8 @@ def _start_service_for_this_cluster() -> None:
     Controller starts later attributed to a finished job)."""
     import ray
 
-    from dstack_ray.runtime.settings import CONTROLLER_NAME
-
-    try:
-        ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+    if named_controller() is not None:
         return
-    except ValueError:
-        pass
     from dstack_ray import local_head
     from dstack_ray.service import client as service
 

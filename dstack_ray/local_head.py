@@ -92,20 +92,30 @@ def _free_port(preferred: int) -> int:
                 return port
             except OSError:
                 continue
-    raise LocalHeadError(f"no free port near {preferred} for the local Ray head")
+    raise LocalHeadError(f"no free port near {preferred} on 127.0.0.1 for the local Ray head")
+
+
+def _token(head: LocalHead) -> Optional[str]:
+    from dstack_ray.service.client import auth_token
+
+    return auth_token() if head.auth else None
+
+
+def _answering(head: LocalHead) -> Optional[str]:
+    """The head's recorded service URL, if that service answers."""
+    from dstack_ray.service.client import healthy
+
+    return head.service if head.service and healthy(head.service, _token(head)) else None
 
 
 def answering_service() -> Optional[str]:
     """The local head's service URL if it answers: the quick check (no look for the head's
     processes) every command that has no address makes first."""
-    from dstack_ray.service import client as service
-
     try:
         head = LocalHead(**json.loads(_info_file().read_text()))
     except (OSError, ValueError, TypeError):
         return None
-    token = service.auth_token() if head.auth else None
-    return head.service if head.service and service.healthy(head.service, token) else None
+    return _answering(head)
 
 
 def head_at(address: str) -> Optional[LocalHead]:
@@ -194,19 +204,19 @@ def _save(head: LocalHead) -> None:
 def service_url(head: LocalHead) -> str:
     """The URL of the local head's dstack-ray service, started (as a Ray Job on the head,
     listening on loopback only) when it does not answer."""
-    from dstack_ray.service import DEFAULT_SERVICE_PORT
-    from dstack_ray.service import client as service
+    from dstack_ray.service import DEFAULT_SERVICE_PORT, SERVICE_PYTHON_ENV
+    from dstack_ray.service.client import ensure_service
 
-    token = service.auth_token() if head.auth else None
-    if head.service and service.healthy(head.service, token):
-        return head.service
-    head.service = service.ensure_service(
+    answering = _answering(head)
+    if answering:
+        return answering
+    head.service = ensure_service(
         head.dashboard_url,
         host="127.0.0.1",
         bind="127.0.0.1",
-        port=service.free_port(DEFAULT_SERVICE_PORT),
-        python=service.local_service_python(),
-        token=token,
+        port=_free_port(DEFAULT_SERVICE_PORT),
+        python=os.environ.get(SERVICE_PYTHON_ENV) or sys.executable,  # the head runs this Python
+        token=_token(head),
     )
     _save(head)
     return head.service

@@ -102,4 +102,3 @@ def cluster_offers(cfg: TaskConfiguration, plan: RunPlan, cluster: ClusterView) 
             )
         )
     return offers
-

@@ -40,7 +40,7 @@ from dstack_ray.models import (
     new_jobs,
 )
 from dstack_ray.runtime.names import generate_run_name
-from dstack_ray.runtime.settings import CONTROLLER_NAME, NAMESPACE, SUPERVISOR_NAME, RuntimeSettings
+from dstack_ray.runtime.settings import CONTROLLER_NAME, NAMESPACE, SUPERVISOR_NAME, RuntimeSettings, named_controller
 from dstack_ray.store import LogGap, LogStore, Store, utcnow
 
 logger = logging.getLogger(__name__)
@@ -645,10 +645,9 @@ def controller_handle(settings: RuntimeSettings) -> Any:
     belongs to the job of the calling process: the service's, in normal use)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    try:
-        return ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
-    except ValueError:
-        pass
+    existing = named_controller()
+    if existing is not None:
+        return existing
     head = next((n for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})), None)
     options: Dict[str, Any] = dict(name=CONTROLLER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True)
     if head is not None:

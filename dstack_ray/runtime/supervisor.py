@@ -767,7 +767,7 @@ class SupervisorHost:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
         self.settings = RuntimeSettings.model_validate(settings)
         self.incarnation = uuid.uuid4().hex
-        self.link = ControllerLink(ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE))
+        self.link = ControllerLink(ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE))  # it made this host
         self.self_handle = ray.get_runtime_context().current_actor
         self.supervisors: Dict[str, RunSupervisor] = {}
         self.rendezvous = AgentRendezvous()

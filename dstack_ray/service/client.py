@@ -14,7 +14,6 @@ import logging
 import os
 import shlex
 import socket
-import sys
 import time
 import urllib.parse
 from pathlib import Path
@@ -373,22 +372,6 @@ def stop_service(address: str, dashboard_url: Optional[str] = None) -> List[str]
         dashboard.call("POST", f"/api/jobs/{job['submission_id']}/stop")
         stopped.append(job["submission_id"])
     return stopped
-
-
-def free_port(preferred: int, host: str = "127.0.0.1") -> int:
-    for port in range(preferred, preferred + 50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((host, port))
-                return port
-            except OSError:
-                continue
-    raise DstackRayError(f"no free port near {preferred} on {host} for the dstack-ray service")
-
-
-def local_service_python() -> str:
-    return os.environ.get(SERVICE_PYTHON_ENV) or sys.executable
-
 
 
 RELAY_CHUNK = 256 * 1024
