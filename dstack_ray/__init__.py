@@ -4,7 +4,7 @@
 Heavy modules (Ray) are imported on first use, so the CLI and the process guard start fast.
 """
 
-from typing import Any
+from __future__ import annotations  # no `typing` import: the guard imports this package
 
 __version__ = "0.1.0"
 __all__ = ["Client", "Run", "DstackRayError", "__version__"]

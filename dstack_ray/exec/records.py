@@ -5,16 +5,18 @@ and stored on the head byte for byte, parsed by readers (`dstack_ray.api._parse_
 - a piece of a line still being written: `<timestamp>\\t<bytes>\\n`, sent at once so that `\\r`
   redraws (progress bars) show live; readers join the pieces with the rest of the line.
 
-Imports nothing heavy: the guard uses it.
+Imports nothing heavy (not even `datetime`): the guard uses it.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import time
 
 
 def timestamp() -> bytes:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
+    now = time.time()
+    seconds = int(now)
+    return b"%s.%06dZ" % (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)).encode(), int((now - seconds) * 1e6))
 
 
 def format_records(chunk: bytes) -> bytes:

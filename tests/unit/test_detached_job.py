@@ -94,3 +94,14 @@ def test_an_order_given_before_the_guard_is_up_still_reaches_it(tmp_path):
             os.kill(job.pid, signal.SIGKILL)
             job.wait()
     assert no_leftovers("sleep 31503") == []
+
+
+def test_the_guard_starts_without_costly_imports():
+    """Every job starts a guard: it must not import what costs milliseconds of CPU per job
+    (`typing`, `threading`, `enum` through `signal`, `datetime`; `json` only for a cleanup)."""
+    from dstack_ray.exec.process import _PACKAGE_ROOT
+
+    boot = f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); import dstack_ray.exec.guard; print(' '.join(sys.modules))"
+    loaded = set(subprocess.run([sys.executable, "-I", "-S", "-c", boot], capture_output=True, text=True, check=True, timeout=30).stdout.split())
+    assert "dstack_ray.exec.guard" in loaded
+    assert loaded & {"typing", "threading", "enum", "signal", "datetime", "json", "re"} == set()
