@@ -83,6 +83,18 @@ def _parse_log(data: bytes, rank: int) -> List[LogLine]:
     return lines
 
 
+PARSE_PIECE = 256 * 1024  # bytes of records parsed at a time: what a reader holds as LogLines
+
+
+def _pieces(data: bytes, size: int = PARSE_PIECE) -> Iterator[bytes]:
+    """`data` (whole records) in slices of about `size` bytes, each ending with a record."""
+    start = 0
+    while start < len(data):
+        end = data.find(b"\n", min(start + size, len(data)) - 1) + 1 or len(data)
+        yield data[start:end]
+        start = end
+
+
 class _LineJoiner:
     """Joins partial records with the record that completes them (the line view)."""
 
@@ -697,7 +709,7 @@ class Run:
             data = rest + chunk
             cut = data.rfind(b"\n") + 1
             data, rest = data[:cut], data[cut:]
-            for record in _parse_log(data, rank):
+            for record in (r for piece in _pieces(data) for r in _parse_log(piece, rank)):
                 line = record if partial else joiner.feed(record)
                 if line is not None and (since is None or line.time >= since):
                     yield line

@@ -104,3 +104,15 @@ def test_partial_lines_are_records_of_their_own_and_readers_join_them():
     joiner = _LineJoiner()
     lines = [str(line) for line in map(joiner.feed, records) if line is not None] + [str(joiner.flush())]
     assert lines == ["first", "second", "\r 10%\r 50%\r100%", "done"]
+
+
+def test_a_big_chunk_of_records_is_parsed_in_pieces_that_end_with_a_record():
+    """A reader turns at most ~256 KiB of records into LogLines at a time (a 4 MiB chunk as
+    LogLines at once grew `logs -f` by ~50 MiB)."""
+    from dstack_ray.api import _pieces
+
+    data = b"".join(b"%05d\n" % i for i in range(1000))
+    for size in (1, 6, 7, 100, 10**6):
+        pieces = list(_pieces(data, size))
+        assert b"".join(pieces) == data and all(p.endswith(b"\n") and len(p) <= size + 6 for p in pieces)
+    assert len(list(_pieces(data, 600))) == 10 and list(_pieces(b"")) == []
