@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 from dstack_ray.plan.cluster import ClusterView
 from dstack_ray.plan.planner import RunPlan, assign_distinct
@@ -17,6 +17,24 @@ def _fits(bundle: Resources, free: Resources) -> bool:
 def _take(bundle: Resources, free: Resources) -> None:
     for key, amount in bundle.items():
         free[key] = free.get(key, 0.0) - amount
+
+
+class Released(NamedTuple):
+    """A bundle of a placement group just removed: Ray's numbers count it as taken until its
+    node's next resource report, which drops the group's own resources at the same time. (A run
+    admitted on the strength of it before then would wait in Ray's queue of pending groups, which
+    Ray retries later than that report: measured, slower than waiting for the report.)"""
+
+    node_id: str
+    group_id: str  # the placement group's id (hex)
+    resources: Resources
+
+
+def still_counted(released: Released, cluster: ClusterView) -> bool:
+    """Whether Ray's view of the node still holds the removed group (so its resources are not
+    yet back in the node's free numbers)."""
+    node = next((n for n in cluster.alive_nodes if n.node_id == released.node_id), None)
+    return node is not None and f"bundle_group_{released.group_id}" in node.available
 
 
 def free_capacity(cluster: ClusterView, reserved: List[Resources]) -> List[Resources]:

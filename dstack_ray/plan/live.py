@@ -3,14 +3,56 @@ types. Separate from `cluster.py` (the models) so that `autoscaler.py` can use t
 
 from __future__ import annotations
 
+import threading
+import time
+from typing import FrozenSet, List, Optional
+
 from dstack_ray.plan.autoscaler import autoscaler_node_types
 from dstack_ray.plan.cluster import HEAD_MARKER, ClusterView, NodeShape, NodeView
 
 
-def live_cluster_view() -> ClusterView:
-    """The connected cluster's nodes (from GCS; works without the dashboard)."""
+NODE_TABLE_MAX_AGE = 5.0  # seconds a read of Ray's node table serves while its nodes stay the same
+
+
+class _NodeTable:
+    """The nodes as last read from Ray's node table (`ray.nodes()`: every node's full record,
+    the costliest GCS call of a scheduling pass), shared by the threads of one process."""
+
+    lock = threading.Lock()
+    at = float("-inf")
+    alive: FrozenSet[str] = frozenset()
+    views: List[NodeView] = []
+
+
+def _node_views(reporting: Optional[FrozenSet[str]]) -> List[NodeView]:
+    """The cluster's nodes (without free resources). The last read serves while the alive nodes
+    are the ones Ray reports free resources for (`reporting`; a node that joins or dies changes
+    them) and it is at most NODE_TABLE_MAX_AGE old."""
     import ray
 
+    with _NodeTable.lock:
+        if reporting == _NodeTable.alive and time.monotonic() - _NodeTable.at <= NODE_TABLE_MAX_AGE:
+            return _NodeTable.views
+    views = []
+    for node in ray.nodes():
+        resources = node.get("Resources", {}) or {}
+        views.append(
+            NodeView(
+                node_id=node["NodeID"],
+                ip=node.get("NodeManagerAddress", ""),
+                alive=bool(node.get("Alive")),
+                is_head=HEAD_MARKER in resources,
+                **NodeShape.from_resources(resources, node.get("Labels") or {}).model_dump(),
+            )
+        )
+    with _NodeTable.lock:
+        _NodeTable.at, _NodeTable.views = time.monotonic(), views
+        _NodeTable.alive = frozenset(v.node_id for v in views if v.alive)
+    return views
+
+
+def live_cluster_view() -> ClusterView:
+    """The connected cluster's nodes (from GCS; works without the dashboard)."""
     try:
         from ray._private.state import available_resources_per_node
 
@@ -18,18 +60,8 @@ def live_cluster_view() -> ClusterView:
         known = True
     except Exception:  # a private API: without it, offers don't say "busy" and Ray queues runs
         available, known = {}, False
-    nodes = []
-    for node in ray.nodes():
-        resources = node.get("Resources", {}) or {}
-        view = NodeView(
-            node_id=node["NodeID"],
-            ip=node.get("NodeManagerAddress", ""),
-            alive=bool(node.get("Alive")),
-            is_head=HEAD_MARKER in resources,
-            available=available.get(node["NodeID"], {}),
-            **NodeShape.from_resources(resources, node.get("Labels") or {}).model_dump(),
-        )
-        nodes.append(view)
+    views = _node_views(frozenset(available) if known else None)
+    nodes = [view.model_copy(update={"available": available.get(view.node_id, {})}) for view in views]
     node_types = autoscaler_node_types()
     for node_type in node_types:  # how many of each type run now (matched by shape)
         node_type.running = sum(

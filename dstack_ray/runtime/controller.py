@@ -23,7 +23,7 @@ import ray
 
 from dstack_ray.config.cron import next_fire_time
 from dstack_ray.metrics.runs import RunMetrics
-from dstack_ray.plan.capacity import free_capacity, place
+from dstack_ray.plan.capacity import Released, free_capacity, place, still_counted
 from dstack_ray.plan.live import live_cluster_view
 from dstack_ray.plan.cluster import ClusterView
 from dstack_ray.plan.planner import RunPlan, build_plan
@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 HOST_PING_INTERVAL = 1.0
 RECENT_RUNS = 256  # finished runs kept in memory besides the store
 RETENTION_INTERVAL = 600.0  # how often runs past the retention are removed
+RELEASE_RECHECK = 0.015  # seconds between looks at Ray's numbers while a removed group still shows
 LOG_READ_LIMIT = 4 << 20
 
 
@@ -125,6 +126,7 @@ class Controller:
         self.handed: Dict[str, str] = {}  # run id -> incarnation of the host supervising it
         self.admission: Dict[str, "asyncio.Future[bool]"] = {}  # runs waiting for the go
         self.recently_admitted: Dict[str, Tuple[float, List[Dict[str, float]]]] = {}
+        self.recently_released: Dict[str, Tuple[float, List[Released]]] = {}  # run id -> its removed group's bundles
         self.plans: Dict[str, Tuple[str, RunPlan, tuple]] = {}  # run id -> (cluster shape, its plan there, its need)
         # (at, runs waiting, seconds, CPU seconds of its thread, plans made, seconds of garbage
         # collection in it): the wall time also counts waiting for a CPU on a busy head
@@ -315,8 +317,12 @@ class Controller:
             await self._hand_over(run)
         return run.model_dump(mode="json")
 
-    async def report_run(self, run_id: str, changes: Dict[str, Any], jobs: List[Dict[str, Any]], event: Optional[str]) -> None:
-        """Called by Supervisors: merge run fields, replace the attempt's jobs, record the event."""
+    async def report_run(
+        self, run_id: str, changes: Dict[str, Any], jobs: List[Dict[str, Any]], events: List[str], released: List[Released]
+    ) -> None:
+        """Called by Supervisors: merge run fields, replace the attempt's jobs, record the events;
+        `released`: the bundles of the run's placement group it just removed, which queued runs
+        may take as soon as Ray's numbers show them free."""
         run = self.runs.get(run_id)
         if run is None:
             return
@@ -327,8 +333,11 @@ class Controller:
         updated.version = run.version
         self.runs[run_id] = updated
         self.store.save_jobs(updated.jobs)
-        if event:
+        for event in events:
             self.store.add_event(run_id, event)
+        if released:
+            self.recently_released[run_id] = (time.monotonic(), released)
+            self._kick()
         if updated.status.is_finished() or updated.wait_reason == WAITING_FOR_SCHEDULE:
             self.handed.pop(run_id, None)
             self.recently_admitted.pop(run_id, None)
@@ -336,7 +345,8 @@ class Controller:
             for job in updated.jobs:
                 self.log_events[(run_id, job.attempt, job.rank)].set()
             self._kick()
-            # Ray's view of free resources lags the placement group's removal a little.
+            # Ray's numbers lag a placement group's removal (see `released`); once more in case
+            # they still did when the last look at them ended.
             asyncio.get_running_loop().call_later(0.25, self._kick)
         elif updated.status == RunStatus.RUNNING:
             self.recently_admitted.pop(run_id, None)
@@ -475,6 +485,8 @@ class Controller:
         if not waiting:
             return
         cluster = await asyncio.get_running_loop().run_in_executor(None, live_cluster_view)
+        if self._released(cluster):  # Ray's numbers do not show them free yet: look again very soon
+            asyncio.get_running_loop().call_later(RELEASE_RECHECK, self._kick)
         started, cpu, self.plans_made, collected = time.perf_counter(), time.thread_time(), 0, _GC_PAUSES.total
         try:
             self._admit_into(waiting, cluster)
@@ -531,6 +543,15 @@ class Controller:
         """Bundles of runs admitted moments ago whose placement may not show in Ray yet."""
         horizon = time.monotonic() - 5.0
         return [b for at, bundles in self.recently_admitted.values() if at > horizon for b in bundles]
+
+    def _released(self, cluster: ClusterView) -> List[Released]:
+        """Bundles of groups removed moments ago that Ray's numbers still count as taken (kept
+        until they do not, at most 5 s)."""
+        horizon = time.monotonic() - 5.0
+        for run_id, (at, bundles) in list(self.recently_released.items()):
+            if at < horizon or not any(still_counted(b, cluster) for b in bundles):
+                del self.recently_released[run_id]
+        return [b for _, bundles in self.recently_released.values() for b in bundles]
 
     # -- retention ----------------------------------------------------------------------------------
 

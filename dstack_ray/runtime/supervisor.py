@@ -25,6 +25,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, Place
 from dstack_ray.config.cron import next_fire_time
 from dstack_ray.config.profiles import RetryEvent, StartupOrder, StopCriteria, effective_retry
 from dstack_ray.config.task import TaskConfiguration
+from dstack_ray.plan.capacity import Released
 from dstack_ray.plan.live import live_cluster_view
 from dstack_ray.plan.planner import NodeBundle, RunPlan, build_plan
 from dstack_ray.config.volumes import InstanceMountPoint
@@ -163,18 +164,24 @@ class RunSupervisor:
         self._ssh_key: Optional[RunKey] = None  # the current attempt's, for multi-node runs
         self._ssh_ports: Dict[int, Optional[int]] = {}
         self._samples: Dict[int, Dict[str, List[Sample]]] = {}
+        self._bundle_nodes: Dict[int, str] = {}  # bundle index -> node id, once placed
+        # Told to the Controller with the next report (the run's end follows at once):
+        self._deferred_events: List[str] = []
+        self._released: List[Released] = []  # the bundles of the placement group just removed
 
     # -- reporting ----------------------------------------------------------------------------
 
     async def report(self, event: Optional[str] = None, changed: Tuple[str, ...] = (), **fields: Any) -> None:
         """Persist run fields (those given, and those `changed` in `self.run`) and the current
-        attempt's jobs in the Controller."""
+        attempt's jobs in the Controller, with the events and released resources held back for it."""
         for name, value in fields.items():
             setattr(self.run, name, value)
         self.run.last_processed_at = utcnow()
         changes = self.run.model_dump(mode="json", include={*fields, *changed, "last_processed_at"})
         jobs = [j.model_dump(mode="json") for j in self.jobs]
-        await self.host.link.report_run(self.run.id, changes, jobs, event)
+        events, self._deferred_events = self._deferred_events + ([event] if event else []), []
+        released, self._released = self._released, []
+        await self.host.link.report_run(self.run.id, changes, jobs, events, released)
 
     async def set_jobs(self, **fields: Any) -> None:
         for job in self.jobs:
@@ -269,13 +276,17 @@ class RunSupervisor:
     # -- one attempt ----------------------------------------------------------------------------
 
     async def _attempt(self) -> None:
-        if self.jobs and any(j.status != JobStatus.SUBMITTED for j in self.jobs):
+        # The jobs the Controller made at submission (all still `submitted`) serve the first
+        # attempt as they are; any other attempt gets new ones.
+        as_submitted = bool(self.jobs) and all(j.status == JobStatus.SUBMITTED for j in self.jobs)
+        if self.jobs and not as_submitted:
             self.run.attempt += 1
         self.stop_reasons = {}
         self._stopping = False
-        self.jobs = new_jobs(self.run.id, self.run.attempt, self.cfg, utcnow())
         self._samples = {}
-        await self.report(attempt=self.run.attempt)
+        if not as_submitted:
+            self.jobs = new_jobs(self.run.id, self.run.attempt, self.cfg, utcnow())
+            await self.report(attempt=self.run.attempt)
         if not await self._admitted():
             return
         cluster = await asyncio.get_running_loop().run_in_executor(None, live_cluster_view)
@@ -298,12 +309,16 @@ class RunSupervisor:
             name=f"dstack:{self.run.name}:pg",
             bundle_label_selector=[b.label_selector for b in plan.bundles] if plan.bundles[0].label_selector else None,
         )
+        self._bundle_nodes = {}
         try:
             placed = await self._wait_placement(pg, cluster.autoscaling)
             if placed:
                 await self._run_nodes(pg, plan)
         finally:
             remove_placement_group(pg)
+            # With the next report, so that the Controller admits queued runs the moment Ray's
+            # numbers show these free.
+            self._released = [Released(self._bundle_nodes[b.rank], pg.id.hex(), b.resources) for b in plan.bundles if b.rank in self._bundle_nodes]
 
     async def _admitted(self) -> bool:
         """Wait for the Controller's go (priority order, capacity); False if stopped meanwhile."""
@@ -377,6 +392,7 @@ class RunSupervisor:
         # other threads of this actor (a first version did, and the actor's process died once).
         table = placement_group_table(pg)
         nodes = {int(index): node for index, node in (table.get("bundles_to_node_id") or {}).items()}
+        self._bundle_nodes = nodes
         for bundle in plan.bundles:
             job = self.jobs[bundle.rank]
             assignment = NodeAssignment(
@@ -521,7 +537,8 @@ class RunSupervisor:
                     job.node_ip, job.node_id, job.gpu_ids = info.ip, info.node_id, info.gpu_ids
                     self._ssh_ports[rank] = info.ssh_port
                     del pending[rank]
-            await self.report()
+            if pending:  # where the nodes are so far (once all are there, the running report says it)
+                await self.report()
 
     async def _release(self, plan: RunPlan, slots: Dict[int, AgentSlot], outcomes: Dict[int, "asyncio.Future"], stop: "asyncio.Future") -> None:
         """Give every node the cluster's IPs, in the order `startup_order` asks for."""
@@ -610,8 +627,11 @@ class RunSupervisor:
     async def _after_node_ended(self, rank: int, others_left: bool, slots: Dict[int, AgentSlot]) -> None:
         """Fail fast when a node fails; end the run when the master is done (master-done)."""
         job = self.jobs[rank]
+        if not others_left:  # the attempt's end is reported next
+            self._deferred_events.append(f"node {rank} {job.status_message}")
+            return
         await self.report(event=f"node {rank} {job.status_message}")
-        if self._stopping or not others_left:
+        if self._stopping:
             return
         if job.status == JobStatus.DONE:
             if rank == 0 and self.cfg.stop_criteria == StopCriteria.MASTER_DONE:
@@ -728,8 +748,10 @@ class ControllerLink:
         self._controller = controller
         self._lookup = lookup
 
-    async def report_run(self, run_id: str, changes: Dict[str, Any], jobs: List[Dict[str, Any]], event: Optional[str]) -> None:
-        await self._retried(lambda c: c.report_run.remote(run_id, changes, jobs, event))
+    async def report_run(
+        self, run_id: str, changes: Dict[str, Any], jobs: List[Dict[str, Any]], events: List[str], released: List[Released]
+    ) -> None:
+        await self._retried(lambda c: c.report_run.remote(run_id, changes, jobs, events, released))
 
     async def request_admission(self, run_id: str) -> bool:
         return await self._retried(lambda c: c.request_admission.remote(run_id))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dstack_ray.config import parse_configuration
-from dstack_ray.plan.capacity import free_capacity, place
+from dstack_ray.plan.capacity import Released, free_capacity, place, still_counted
 from dstack_ray.plan.catalog import catalog_offers
 from dstack_ray.plan.cluster import ClusterView, NodeShape, NodeType, NodeView, accelerator_gpu_name, accelerator_memory_gb
 from dstack_ray.plan.offers import cluster_offers
@@ -168,8 +168,49 @@ def test_capacity_admission_accounts_for_taken_resources():
     assert not place(plan, free_capacity(cluster, reserved=[{"CPU": 2.0}, {"CPU": 1.0}]))
 
 
+def test_a_removed_group_counts_until_rays_numbers_drop_it():
+    """Ray's free numbers lag a placement group's removal; its `bundle_group_<id>` resource goes
+    from a node's numbers in the same report that frees its bundles."""
+    released = Released("a", "abc123", {"CPU": 1.0})
+    stale = ClusterView(nodes=[node("a", 2, available={"CPU": 1.0, "bundle_group_abc123": 1000.0})], availability_known=True)
+    fresh = ClusterView(nodes=[node("a", 2, available={"CPU": 2.0})], availability_known=True)
+    gone = ClusterView(nodes=[node("b", 2, available={"CPU": 2.0, "bundle_group_abc123": 1000.0})], availability_known=True)
+    assert still_counted(released, stale)
+    assert not still_counted(released, fresh) and not still_counted(released, gone)
+
+
 def test_accelerator_names():
     assert accelerator_gpu_name("A100-80G") == "A100" and accelerator_memory_gb("A100-80G") == 80
     assert accelerator_gpu_name("RTX-PRO-6000") == "RTXPRO6000"
     assert accelerator_gpu_name("AMD-Instinct-MI300X") == "MI300X"
     assert accelerator_memory_gb("H100") == 80
+
+
+def test_the_node_table_is_read_again_only_when_the_nodes_change(monkeypatch):
+    """`ray.nodes()` (every node's full record) is the costliest call of a scheduling pass: it
+    is read again when the nodes Ray reports free resources for change, or after a few seconds."""
+    import ray
+    import ray._private.state as state
+
+    from dstack_ray.plan import live
+
+    reads = []
+    table = [{"NodeID": "n1", "Alive": True, "NodeManagerAddress": "10.0.0.1", "Resources": {"CPU": 2.0, "memory": 8.0 * GB}}]
+    available = {"n1": {"CPU": 2.0}}
+    monkeypatch.setattr(ray, "nodes", lambda: reads.append(1) or [dict(n) for n in table])
+    monkeypatch.setattr(state, "available_resources_per_node", lambda: {k: dict(v) for k, v in available.items()})
+    monkeypatch.setattr(live, "autoscaler_node_types", lambda: [])
+    for name, value in (("at", float("-inf")), ("views", []), ("alive", frozenset())):
+        monkeypatch.setattr(live._NodeTable, name, value)  # and restored after the test
+    assert [n.available for n in live.live_cluster_view().nodes] == [{"CPU": 2.0}]
+    available["n1"] = {"CPU": 1.0}
+    assert [n.available for n in live.live_cluster_view().nodes] == [{"CPU": 1.0}] and len(reads) == 1
+    table.append({"NodeID": "n2", "Alive": True, "NodeManagerAddress": "10.0.0.2", "Resources": {"CPU": 4.0, "memory": 8.0 * GB}})
+    available["n2"] = {"CPU": 4.0}  # a node joined
+    assert [n.node_id for n in live.live_cluster_view().nodes] == ["n1", "n2"] and len(reads) == 2
+    table[1]["Alive"] = False
+    del available["n2"]  # and died
+    assert [n.alive for n in live.live_cluster_view().nodes] == [True, False] and len(reads) == 3
+    monkeypatch.setattr(live._NodeTable, "at", live._NodeTable.at - live.NODE_TABLE_MAX_AGE - 1)
+    live.live_cluster_view()
+    assert len(reads) == 4  # too old

@@ -14,7 +14,7 @@ import pytest
 from dstack_ray.plan.cluster import ClusterView, NodeView
 from dstack_ray.runtime import supervisor as sup
 from dstack_ray.models.messages import NodeOutcome
-from dstack_ray.models import JobStatus, RunRecord, RunSpec, RunStatus, RunTerminationReason
+from dstack_ray.models import JobStatus, RunRecord, RunSpec, RunStatus, RunTerminationReason, new_jobs
 from dstack_ray.runtime.settings import RuntimeSettings
 from dstack_ray.config import parse_configuration
 
@@ -51,10 +51,9 @@ class FakeControllerLink:
     def __init__(self, host: FakeHost) -> None:
         self.host = host
 
-    async def report_run(self, run_id, changes, jobs, event) -> None:
-        self.host.reports.append({"changes": changes, "jobs": jobs})
-        if event:
-            self.host.events.append(event)
+    async def report_run(self, run_id, changes, jobs, events, released) -> None:
+        self.host.reports.append({"changes": changes, "jobs": jobs, "released": released})
+        self.host.events.extend(events)
 
     async def request_admission(self, run_id) -> bool:
         return True
@@ -105,6 +104,11 @@ def test_the_controller_link_finds_a_new_controller_once_the_old_is_gone(monkeyp
 
 
 class FakePlacementGroup:
+    class id:
+        @staticmethod
+        def hex() -> str:
+            return "fa4e9a"
+
     async def _ready(self):
         return True
 
@@ -156,15 +160,17 @@ def install_fakes(monkeypatch, script: Script, started: List[tuple]) -> None:
     monkeypatch.setattr(sup.RunSupervisor, "_launch", fake_launch)
 
 
-def run_record(config: Dict[str, Any], submitted_at: Optional[datetime] = None) -> RunRecord:
+def run_record(config: Dict[str, Any], submitted_at: Optional[datetime] = None, submitted_jobs: bool = False) -> RunRecord:
+    """As the Controller stores a new run (with its attempt-0 jobs when `submitted_jobs`)."""
     cfg = parse_configuration({"type": "task", "name": "r", "resources": {"cpu": 1, "memory": "1GB"}, **config})
     now = submitted_at or datetime.now(timezone.utc)
     spec = RunSpec(run_name=cfg.name, configuration=cfg.model_dump(mode="json", exclude_unset=True))
-    return RunRecord(id="run-1", name=cfg.name, status=RunStatus.SUBMITTED, submitted_at=now, last_processed_at=now, spec=spec.model_dump(mode="json"))
+    jobs = new_jobs("run-1", 0, cfg, now) if submitted_jobs else []
+    return RunRecord(id="run-1", name=cfg.name, status=RunStatus.SUBMITTED, submitted_at=now, last_processed_at=now, spec=spec.model_dump(mode="json"), jobs=jobs)
 
 
 def supervise(
-    monkeypatch, config: Dict[str, Any], script: Script, settings: Optional[RuntimeSettings] = None, during=None, submitted_at=None
+    monkeypatch, config: Dict[str, Any], script: Script, settings: Optional[RuntimeSettings] = None, during=None, submitted_at=None, submitted_jobs=False
 ):
     """Run a supervisor to its end (after `during`, which acts on it meanwhile); returns
     (supervisor, host, started: the (attempt, rank) of every job that started, in order)."""
@@ -172,7 +178,7 @@ def supervise(
     host = FakeHost(settings)
     started: List[tuple] = []
     install_fakes(monkeypatch, script, started)
-    supervisor = sup.RunSupervisor(host, run_record(config, submitted_at), resume_lost=False)
+    supervisor = sup.RunSupervisor(host, run_record(config, submitted_at, submitted_jobs), resume_lost=False)
 
     async def main():
         task = asyncio.ensure_future(supervisor.main())
@@ -200,6 +206,24 @@ def test_exit_codes_map_to_dstack_statuses(monkeypatch):
     assert reasons(failed) == ["container_exited_with_error"] and failed.jobs[0].exit_code == 3
     assert failed.jobs[0].termination_message == "exit status 3"
     assert host.events[-1] == "run failed (job_failed)"
+
+
+def test_a_first_attempt_and_a_run_end_cost_no_extra_report(monkeypatch):
+    """The first attempt runs the jobs the Controller made at submission (nothing to report
+    before admission); the last node's end, the run's end and the bundles of the placement group
+    just removed (queued runs may take them once Ray shows them free) go in one report."""
+    long_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+    done, host, _ = supervise(monkeypatch, {"commands": ["true"], "nodes": 2}, lambda a, r: 0, submitted_at=long_ago, submitted_jobs=True)
+    assert done.run.status == RunStatus.DONE and done.run.attempt == 0
+    first = host.reports[0]
+    assert first["changes"]["status"] == "provisioning"
+    assert {j["submitted_at"] for j in first["jobs"]} == {long_ago.isoformat().replace("+00:00", "Z")}  # the submitted jobs
+    last = host.reports[-1]
+    assert last["changes"]["status"] == "done" and host.events[-1] == "run done (all_jobs_done)"
+    assert {"node 0 exited (0)", "node 1 exited (0)"} <= set(host.events)
+    bundle = {"CPU": 1.0, "memory": float(2**30)}
+    assert sorted(last["released"]) == [("node-0", "fa4e9a", bundle), ("node-1", "fa4e9a", bundle)]
+    assert not any(r["released"] for r in host.reports[:-1])
 
 
 def test_a_lost_node_is_an_interruption(monkeypatch):
