@@ -225,17 +225,19 @@ class VenvMaker:
         which is linked in on first use (LAZY_PIP); `bin/` and `pyvenv.cfg` as real copies, so a
         job that edits them changes only its own."""
         template = self._template(version, node)
-        library = template / "lib"
-        pip_packages = list(library.glob("python*/site-packages/pip"))
+        library = str(template / "lib") + os.sep
+        pip_packages = list((template / "lib").glob("python*/site-packages/pip"))
+        holding_pip = {str(package.parent) for package in pip_packages}
 
-        def link_or_copy(source: str, destination: str) -> None:
-            if Path(source).is_relative_to(library):
+        def link_or_copy(source: str, destination: str) -> None:  # (once per file of every job's venv: kept cheap)
+            if source.startswith(library):
                 os.link(source, destination)
             else:
-                shutil.copy2(source, destination)
+                shutil.copyfile(source, destination)
+                shutil.copymode(source, destination)
 
         def without_pip(directory: str, names: List[str]) -> List[str]:
-            return ["pip"] if Path(directory) / "pip" in pip_packages else []
+            return ["pip"] if str(directory) in holding_pip else []
 
         try:
             shutil.copytree(template, target, symlinks=True, copy_function=link_or_copy, ignore=without_pip)
