@@ -21,10 +21,13 @@ def timestamp() -> bytes:
 
 def format_records(chunk: bytes) -> bytes:
     """The records for one chunk of a command's output."""
-    lines = chunk.split(b"\n")
-    tail = lines.pop()
     stamp = timestamp()
-    formatted = b"".join(stamp + b" " + line.rstrip(b"\r") + b"\n" for line in lines)
+    end = chunk.rfind(b"\n") + 1
+    lines, tail = chunk[:end], chunk[end:]
+    if b"\r" not in lines:  # the usual case, in one pass in C: a stamp after every newline
+        formatted = stamp + b" " + lines.replace(b"\n", b"\n" + stamp + b" ")[: -len(stamp) - 1] if lines else b""
+    else:
+        formatted = b"".join(stamp + b" " + line.rstrip(b"\r") + b"\n" for line in lines.split(b"\n")[:-1])
     if tail:
         formatted += stamp + b"\t" + tail + b"\n"
     return formatted

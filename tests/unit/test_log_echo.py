@@ -37,3 +37,26 @@ def test_a_flood_is_thinned_with_a_note(capsysbinary, monkeypatch):
     assert out[0] == b"[run:0] " + b"x" * 1500
     assert out[1].startswith(b"[run:0] (") and b"bytes of output not shown here" in out[1] and b"dstack-ray logs" in out[1]
     assert out[2] == b"[run:0] after"  # not joined with the skipped piece
+
+
+def test_records_made_in_one_pass_equal_records_made_line_by_line(monkeypatch):
+    """The guard stamps a chunk without `\\r` in one `replace`; any chunk must give exactly
+    the records of the line-by-line way (a trailing `\\r` dropped, an unfinished tail partial)."""
+    import random
+
+    from dstack_ray.exec import records
+
+    stamp = b"2026-01-01T00:00:00.000000Z"
+    monkeypatch.setattr(records, "timestamp", lambda: stamp)
+
+    def line_by_line(chunk: bytes) -> bytes:
+        lines = chunk.split(b"\n")
+        tail = lines.pop()
+        out = b"".join(stamp + b" " + line.rstrip(b"\r") + b"\n" for line in lines)
+        return out + (stamp + b"\t" + tail + b"\n" if tail else b"")
+
+    rng = random.Random(7)
+    chunks = [b"", b"\n", b"a\n", b"a", b"a\r\n", b"\r\r\n", b"x\ny\nz"]
+    chunks += [bytes(rng.choice(b"ab \t\r\n") for _ in range(rng.randint(0, 40))) for _ in range(2000)]
+    for chunk in chunks:
+        assert records.format_records(chunk) == line_by_line(chunk), chunk
