@@ -193,7 +193,11 @@ def test_sigkill_of_the_guard_leaves_no_process_of_the_run(client):
     run = client.apply(task("kill-guard", ["echo before", "sleep 31390 & sleep 31391; wait"]))
     running(run)
     assert wait_for(lambda: "before" in list(run.logs()), 30)
-    guards = [int(line.split(":", 1)[0]) for line in processes_matching("dstack_ray.exec.guard") if "sleep 31391" in line]
+    # The guard is the parent of the job's shell (guards are forked from the node agent's guard
+    # fork server, so their command line is the server's).
+    shells = [int(line.split(":", 1)[0]) for line in processes_matching("sleep 31391") if "bash" in line]
+    parents = {int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for pid in shells}
+    guards = [pid for pid in parents if b"dstack_ray.exec.guard" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert guards
     for pid in guards:
         os.kill(pid, signal.SIGKILL)

@@ -105,3 +105,23 @@ def test_the_guard_starts_without_costly_imports():
     loaded = set(subprocess.run([sys.executable, "-I", "-S", "-c", boot], capture_output=True, text=True, check=True, timeout=30).stdout.split())
     assert "dstack_ray.exec.guard" in loaded
     assert loaded & {"typing", "threading", "enum", "signal", "datetime", "json", "re"} == set()
+
+
+def test_a_guard_forked_by_the_fork_server_runs_as_one_started_afresh(tmp_path):
+    """Guards are forked from the agent's fork server (a Python with the guard loaded): each one
+    still gets the job's environment and directory only, a session of its own, and its own log;
+    and it is not a child of the agent (it must outlive it)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {"PATH": os.defpath, "ONLY_THIS": "yes", "DSTACK_JOB_ID": "j9"}
+    job = DetachedJob.start(tmp_path / "job", ["/bin/sh", "-c", 'echo "$ONLY_THIS ${HOME:-no-home} $(pwd)"; sleep 0.3'], env, str(work))
+    session = lambda: int(Path(f"/proc/{job.pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
+    assert wait_for(lambda: session() == job.pid, 10)  # the session it leads (once it runs)
+    try:
+        os.waitpid(job.pid, os.WNOHANG)
+        raise AssertionError("the guard is a child of the process that started it")
+    except ChildProcessError:
+        pass
+    assert job.wait(30) == 0
+    assert lines_of(tmp_path / "job") == [f"yes no-home {work}"]
+    assert (tmp_path / "job" / "guard.log").exists()
