@@ -1,4 +1,5 @@
-"""Gang start on a simulated 4-node cluster: submit until all four ranks run, against one node.
+"""Gang start on a simulated 4-node cluster: submit until all four ranks run, against one node;
+each from an idle cluster (Ray's numbers show every CPU free).
 
     python bench/gang_start.py [--reps 5]
 """
@@ -11,7 +12,18 @@ import time
 from common import client, report, summary, task
 
 
+def until_idle(timeout: float = 30.0) -> None:
+    """Until Ray shows every CPU free again: the previous rep's placement group is gone from
+    its numbers (each rep is a start on an idle cluster, not after a run that just ended)."""
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def until_all_running(c, name: str, nodes: int) -> float:
+    until_idle()
     started = time.perf_counter()
     run = c.apply(task(name, ["sleep 30"], nodes=nodes))
     while not (run.jobs and all(j.status.value == "running" for j in run.jobs)):
