@@ -49,6 +49,7 @@ HOST_PING_INTERVAL = 1.0
 RECENT_RUNS = 256  # finished runs kept in memory besides the store
 RETENTION_INTERVAL = 600.0  # how often runs past the retention are removed
 RELEASE_RECHECK = 0.015  # seconds between looks at Ray's numbers while a removed group still shows
+RELEASE_MEMORY = 5.0  # seconds a removed group is looked for in Ray's numbers at most
 LOG_READ_LIMIT = 4 << 20
 
 
@@ -336,7 +337,9 @@ class Controller:
         for event in events:
             self.store.add_event(run_id, event)
         if released:
-            self.recently_released[run_id] = (time.monotonic(), released)
+            now = time.monotonic()  # (older ones go here too: nothing may have waited since)
+            self.recently_released = {r: e for r, e in self.recently_released.items() if e[0] > now - RELEASE_MEMORY}
+            self.recently_released[run_id] = (now, released)
             self._kick()
         if updated.status.is_finished() or updated.wait_reason == WAITING_FOR_SCHEDULE:
             self.handed.pop(run_id, None)
@@ -546,8 +549,8 @@ class Controller:
 
     def _released(self, cluster: ClusterView) -> List[Released]:
         """Bundles of groups removed moments ago that Ray's numbers still count as taken (kept
-        until they do not, at most 5 s)."""
-        horizon = time.monotonic() - 5.0
+        until they do not, RELEASE_MEMORY seconds at most)."""
+        horizon = time.monotonic() - RELEASE_MEMORY
         for run_id, (at, bundles) in list(self.recently_released.items()):
             if at < horizon or not any(still_counted(b, cluster) for b in bundles):
                 del self.recently_released[run_id]
