@@ -50,26 +50,32 @@ class _ForkServer:
     @classmethod
     def spawn(cls, argv: List[str], env: Dict[str, str], cwd: Optional[str], log: Path) -> int:
         request = json.dumps({"argv": argv, "env": env, "cwd": cwd, "log": str(log)}).encode() + b"\n"
+        answer = ""
         with cls._lock:
-            server = cls._server
-            if server is None or server.poll() is not None:
-                server = cls._server = subprocess.Popen(
-                    [*guard_command(), "--fork-server"],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            assert server.stdin is not None and server.stdout is not None
-            try:
-                server.stdin.write(request)
-                server.stdin.flush()
-                answer = server.stdout.readline().decode().strip()
-            except OSError as e:
-                answer = f"error {e}"
-        if not answer.isdigit():
-            raise OSError(f"the guard fork server could not start a guard: {answer or 'it exited'}")
-        return int(answer)
+            for _ in range(2):  # a server that died (killed, say) is replaced once
+                server = cls._server
+                if server is None or server.poll() is not None:
+                    server = cls._server = subprocess.Popen(
+                        [*guard_command(), "--fork-server"],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
+                assert server.stdin is not None and server.stdout is not None
+                try:
+                    server.stdin.write(request)
+                    server.stdin.flush()
+                    answer = server.stdout.readline().decode().strip()
+                except OSError as e:
+                    answer = f"error {e}"
+                if answer.isdigit():
+                    return int(answer)
+                if answer:  # it answered: the fork itself failed
+                    break
+                server.kill()
+                server.wait()
+        raise OSError(f"the guard fork server could not start a guard: {answer or 'it exited'}")
 
 
 class GuardedProcess:

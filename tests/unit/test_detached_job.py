@@ -125,3 +125,15 @@ def test_a_guard_forked_by_the_fork_server_runs_as_one_started_afresh(tmp_path):
     assert job.wait(30) == 0
     assert lines_of(tmp_path / "job") == [f"yes no-home {work}"]
     assert (tmp_path / "job" / "guard.log").exists()
+
+
+def test_a_fork_server_that_died_is_replaced(tmp_path):
+    from dstack_ray.exec.process import _ForkServer
+
+    DetachedJob.start(tmp_path / "first", ["/bin/true"], env("j10"), None).wait(30)
+    old = _ForkServer._server
+    os.kill(old.pid, signal.SIGKILL)
+    old.wait()
+    job = DetachedJob.start(tmp_path / "second", ["/bin/sh", "-c", "echo again"], env("j11"), None)
+    assert job.wait(30) == 0 and lines_of(tmp_path / "second") == ["again"]
+    assert _ForkServer._server.pid != old.pid
