@@ -2,7 +2,9 @@
 
 Started as
 `python -m dstack_ray.exec.guard [--tty-fd N | --job-dir D [--log-limit BYTES]] [--watch-pid P]
-[--cleanup JSON-ARGV] COMMAND...` with the command's environment as its own. The guard
+[--cleanup JSON-ARGV] COMMAND...` with the command's environment as its own, or forked in that
+state by `python -m dstack_ray.exec.guard --fork-server` (how node agents start them: see
+`_fork_server`). The guard
 - becomes a child subreaper, so every descendant (even ones that daemonize) stays below it;
 - starts the command in a new session on the terminal whose slave end it received as fd N
   (a pty, like dstack's runner), or on its own stdout/stderr without `--tty-fd`;
