@@ -334,7 +334,7 @@ def _forked_guard(request: dict) -> int:
         try:
             os.write(2, f"dstack-ray guard: {type(e).__name__}: {e}\n".encode())
         except OSError:
-            pass
+            pass  # not even its log can be written: the exit status (255, no `exit` file) says it
     return code
 
 
