@@ -721,12 +721,7 @@ class Run:
             data, rest = data[:cut], data[cut:]
             for piece in _pieces(data):
                 for record in _parse_log(piece, rank):
-                    if partial:
-                        line: Optional[LogLine] = record
-                    elif record.partial or joiner.pending is not None or record.endswith("\r"):
-                        line = joiner.feed(record)
-                    else:  # a whole line (most of them)
-                        line = record
+                    line = record if partial else joiner.feed(record)
                     if line is not None and (since is None or line.time >= since):
                         yield line
         last = joiner.flush()

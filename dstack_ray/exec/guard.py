@@ -289,7 +289,7 @@ def _fork_server() -> int:
     is gone) ends the server; the guards it started go on (they depend on nobody)."""
     import json
 
-    def reap(*_: object) -> None:
+    def reap(*_: object) -> None:  # (not `_reap`: every later guard would inherit its statuses)
         while True:
             try:
                 if os.waitpid(-1, os.WNOHANG)[0] == 0:

@@ -240,12 +240,12 @@ class DetachedJob:
         if not control.exists():
             os.mkfifo(control, 0o600)
         os.close(os.open(job_dir / "output", os.O_WRONLY | os.O_CREAT, 0o600))
-        guard = [*guard_command(), "--job-dir", str(job_dir), "--log-limit", str(log_limit)]
+        options = ["--job-dir", str(job_dir), "--log-limit", str(log_limit)]
         if watch_pid is not None:
-            guard += ["--watch-pid", str(watch_pid)]
+            options += ["--watch-pid", str(watch_pid)]
         if cleanup:
-            guard += ["--cleanup", json.dumps(cleanup)]
-        pid = _ForkServer.spawn(guard[len(guard_command()) :] + list(argv), env, cwd, job_dir / "guard.log")
+            options += ["--cleanup", json.dumps(cleanup)]
+        pid = _ForkServer.spawn(options + list(argv), env, cwd, job_dir / "guard.log")
         (job_dir / "guard.pid").write_text(str(pid))
         job_id = env.get("DSTACK_JOB_ID")
         return cls(job_dir, pid, f"DSTACK_JOB_ID={job_id}".encode() if job_id else None, cleanup)

@@ -337,9 +337,8 @@ class Controller:
         for event in events:
             self.store.add_event(run_id, event)
         if released:
-            now = time.monotonic()  # (older ones go here too: nothing may have waited since)
-            self.recently_released = {r: e for r, e in self.recently_released.items() if e[0] > now - RELEASE_MEMORY}
-            self.recently_released[run_id] = (now, released)
+            self._forget_old_releases()  # (here too: no run may have waited since they were told)
+            self.recently_released[run_id] = (time.monotonic(), released)
             self._kick()
         if updated.status.is_finished() or updated.wait_reason == WAITING_FOR_SCHEDULE:
             self.handed.pop(run_id, None)
@@ -550,11 +549,15 @@ class Controller:
     def _released(self, cluster: ClusterView) -> List[Released]:
         """Bundles of groups removed moments ago that Ray's numbers still count as taken (kept
         until they do not, RELEASE_MEMORY seconds at most)."""
-        horizon = time.monotonic() - RELEASE_MEMORY
-        for run_id, (at, bundles) in list(self.recently_released.items()):
-            if at < horizon or not any(still_counted(b, cluster) for b in bundles):
+        self._forget_old_releases()
+        for run_id, (_, bundles) in list(self.recently_released.items()):
+            if not any(still_counted(b, cluster) for b in bundles):
                 del self.recently_released[run_id]
         return [b for _, bundles in self.recently_released.values() for b in bundles]
+
+    def _forget_old_releases(self) -> None:
+        horizon = time.monotonic() - RELEASE_MEMORY
+        self.recently_released = {r: entry for r, entry in self.recently_released.items() if entry[0] > horizon}
 
     # -- retention ----------------------------------------------------------------------------------
 
