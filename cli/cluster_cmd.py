@@ -17,7 +17,6 @@ from rich.markup import escape
 from dstack_ray.config import load_configuration
 from dstack_ray.config.task import TaskConfiguration
 from dstack_ray.plan.launcher import (
-    DEFAULT_PACKAGE,
     RAY_IMAGE_AUTO,
     LauncherError,
     Provider,
@@ -48,7 +47,6 @@ def render(
     worker_ip: List[str] = typer.Option([], "--worker-ip", help="local: a worker machine (repeat for each)."),
     ssh_user: Optional[str] = typer.Option(None, "--ssh-user", help="The user `ray up` connects as."),
     project_id: Optional[str] = typer.Option(None, "--project-id", help="gcp: the project to launch in."),
-    package: str = typer.Option(DEFAULT_PACKAGE, "--package", help="What the nodes pip-install as dstack-ray."),
     docker: bool = typer.Option(False, "--docker", help="Run Ray in rayproject/ray containers on the nodes."),
     ray_image: Optional[str] = typer.Option(None, "--ray-image", help="Run Ray in this image (implies --docker)."),
     name: Optional[str] = typer.Option(None, "--name", help="Cluster name. Default: the task's name or file name."),
@@ -75,7 +73,6 @@ def render(
             worker_ips=worker_ip,
             ssh_user=ssh_user,
             project_id=project_id,
-            package=package,
             ray_image=ray_image or (RAY_IMAGE_AUTO if docker else None),
             template=template,
             source=str(file),

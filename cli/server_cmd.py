@@ -81,6 +81,29 @@ def stop(address: Optional[str] = ClusterOption) -> None:
 
 
 @app.command()
+def upgrade(address: Optional[str] = ClusterOption) -> None:
+    """Replace the cluster's dstack-ray service (or the local head's) with this client's
+    version. Refused while runs are active: their node agents run the old code."""
+    from dstack_ray.service import client as service
+
+    try:
+        head = local_head.head_at(address) if address else local_head.status()
+        if address is None and head is None:
+            raise CLIError("The local Ray head is not running: nothing to upgrade", "give the cluster with --address")
+        target = address or head.address
+        token = local_head._token(head) if head else service.auth_token()
+        stopped = service.replace_service(target, token, head.dashboard_url if head else None)
+        url = local_head.service_url(head) if head else service.service_for_ray_address(target, token)
+    except DstackRayError as e:
+        raise CLIError(str(e), e.hint) from None
+    from dstack_ray import __version__
+
+    for submission_id, version in stopped:
+        console.print(f"Stopped the dstack-ray service job {submission_id} (dstack-ray {version or 'unknown'})")
+    console.print(f"dstack-ray service {__version__} answers at {url}")
+
+
+@app.command()
 def status() -> None:
     """Whether the local head runs, and where."""
     head = local_head.status()

@@ -282,9 +282,9 @@ def _connect(address: Optional[str]) -> None:
     """This process as a Ray driver (for actor handles), unless it is one already."""
     if _ray_driver():
         return
-    if not address:
-        from dstack_ray import local_head
+    from dstack_ray import local_head
 
+    if not address:
         head = local_head.status() or local_head.start()
         address = head.address
         if head.auth and "ray" not in sys.modules:  # read when Ray is imported
@@ -294,6 +294,13 @@ def _connect(address: Optional[str]) -> None:
     from dstack_ray.service.client import check_reachable
 
     check_reachable(address)
+    runtime_env = None
+    if local_head.head_at(address) is None:
+        # A cluster that may have only Ray: Ray uploads dstack-ray (and its small pure-Python
+        # dependencies) and installs them wherever this driver's actors and tasks run.
+        from dstack_ray.service import ship
+
+        runtime_env = {"py_modules": [str(path) for path in ship.code_bundle().top_level()]}
     try:
         ray.init(
             address=address,
@@ -301,6 +308,7 @@ def _connect(address: Optional[str]) -> None:
             log_to_driver=False,
             logging_level=logging.WARNING,
             configure_logging=False,
+            runtime_env=runtime_env,
         )
     except ConnectionError as e:
         raise DstackRayError(

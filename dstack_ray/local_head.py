@@ -102,10 +102,15 @@ def _token(head: LocalHead) -> Optional[str]:
 
 
 def _answering(head: LocalHead) -> Optional[str]:
-    """The head's recorded service URL, if that service answers."""
-    from dstack_ray.service.client import healthy
+    """The head's recorded service URL, if that service answers (VersionMismatch if it runs
+    another dstack-ray: `server upgrade` replaces it)."""
+    from dstack_ray.service.client import check_version, health
 
-    return head.service if head.service and healthy(head.service, _token(head)) else None
+    answer = health(head.service, _token(head)) if head.service else None
+    if answer is None:
+        return None
+    check_version(head.service, answer)
+    return head.service
 
 
 def answering_service() -> Optional[str]:
@@ -217,6 +222,7 @@ def service_url(head: LocalHead) -> str:
         port=_free_port(DEFAULT_SERVICE_PORT),
         python=os.environ.get(SERVICE_PYTHON_ENV) or sys.executable,  # the head runs this Python
         token=_token(head),
+        shipped=False,  # ... and this install: nothing to ship
     )
     _save(head)
     return head.service

@@ -1,8 +1,8 @@
 """The job's own Python (dstack's base image venv) and `nvcc:` for tasks that run on the host.
 
 dstack's base image gives every job a fresh virtual environment with the requested Python; on
-a Ray node we give each host-mode job one of its own in the job's directory, made with uv (a
-dependency of dstack-ray, so every node has it) and seeded with pip, so that `pip install`
+a Ray node we give each host-mode job one of its own in the job's directory, made with uv (where the
+node has it; else with the standard library's `venv`) and seeded with pip, so that `pip install`
 never reaches the environment Ray and dstack-ray run from.
 
 Creating one with uv costs about 0.3 s of CPU (mostly installing pip), so each node makes it
@@ -89,17 +89,58 @@ class EnvironmentSetupError(Exception):
     """The node cannot provide what the task asks for; the message says what to install."""
 
 
-def uv_binary() -> str:
-    """The uv that ships with dstack-ray's `uv` dependency, else one on PATH."""
+def find_uv() -> Optional[str]:
+    """The uv of dstack-ray's `uv` dependency, else one on PATH; None where the node has
+    neither (a cluster with only Ray: job venvs are then made with `python -m venv`)."""
     try:
         from uv import find_uv_bin
 
         return find_uv_bin()
     except (ImportError, FileNotFoundError):
-        found = shutil.which("uv")
-        if found:
-            return found
-    raise EnvironmentSetupError("uv is not installed on this node; reinstall dstack-ray there (it depends on uv)")
+        return shutil.which("uv")
+
+
+# The first lines of a script in a venv made relocatable: /bin/sh runs the venv's python next to
+# the script, which reads the rest as Python (the shell's lines are a string to it), as uv does.
+_RELOCATABLE_SHEBANG = (
+    "#!/bin/sh\n"
+    """'''exec' "$(dirname -- "$(realpath -- "$0")")"/'python' "$0" "$@"\n"""
+    "' '''\n"
+)
+_RELOCATABLE_ACTIVATE = 'VIRTUAL_ENV="$(cd -- "$(dirname -- "${BASH_SOURCE[0]:-$0}")/.." > /dev/null && pwd)"'
+
+
+def make_relocatable(venv: Path) -> None:
+    """Scripts and `activate` of a `python -m venv` venv that name their own directory instead
+    of the path the venv was made at (so a copy or a renamed spare installs into itself)."""
+    marker = str(venv)
+    for script in (venv / "bin").iterdir():
+        if script.is_symlink() or not script.is_file():
+            continue
+        try:
+            text = script.read_text()
+        except (UnicodeDecodeError, OSError):
+            continue  # a binary
+        first, _, rest = text.partition("\n")
+        if script.name == "activate":
+            lines = [_RELOCATABLE_ACTIVATE if line.startswith("VIRTUAL_ENV=") else line for line in text.splitlines()]
+            script.write_text("\n".join(lines) + "\n")
+        elif first.startswith("#!") and marker in first:
+            script.write_text(_RELOCATABLE_SHEBANG + rest)
+
+
+def python_on_path(version: str) -> Optional[str]:
+    """`python<version>` on PATH that runs (pyenv's shims for versions that are not selected exit 127)."""
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(directory, f"python{version}")
+        if not os.access(candidate, os.X_OK):
+            continue
+        try:
+            if subprocess.run([candidate, "-c", "pass"], capture_output=True, timeout=30).returncode == 0:
+                return candidate
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+    return None
 
 
 def _last_line(text: str) -> str:
@@ -144,7 +185,9 @@ class VenvMaker:
 
     def create(self, version: Optional[str], target: Path, node: str) -> Path:
         """A fresh virtual environment with Python `version` (with pip) at `target`."""
-        uv = uv_binary()
+        uv = find_uv()
+        if uv is None:
+            return self._create_without_uv(version, target, node)
         python = version or sys.executable
         tried: List[str] = []
         attempts = [False, True] if version and self.downloads else [False]
@@ -165,6 +208,28 @@ class VenvMaker:
                 f" install python{version or ''} there, let the node download it, or use an `image` with it"
             )
         self._seed_pip(uv, target, node)
+        return target
+
+    def _create_without_uv(self, version: Optional[str], target: Path, node: str) -> Path:
+        """The same with the standard library's `venv` (pip from the interpreter's ensurepip):
+        ~3 s of CPU instead of ~0.3, once per node and version (jobs get copies)."""
+        python = python_on_path(version) if version else sys.executable
+        if python is None:
+            raise EnvironmentSetupError(
+                f"Python {version} is not available on node {node}: it has no uv to fetch it and no"
+                f" python{version} on PATH; install uv or python{version} there, or use an `image` with it"
+            )
+        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+        result = subprocess.run(
+            [python, "-m", "venv", "--prompt", PROMPT, str(target)], capture_output=True, text=True, timeout=VENV_TIMEOUT, env=env
+        )
+        if result.returncode != 0:
+            shutil.rmtree(target, ignore_errors=True)
+            raise EnvironmentSetupError(
+                f"cannot make the job's Python environment on node {node} with `{python} -m venv` (the node has no uv):"
+                f" {_last_line(result.stderr or result.stdout)}; install uv, or the venv module (python3-venv), there"
+            )
+        make_relocatable(target)
         return target
 
     def _seed_pip(self, uv: str, venv: Path, node: str) -> None:
@@ -296,10 +361,13 @@ def venv_maker(root: Path, downloads: bool) -> VenvMaker:
 def link_uv(bin_dir: Path) -> None:
     """`uv` on the job's PATH, as in dstack's base image (`uv pip install` then installs into
     the job's activated venv)."""
+    uv = find_uv()
+    if uv is None:  # a node without uv: the job has none either (README: existing clusters)
+        return
     bin_dir.mkdir(parents=True, exist_ok=True)
     link = bin_dir / "uv"
     if not link.exists():
-        link.symlink_to(uv_binary())
+        link.symlink_to(uv)
 
 
 def activation_env(venv: Path, path: str) -> Dict[str, str]:

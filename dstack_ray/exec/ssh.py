@@ -18,6 +18,8 @@ import os
 import shlex
 import shutil
 import socket
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -44,15 +46,31 @@ class RunKey(BaseModel):
 
 
 def new_run_key(comment: str) -> RunKey:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
+    """A new Ed25519 key pair: with `cryptography` where the cluster's Python has it, else with
+    `ssh-keygen` (which comes with the sshd a multi-node run needs anyway)."""
+    try:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    except ImportError:
+        return _ssh_keygen(comment)
     key = Ed25519PrivateKey.generate()
     private = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
     ).decode()
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
     return RunKey(private=private, public=f"{public} {comment}")
+
+
+def _ssh_keygen(comment: str) -> RunKey:
+    keygen = shutil.which("ssh-keygen") or next((c for c in ("/usr/bin/ssh-keygen", "/usr/local/bin/ssh-keygen") if os.access(c, os.X_OK)), None)
+    if keygen is None:
+        raise OSError("cannot make the run's SSH key: this node has neither Python's `cryptography` nor `ssh-keygen` (install openssh-client)")
+    with tempfile.TemporaryDirectory(prefix="dstack-key-") as scratch:
+        key = Path(scratch) / "key"
+        result = subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(key)], capture_output=True, text=True, timeout=30)
+        if result.returncode != 0:
+            raise OSError(f"ssh-keygen failed: {result.stderr.strip()[-200:]}")
+        return RunKey(private=key.read_text(), public=(Path(scratch) / "key.pub").read_text().strip())
 
 
 def find_sshd() -> Optional[str]:

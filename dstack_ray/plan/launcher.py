@@ -44,7 +44,6 @@ class Provider(str, enum.Enum):
 
 
 CLOUDS = (Provider.AWS, Provider.GCP, Provider.AZURE)
-DEFAULT_PACKAGE = "dstack-ray"
 RAY_IMAGE_AUTO = "auto"  # ray_image: rayproject/ray matching this Ray and Python, CUDA variant on GPU nodes
 MARKET_LABEL = "ray.io/market-type"
 REGION_LABEL = "ray.io/availability-region"
@@ -144,7 +143,6 @@ def render(
     worker_ips: Optional[Sequence[str]] = None,
     ssh_user: Optional[str] = None,
     project_id: Optional[str] = None,
-    package: str = DEFAULT_PACKAGE,
     ray_image: Optional[str] = None,
     template: Optional[Path] = None,
     source: Optional[str] = None,
@@ -182,7 +180,7 @@ def render(
         )
     notes: List[str] = []
     path = template or template_path(provider)
-    config = _fill_placeholders(_load_template(provider, path), _placeholders(package, ray_image), path)
+    config = _fill_placeholders(_load_template(provider, path), _placeholders(ray_image), path)
     name = _cluster_name(cluster_name or cfg.name or "dstack-ray")
     policy = cfg.spot_policy or SpotPolicy.ONDEMAND
     if policy == SpotPolicy.AUTO and provider != Provider.LOCAL:
@@ -327,11 +325,13 @@ def _ray_version() -> str:
     return metadata.version("ray")
 
 
-def _placeholders(package: str, ray_image: Optional[str]) -> Dict[str, str]:
+def _placeholders(ray_image: Optional[str]) -> Dict[str, str]:
+    from dstack_ray.service.preflight import ray_range_text
+
     return {
         "ray": f"ray[default]=={_ray_version()}",
         "ray_version": _ray_version(),
-        "package": package,
+        "ray_range": ray_range_text(),
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
         "ray_image": _image(ray_image, gpu=False),
     }

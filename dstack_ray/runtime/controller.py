@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import ray
 
+from dstack_ray import __version__
 from dstack_ray.config.cron import next_fire_time
 from dstack_ray.metrics.runs import RunMetrics
 from dstack_ray.plan.capacity import Released, free_capacity, place, still_counted
@@ -152,6 +153,7 @@ class Controller:
     async def ping(self) -> Dict[str, Any]:
         await self._ensure_background()
         return {
+            "version": __version__,  # a service of another version replaces this Controller
             "state_dir": self.settings.state_dir,
             "host": self.host_incarnation,
             "job_id": ray.get_runtime_context().get_job_id(),  # the job whose driver created it

@@ -10,4 +10,6 @@ SERVICE_PORT_ENV = "DSTACK_RAY_SERVICE_PORT"
 DEFAULT_SERVICE_PORT = 8270
 SERVICE_PYTHON_ENV = "DSTACK_RAY_SERVICE_PYTHON"  # the head's Python for the service job
 JOB_NAME = "dstack-ray"
+# The HTTP API's version: a client and a service of different versions never work together.
+API_VERSION = 1
 SERVICE_METADATA_KEY = "dstack_ray_service_port"  # Ray Job metadata: the service's port

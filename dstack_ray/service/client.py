@@ -19,13 +19,16 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
+from dstack_ray import __version__
 from dstack_ray.errors import DstackRayError
 from dstack_ray.service import (
+    API_VERSION,
     DEFAULT_SERVICE_PORT,
     JOB_NAME,
     SERVICE_METADATA_KEY,
     SERVICE_PORT_ENV,
     SERVICE_PYTHON_ENV,
+    preflight,
 )
 
 logger = logging.getLogger(__name__)
@@ -60,7 +63,11 @@ class Unreachable(DstackRayError):
 
 
 class ServiceEnded(DstackRayError):
-    """The service's Ray Job ended before it answered."""
+    """The service's Ray Job ended before it answered; `preflight`: the report it printed
+    (see preflight.py), `job_message`: Ray's word on the job (a runtime-env failure, say)."""
+
+    preflight: Optional[Dict[str, Any]] = None
+    job_message: str = ""
 
 
 class HttpCaller:
@@ -89,7 +96,10 @@ class HttpCaller:
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         data = None
-        if body is not None:
+        if isinstance(body, bytes):
+            data = body
+            headers["Content-Type"] = "application/octet-stream"
+        elif body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         connection = self._connection(timeout)
@@ -121,9 +131,10 @@ class HttpCaller:
         timeout: Optional[float] = 130,
         missing_ok: bool = False,
     ) -> Any:
-        """The JSON answer; None for `missing_ok` requests the server answers with 404. While
-        the service says its controller restarts (503), the request is repeated for a while
-        (a repeated submission is recognised by its submission id)."""
+        """The JSON answer (`body`: JSON, or bytes sent as they are); None for `missing_ok`
+        requests the server answers with 404. While the service says its controller restarts
+        (503), the request is repeated for a while (a repeated submission is recognised by its
+        submission id)."""
         for attempt in range(RESTART_RETRIES + 1):
             connection, response = self._send(method, path, query, body, timeout)
             try:
@@ -139,7 +150,10 @@ class HttpCaller:
             return None
         if response.status >= 400:
             raise self._error(response, text)
-        return json.loads(text) if text else None
+        try:
+            return json.loads(text) if text else None
+        except ValueError:
+            return text  # Ray's package upload answers with plain text
 
     def stream(self, path: str, query: Optional[Mapping[str, Any]] = None) -> Iterator[bytes]:
         """The body of a GET as it arrives (the server decides when it ends)."""
@@ -212,48 +226,90 @@ def service_jobs(dashboard: HttpCaller) -> List[Dict[str, Any]]:
     return sorted(ours, key=lambda j: j.get("start_time") or 0, reverse=True)
 
 
-def healthy(url: str, token: Optional[str]) -> bool:
+def health(url: str, token: Optional[str]) -> Optional[Dict[str, Any]]:
+    """The service's health answer ({"service", "version", "api_version", "auth"}), or None
+    when nothing (or something else) answers there."""
     try:
         answer = HttpCaller(url, token).call("GET", "/api/health", timeout=5)
     except DstackRayError:
-        return False
-    return isinstance(answer, dict) and answer.get("service") == JOB_NAME
+        return None
+    return answer if isinstance(answer, dict) and answer.get("service") == JOB_NAME else None
+
+
+def healthy(url: str, token: Optional[str]) -> bool:
+    return health(url, token) is not None
+
+
+class VersionMismatch(DstackRayError):
+    """The cluster's service runs another dstack-ray than this client."""
+
+
+def check_version(url: str, answer: Mapping[str, Any], address: Optional[str] = None) -> None:
+    """One version of dstack-ray per cluster: a service of another version (or API) is an error
+    that says how to replace it, never used silently."""
+    theirs, their_api = answer.get("version"), answer.get("api_version")
+    if theirs == __version__ and their_api == API_VERSION:
+        return
+    where = f" --address {address}" if address else ""
+    raise VersionMismatch(
+        f"the dstack-ray service at {url} runs dstack-ray {theirs} (API {their_api}); this client is"
+        f" dstack-ray {__version__} (API {API_VERSION})",
+        hint=f"replace the service with this version: `dstack-ray server upgrade{where}` (it waits for no run:"
+        f" active runs must end first), or install dstack-ray {theirs} here",
+    )
 
 
 def _entrypoint(python: str, host: str, port: int) -> str:
     return f"{shlex.quote(python)} -m dstack_ray.service --host {shlex.quote(host)} --port {port}"
 
 
-def submit_service(dashboard: HttpCaller, python: str, host: str, port: int) -> str:
+def submit_service(
+    dashboard: HttpCaller, python: str, host: str, port: int, runtime_env: Optional[Dict[str, Any]] = None
+) -> str:
     """Start the service as a Ray Job (the Jobs tab shows it as `dstack-ray`); its submission id."""
     submission_id = f"{JOB_NAME}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
-    dashboard.call(
-        "POST",
-        "/api/jobs/",
-        body={
-            "entrypoint": _entrypoint(python, host, port),
-            "submission_id": submission_id,
-            "metadata": {"job_name": JOB_NAME, SERVICE_METADATA_KEY: str(port)},
-            "entrypoint_num_cpus": 0,
-        },
-    )
+    body: Dict[str, Any] = {
+        "entrypoint": _entrypoint(python, host, port),
+        "submission_id": submission_id,
+        "metadata": {"job_name": JOB_NAME, SERVICE_METADATA_KEY: str(port), "dstack_ray_version": __version__},
+        "entrypoint_num_cpus": 0,
+    }
+    if runtime_env:
+        body["runtime_env"] = runtime_env
+    dashboard.call("POST", "/api/jobs/", body=body)
     return submission_id
 
 
-def wait_healthy(url: str, token: Optional[str], dashboard: HttpCaller, submission_id: str, timeout: float = START_TIMEOUT) -> None:
-    """Until the service answers; a service job that ended first is an error with its log."""
+def upload(dashboard: HttpCaller, bundle: Any) -> str:
+    """The bundle's package URI on the cluster, uploaded through the Jobs API unless the
+    cluster has it already (the same upload `ray job submit --working-dir` makes)."""
+    uri, data = bundle.packed()
+    path = "/api/packages/gcs/" + uri.split("://", 1)[1]
+    if dashboard.call("GET", path, missing_ok=True) is None:
+        logger.info("uploading %s (%d files, %d KiB) as %s", bundle.what, len(bundle.files), len(data) >> 10, uri)
+        dashboard.call("PUT", path, body=data, timeout=600)
+    return uri
+
+
+def wait_healthy(url: str, token: Optional[str], dashboard: HttpCaller, submission_id: str, timeout: float = START_TIMEOUT) -> Dict[str, Any]:
+    """Until the service answers (its health answer); a service job that ended first is an
+    error with its log (and the preflight report, when the job printed one)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if healthy(url, token):
-            return
+        answer = health(url, token)
+        if answer is not None:
+            return answer
         job = dashboard.call("GET", f"/api/jobs/{submission_id}", missing_ok=True) or {}
         if job.get("status") in ("FAILED", "STOPPED", "SUCCEEDED"):
             logs = (dashboard.call("GET", f"/api/jobs/{submission_id}/logs", missing_ok=True) or {}).get("logs", "")
             tail = " | ".join(logs.strip().splitlines()[-5:])
-            raise ServiceEnded(
+            ended = ServiceEnded(
                 f"the dstack-ray service job {submission_id} ended ({job.get('status')}): {job.get('message') or ''} {tail}".strip(),
                 hint="see the job's log in the Ray dashboard (Jobs tab)",
             )
+            ended.preflight = preflight.parse(logs)
+            ended.job_message = job.get("message") or tail
+            raise ended
         time.sleep(0.2)
     raise DstackRayError(
         f"the dstack-ray service did not answer at {url} within {timeout:.0f} s",
@@ -274,19 +330,82 @@ def _running_service(dashboard: HttpCaller, host: str, token: Optional[str]) -> 
     return None
 
 
+def _unusable_python(report: Mapping[str, Any], python: str) -> DstackRayError:
+    return DstackRayError(
+        f"the cluster's Python ({python} on the head: Python {report.get('python')}, Ray {report.get('ray')})"
+        f" cannot run dstack-ray: {'; '.join(report['problems'])}",
+        hint=f"run the cluster on Python {preflight.PYTHON_MIN[0]}.{preflight.PYTHON_MIN[1]}+ with"
+        f" ray[default]{preflight.ray_range_text()} (the node image), or name another Python on the head"
+        f" with {SERVICE_PYTHON_ENV}; nothing was left running",
+    )
+
+
+def _missing_packages(report: Mapping[str, Any], how: str) -> DstackRayError:
+    from dstack_ray.service import ship
+
+    specs = " ".join(shlex.quote(spec) for spec in ship.requirement_specs(report["missing"]))
+    return DstackRayError(
+        f"the cluster's Python lacks {ship.describe_missing(report['missing'])}, and {how}",
+        hint=f"add them to the node image (`pip install {specs}` where Ray is installed), or let the nodes"
+        " reach a package index; nothing was left running",
+    )
+
+
+def start_shipped(dashboard: HttpCaller, url: str, token: Optional[str], python: str, bind: str, port: int) -> None:
+    """Start the service with dstack-ray shipped from this client (see ship.py): the code
+    bundle first; when the head's Python lacks a package Ray normally brings (or uv), once more
+    with this client's copies of them (same platform), else with Ray's pip install of the
+    packages on the nodes (and no uv: jobs' venvs are then made with `python -m venv`)."""
+    from dstack_ray.service import ship
+
+    runtime_env: Dict[str, Any] = {
+        "py_modules": [upload(dashboard, ship.code_bundle())],
+        "env_vars": {preflight.TOOLS_ENV: "uv"},
+    }
+    lacking: Optional[Mapping[str, Any]] = None  # the first preflight report that named missing packages
+    how = ""
+    while True:
+        submission_id = submit_service(dashboard, python, bind, port, runtime_env)
+        try:
+            wait_healthy(url, token, dashboard, submission_id)
+            return
+        except ServiceEnded as e:
+            report = e.preflight
+            if report is None and lacking is not None and "pip" in runtime_env:
+                raise _missing_packages(lacking, f"Ray could not pip-install them on the nodes ({e.job_message[:300]})") from None
+            if report is None:
+                raise
+        if report["problems"]:
+            raise _unusable_python(report, python)
+        if lacking is not None:  # what was added did not do it
+            raise _missing_packages(report, f"they are still missing after {how}")
+        lacking = {**report, "missing": [m for m in report["missing"] if not m.get("optional")]}
+        runtime_env["env_vars"] = {preflight.TOOLS_ENV: ""}  # uv is optional: never fail for it again
+        if ship.matches_here(report.get("platform")):
+            runtime_env["py_modules"].append(upload(dashboard, ship.dependency_bundle([m["name"] for m in report["missing"]])))
+            how = "this client shipped its own copies"
+        elif lacking["missing"]:
+            runtime_env["pip"] = {"packages": ship.requirement_specs(lacking["missing"]), "pip_check": False}
+            how = "Ray pip-installed them"
+        logger.info("the cluster's Python lacks %s: %s", ship.describe_missing(report["missing"]), how or "going on without uv")
+
+
 def ensure_service(
-    dashboard_url: str, host: str, bind: str, port: int, python: str, token: Optional[str]
+    dashboard_url: str, host: str, bind: str, port: int, python: str, token: Optional[str], shipped: bool = True
 ) -> str:
     """The URL of the cluster's service (reached at `host`), started through the Jobs API if
-    no service job runs."""
+    no service job runs: with dstack-ray shipped from this client, unless `shipped` is False
+    (the head runs this very install: the local head)."""
     dashboard = HttpCaller(dashboard_url, token, what="the Ray dashboard")
     running = _running_service(dashboard, host, token)
     if running is not None:
         return running
     url = f"http://{_url_host(host)}:{port}"
-    submission_id = submit_service(dashboard, python, bind, port)
     try:
-        wait_healthy(url, token, dashboard, submission_id)
+        if shipped:
+            start_shipped(dashboard, url, token, python, bind, port)
+        else:
+            wait_healthy(url, token, dashboard, submit_service(dashboard, python, bind, port))
     except ServiceEnded:
         # Another client may have started one at the same moment (ours then found its port taken).
         running = _running_service(dashboard, host, token)
@@ -332,25 +451,60 @@ def _remember(key: str, url: str) -> None:
 def service_for_ray_address(address: str, token: Optional[str], python: Optional[str] = None) -> Optional[str]:
     """The service of the cluster at a Ray address: remembered, else found or started through
     the cluster's Jobs API (with `python` on the head, default $DSTACK_RAY_SERVICE_PYTHON or
-    `python`). None: the cluster has no dashboard (so no Jobs API) to find it with."""
+    `python`). None: the cluster has no dashboard (so no Jobs API) to find it with. A service of
+    another dstack-ray version is an error (VersionMismatch)."""
     dashboard_url = _dashboard_for(address).url
-    cached = _cached(dashboard_url)
-    if cached and healthy(cached, token):
-        return cached
-    try:
-        url = ensure_service(
-            dashboard_url,
-            host=_ray_host(address),
-            bind="0.0.0.0",
-            port=int(os.environ.get(SERVICE_PORT_ENV) or DEFAULT_SERVICE_PORT),
-            python=python or os.environ.get(SERVICE_PYTHON_ENV) or "python",
-            token=token,
-        )
-    except Unreachable:
-        logger.info("no Ray dashboard at %s: connecting to the cluster as a Ray driver", dashboard_url)
-        return None
-    _remember(dashboard_url, url)
+    url = _cached(dashboard_url)
+    answer = health(url, token) if url else None
+    if answer is None:
+        try:
+            url = ensure_service(
+                dashboard_url,
+                host=_ray_host(address),
+                bind="0.0.0.0",
+                port=int(os.environ.get(SERVICE_PORT_ENV) or DEFAULT_SERVICE_PORT),
+                python=python or os.environ.get(SERVICE_PYTHON_ENV) or "python",
+                token=token,
+            )
+        except Unreachable:
+            logger.info("no Ray dashboard at %s: connecting to the cluster as a Ray driver", dashboard_url)
+            return None
+        answer = health(url, token) or {}
+        _remember(dashboard_url, url)
+    assert url is not None
+    check_version(url, answer, address)
     return url
+
+
+def replace_service(address: str, token: Optional[str], dashboard_url: Optional[str] = None, timeout: float = 60) -> List[Tuple[str, Optional[str]]]:
+    """Stop the cluster's service jobs so that the next client starts this version's: only
+    while no run is active on it (a run's node agents run the old code). Returns the stopped
+    jobs with the version each ran; raises when runs are active."""
+    dashboard = _dashboard_for(address, dashboard_url)
+    found = []
+    for job in service_jobs(dashboard):
+        url = f"http://{_url_host(_ray_host(address))}:{job['metadata'][SERVICE_METADATA_KEY]}"
+        answer = health(url, token)
+        if answer is not None:
+            active = HttpCaller(url, token).call("GET", "/api/runs", query={"active": 1}) or []
+            if active:
+                names = ", ".join(run.get("name", "?") for run in active[:5]) + (" …" if len(active) > 5 else "")
+                raise DstackRayError(
+                    f"{len(active)} run{'s are' if len(active) > 1 else ' is'} active on the dstack-ray service"
+                    f" {answer.get('version')} at {url} ({names}): the service is not replaced while runs use its code",
+                    hint="wait for them to end, or stop them with `dstack-ray stop NAME`, then run the upgrade again",
+                )
+        found.append((job, (answer or {}).get("version")))
+    for job, _ in found:
+        dashboard.call("POST", f"/api/jobs/{job['submission_id']}/stop")
+    deadline = time.monotonic() + timeout
+    while service_jobs(dashboard) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    try:
+        _cache_file().unlink()
+    except OSError:
+        pass
+    return [(job["submission_id"], version) for job, version in found]
 
 
 def _dashboard_for(address: str, known: Optional[str] = None) -> HttpCaller:

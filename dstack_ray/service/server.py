@@ -6,7 +6,7 @@ Controller starts: the supervisor host, node agents, their tasks — belongs to 
 already ended, which the dashboard then shows as FAILED).
 
 The API (JSON unless said otherwise; run names or ids in paths):
-  GET    /api/health                      {"service": "dstack-ray", "version", "auth"} (no token needed)
+  GET    /api/health                      {"service": "dstack-ray", "version", "api_version", "auth"} (no token needed)
   GET    /api/cluster                     the cluster view plans are made against
   POST   /api/offers?catalog=             {"configuration": {...}} -> where it could run
   GET    /api/runs?active=&limit=&before_at=&before_id=   runs, newest first (pages: before = last of the previous)
@@ -31,6 +31,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from typing import Any, Awaitable, Callable, Dict, Optional
 
 import aiohttp
@@ -43,7 +44,7 @@ from dstack_ray.plan.cluster import ClusterView
 from dstack_ray.plan.catalog import offers_for
 from dstack_ray.runtime.controller import ControllerError, controller_handle
 from dstack_ray.runtime.settings import NAMESPACE, RuntimeSettings
-from dstack_ray.service import DEFAULT_SERVICE_PORT, JOB_NAME, SERVICE_PORT_ENV
+from dstack_ray.service import API_VERSION, DEFAULT_SERVICE_PORT, JOB_NAME, SERVICE_PORT_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ class Service:
         return run
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"service": JOB_NAME, "version": __version__, "auth": _token_auth_on()})
+        return web.json_response({"service": JOB_NAME, "version": __version__, "api_version": API_VERSION, "auth": _token_auth_on()})
 
     async def cluster(self, request: web.Request) -> web.Response:
         return web.json_response(await self.controller.cluster_view.remote())
@@ -262,6 +263,26 @@ async def _exit_with_the_cluster(gcs_address: str, interval: float = 1.0) -> Non
                 os._exit(0)
 
 
+def _retire_actors_of(version: Optional[str], timeout: float = 60) -> None:
+    """The Controller, supervisor host and node agents another dstack-ray version left (their
+    detached actors outlive its service job, and run its code): killed, so that this service
+    makes its own. The client replaces a service only while no run is active (`server upgrade`);
+    the store on the head keeps every run's records."""
+    logger.warning("the cluster's dstack-ray actors run version %s: replacing them with %s", version, __version__)
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a.get("namespace") == NAMESPACE and a["name"].startswith("dstack:")]
+    for name in names:
+        try:
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+        except ValueError:
+            pass  # gone already
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a.get("namespace") == NAMESPACE and a["name"] in names]
+        if not left:
+            return
+        time.sleep(0.2)
+
+
 def main(argv: Optional[list] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dstack_ray.service", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
@@ -271,6 +292,10 @@ def main(argv: Optional[list] = None) -> None:
     ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", namespace=NAMESPACE, log_to_driver=False)
     controller = controller_handle(RuntimeSettings())
     state = ray.get(controller.ping.remote())
+    if state.get("version") != __version__:
+        _retire_actors_of(state.get("version"))
+        controller = controller_handle(RuntimeSettings())
+        state = ray.get(controller.ping.remote())
     job_id = ray.get_runtime_context().get_job_id()
     if state.get("job_id") != job_id:
         logger.warning(

@@ -1,10 +1,13 @@
 """Three separate hosts on this one machine, and a Ray cluster across them.
 
 Each host is a podman container whose filesystem is a copy-on-write view of this machine's
-(`--rootfs /:O`: the project's .venv, Python and apt packages are all there, no image needed) with
-its own hostname, IP address, process table and writable files. A Ray head runs in one, workers
-in two others (1 CPU each); the tests' client connects from this machine through Ray Client
-(`ray://<head>:10001`). Each host's `~/.dstack-ray` is an empty directory of its own (the view
+(`--rootfs /:O`: Python and apt packages are all there, no image needed) with its own hostname,
+IP address, process table and writable files. The hosts are a user's cluster: their Ray runs
+from a Python that has `ray[default]` and nothing of dstack-ray (a venv the tier makes), with no
+uv on PATH, in `/` (not the checkout); every piece of dstack-ray that runs there was shipped by
+the client through Ray's runtime environments. A Ray head runs in one, workers in two others
+(1 CPU each); the tests' client connects from this machine through Ray Client
+(`ray://<head>:10001`) or the Jobs API (the CLI with `head:6379`). Each host's `~/.dstack-ray` is an empty directory of its own (the view
 would otherwise carry this machine's). The tier sends traffic only to the containers it creates
 and removes them and their network on every path, also what a killed earlier session left.
 See reference/build-machine.md ("Separate hosts on one machine").
@@ -33,11 +36,16 @@ HEALTH_CHECKS = {
     "health_check_timeout_ms": 500,
     "health_check_initial_delay_ms": 0,
 }
-VENV_BIN = Path(sys.executable).parent
+VENV_BIN = Path(sys.executable).parent  # this machine's install (the client's)
+# The hosts' Ray-only Python (made once per machine and Ray version; see ray_only_python).
+RAY_ONLY = Path(os.environ.get("DSTACK_RAY_TEST_RAY_ONLY_DIR", "/var/tmp/dstack-ray-test-ray-only"))
+RAY_VERSION = os.environ.get("DSTACK_RAY_TEST_HOST_RAY") or __import__("importlib.metadata").metadata.version("ray")
+RAY_BIN = RAY_ONLY / f"ray-{RAY_VERSION}" / "bin"
 # The hosts' `python` is not the one with Ray: the service job started on the head names it.
 SERVICE_PYTHON_ENV = "DSTACK_RAY_SERVICE_PYTHON"
-SERVICE_PYTHON = str(VENV_BIN / "python")
+SERVICE_PYTHON = str(RAY_BIN / "python")
 REPO = Path(__file__).resolve().parents[2]
+HOST_PATH = f"{RAY_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Lists the live processes of a run in one container: by its environment (DSTACK_RUN_NAME, as
 # every command and guard has) or by its run directory in the command line (sshd, guard).
@@ -128,7 +136,7 @@ class Hosts:
         lands on a worker."""
         state = self.workdir / f"state-{host}-{time.monotonic_ns()}"
         state.mkdir(parents=True)
-        ray = [str(VENV_BIN / "ray"), "start", "--block", "--num-cpus", "1", "--object-store-memory", str(100 * 1024**2),
+        ray = [str(RAY_BIN / "ray"), "start", "--block", "--num-cpus", "1", "--object-store-memory", str(100 * 1024**2),
                "--node-ip-address", self.ips[host], "--memory", str((3 if host == HEAD else 6) * 1024**3)]
         if host == HEAD:
             # The dashboard (its Jobs API) is how a client finds or starts the dstack-ray service.
@@ -137,13 +145,14 @@ class Hosts:
         else:
             ray += ["--address", f"{self.head_ip}:6379"]
         hosts = [arg for name, ip in self.ips.items() for arg in ("--add-host", f"{name}:{ip}")]
-        pairs = ("RAY_AUTH_MODE=disabled", "RAY_USAGE_STATS_ENABLED=0", "RAY_DEDUP_LOGS=0", f"{SERVICE_PYTHON_ENV}={SERVICE_PYTHON}")
+        pairs = ("RAY_AUTH_MODE=disabled", "RAY_USAGE_STATS_ENABLED=0", "RAY_DEDUP_LOGS=0", f"{SERVICE_PYTHON_ENV}={SERVICE_PYTHON}",
+                 f"PATH={HOST_PATH}", f"VIRTUAL_ENV={RAY_BIN.parent}")
         env = [arg for pair in pairs for arg in ("-e", pair)]
         podman(
             "run", "-d", "--name", self.container(host), "--hostname", host, "--network", self.network,
             "--ip", self.ips[host], *hosts, *env, "--shm-size", "512m",
-            "-v", f"{state}:/root/.dstack-ray", "-v", f"{self.shared}:{self.shared}", "-w", str(REPO),
-            "--rootfs", "/:O", *ray,
+            "-v", f"{state}:/root/.dstack-ray", "-v", f"{self.shared}:{self.shared}", "-w", "/",
+            *HIDDEN_TOOLS, "--rootfs", "/:O", *ray,
         )
         self.started.append(self.container(host))
 
@@ -153,7 +162,7 @@ class Hosts:
 
     def exec(self, host: str, *argv: str, timeout: float = 120, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
         flags = [arg for k, v in (env or {}).items() for arg in ("-e", f"{k}={v}")]
-        return podman("exec", "-w", str(REPO), *flags, self.container(host), *argv, timeout=timeout, check=False)
+        return podman("exec", "-w", "/", *flags, self.container(host), *argv, timeout=timeout, check=False)
 
     def alive(self) -> List[str]:
         listed = podman("ps", "--format", "{{.Names}}").stdout.split()
@@ -183,6 +192,35 @@ class Hosts:
         for name in set(self.started) | {n for n in listed if n.startswith(self.network + "-")}:
             podman("rm", "-f", "-t", "0", name, check=False)
         podman("network", "rm", "-f", self.network, check=False)
+
+
+# uv is not on the hosts (a user's Ray image has none): this machine's copies are covered.
+HIDDEN_TOOLS = [arg for tool in ("/usr/local/bin/uv", "/usr/local/bin/uvx") if Path(tool).exists() for arg in ("-v", f"/dev/null:{tool}")]
+
+
+def ray_only_python() -> Path:
+    """A Python with `ray[default]` (the client's Ray version, or $DSTACK_RAY_TEST_HOST_RAY) and
+    nothing of dstack-ray, made once per machine with uv (~2 s from its cache). Ray's scripts
+    name the venv's path, so it is made where it stays; `ready` marks a finished one."""
+    venv, ready = RAY_BIN.parent, RAY_BIN.parent / "ready"
+    if ready.exists():
+        return RAY_BIN
+    from uv import find_uv_bin
+
+    shutil.rmtree(venv, ignore_errors=True)
+    base = os.path.realpath(sys.executable)  # this machine's interpreter, under the client's venv
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    for argv in (
+        [find_uv_bin(), "venv", "--quiet", "--python", base, str(venv)],
+        [find_uv_bin(), "pip", "install", "--quiet", "--python", str(RAY_BIN / "python"), f"ray[default]=={RAY_VERSION}"],
+        [str(RAY_BIN / "python"), "-m", "compileall", "-q", "-j", "0", str(venv / "lib")],  # as pip would
+    ):
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
+        if result.returncode != 0 and "compileall" not in argv:
+            shutil.rmtree(venv, ignore_errors=True)
+            raise RuntimeError(f"cannot make the hosts' Ray-only Python: {result.stderr.strip()[-500:]}")
+    ready.touch()
+    return RAY_BIN
 
 
 def _podman_ready() -> bool:
@@ -215,6 +253,7 @@ def hosts(tmp_path_factory):
     previous_conf = os.environ.get("CONTAINERS_CONF")
     os.environ["CONTAINERS_CONF"] = str(conf)
     _remove_stale()
+    ray_only_python()
     tier = Hosts(tmp_path_factory.mktemp("hosts"))
     try:
         tier.create_network()
@@ -232,13 +271,28 @@ def hosts(tmp_path_factory):
 
 @pytest.fixture(scope="package")
 def client(hosts):
-    """A Client on this machine connected through Ray Client once all three hosts are up."""
+    """A Client on this machine connected through Ray Client once all three hosts are up. The
+    cluster's service is started first, as the first `apply` of a user does (through the Jobs
+    API, shipping dstack-ray and uv): the Client then uses the service's Controller."""
     import ray
 
     from dstack_ray import Client
     from dstack_ray.runtime.settings import RuntimeSettings
+    from dstack_ray.service.client import service_for_ray_address
 
     deadline = time.monotonic() + 120
+    while True:  # the head's dashboard takes a few seconds to answer
+        try:
+            started = time.monotonic()
+            url = service_for_ray_address(f"{hosts.head_ip}:6379", None, python=SERVICE_PYTHON)
+            if url is None:
+                raise RuntimeError("the head's dashboard does not answer yet")
+            print(f"the service started at {url} in {time.monotonic() - started:.1f} s (upload and install included)")
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
     while True:  # the head's client server takes a few seconds to listen
         try:
             client = Client(

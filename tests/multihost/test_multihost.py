@@ -20,7 +20,7 @@ import yaml
 
 from dstack_ray.models import JobStatus, RunStatus, RunTerminationReason
 from tests.helpers import local_torch_sources, wait_for
-from tests.multihost.conftest import HEAD, REPO, SERVICE_PYTHON, SERVICE_PYTHON_ENV, VENV_BIN, WORKERS
+from tests.multihost.conftest import HEAD, RAY_BIN, REPO, SERVICE_PYTHON, SERVICE_PYTHON_ENV, VENV_BIN, WORKERS
 
 EXAMPLES = REPO / "examples"
 CLI = [sys.executable, "-m", "dstack_ray_cli.main"]
@@ -52,9 +52,71 @@ def explain(run) -> str:
     return f"{run.name}: {run.status.value} ({run.status_message})\nevents:\n{events}\nlogs:\n{logs}"
 
 
-def cli(hosts, *args: str, timeout: float = 180, **popen) -> subprocess.CompletedProcess:
+def cli(hosts, *args: str, timeout: float = 180, address: str = "", **popen) -> subprocess.CompletedProcess:
     env = dict(os.environ, COLUMNS="200", **{SERVICE_PYTHON_ENV: SERVICE_PYTHON})
-    return subprocess.run([*CLI, *args, "--address", hosts.ray_address], env=env, capture_output=True, text=True, timeout=timeout, **popen)
+    return subprocess.run(
+        [*CLI, *args, "--address", address or hosts.ray_address], env=env, capture_output=True, text=True, timeout=timeout, **popen
+    )
+
+
+# The command lines of the guard fork servers on a host (they name where dstack-ray was loaded from).
+FORK_SERVERS = """
+import os
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\\0", b" ").decode()
+    except OSError:
+        continue
+    if "--fork-server" in cmd and int(pid) != os.getpid():
+        print(cmd)
+"""
+
+
+def test_hosts_have_only_ray(three_hosts):
+    """The hosts are a user's cluster: their Python has Ray and nothing of dstack-ray, and no uv."""
+    for host in (HEAD, *WORKERS):
+        probe = three_hosts.exec(host, "python", "-c", "import ray, sys; print(ray.__version__, sys.prefix)")
+        assert probe.returncode == 0 and probe.stdout.split()[1] == str(RAY_BIN.parent), probe.stderr
+        for module in ("dstack_ray", "croniter", "uv"):
+            missing = three_hosts.exec(host, "python", "-c", f"import {module}")
+            assert "ModuleNotFoundError" in missing.stderr, (host, module)
+        assert three_hosts.exec(host, "sh", "-c", "command -v uv").returncode != 0
+
+
+def test_cli_from_this_machine_through_the_gcs_address_runs_on_three_hosts(three_hosts, client, tmp_path):
+    """`dstack-ray apply --address head:6379` from a laptop: the client finds the cluster's Jobs
+    API, ships dstack-ray with the service, and the run's jobs run the shipped code on every host
+    (each host's guard fork server names Ray's runtime-env directory); uv came with it (the
+    hosts had none); `ps`, `logs` and `stop` work the same way."""
+    address = f"{three_hosts.head_ip}:6379"
+    config = {
+        "type": "task", "name": "mh-gcs", "nodes": 3, "resources": SMALL,
+        "commands": ['echo "rank=$DSTACK_NODE_RANK of $DSTACK_NODES_NUM master=$DSTACK_MASTER_NODE_IP host=$(hostname)"', "uv --version", "sleep 31450"],
+    }
+    (tmp_path / "gcs.dstack.yml").write_text(yaml.safe_dump(config))
+    applied = cli(three_hosts, "apply", "-f", str(tmp_path / "gcs.dstack.yml"), "-y", "-d", address=address, timeout=300)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert wait_for(lambda: len(three_hosts.processes_of("mh-gcs")) == 3, 120), cli(three_hosts, "ps", "-a", address=address).stdout
+    for host, processes in three_hosts.processes_of("mh-gcs").items():
+        servers = three_hosts.exec(host, sys.executable, "-c", FORK_SERVERS)
+        assert servers.stdout.strip() and all("/runtime_resources/" in line for line in servers.stdout.splitlines()), (host, servers.stdout)
+    listed = cli(three_hosts, "ps", address=address)
+    assert listed.returncode == 0 and "mh-gcs" in listed.stdout and "running" in listed.stdout, listed.stdout + listed.stderr
+    hosts_seen, masters = set(), set()
+    for rank in range(3):
+        logs = cli(three_hosts, "logs", "mh-gcs", "--job", str(rank), address=address)
+        assert logs.returncode == 0, logs.stderr
+        first = logs.stdout.splitlines()[0]
+        assert first.startswith(f"rank={rank} of 3 master="), first
+        masters.add(first.split("master=")[1].split()[0])
+        hosts_seen.add(first.rsplit("host=", 1)[1])
+        assert logs.stdout.splitlines()[1].startswith("uv "), logs.stdout
+    assert hosts_seen == {HEAD, *WORKERS} and len(masters) == 1 and masters <= set(three_hosts.ips.values())
+    stopped = cli(three_hosts, "stop", "mh-gcs", "-y", address=address)
+    assert stopped.returncode == 0, stopped.stderr
+    assert wait_for(lambda: three_hosts.processes_of("mh-gcs") == {}, 60)
+    final = cli(three_hosts, "ps", "-a", address=address)
+    assert "terminated" in final.stdout, final.stdout
 
 
 def test_distributed_example_spans_three_hosts(three_hosts, client):
@@ -256,7 +318,7 @@ def test_cli_inside_the_head_host(three_hosts, client):
     """A user on the head node runs the CLI against `head:6379` (the GCS, not Ray Client)."""
     dstack_ray = str(VENV_BIN / "dstack-ray")
     applied = three_hosts.exec(
-        HEAD, dstack_ray, "apply", "-f", "examples/hello.dstack.yml", "-n", "mh-hello", "--address", "head:6379", "-y",
+        HEAD, dstack_ray, "apply", "-f", str(EXAMPLES / "hello.dstack.yml"), "-n", "mh-hello", "--address", "head:6379", "-y",
         env={"COLUMNS": "200"}, timeout=180,
     )
     assert applied.returncode == 0, applied.stdout + applied.stderr
@@ -268,7 +330,7 @@ def test_cli_inside_the_head_host(three_hosts, client):
 
 def test_python_api_inside_a_ray_application(three_hosts, client):
     """examples/ray_app.py, run as an application on the head host (`ray.init("auto")`)."""
-    result = three_hosts.exec(HEAD, sys.executable, "examples/ray_app.py", timeout=300)
+    result = three_hosts.exec(HEAD, sys.executable, str(EXAMPLES / "ray_app.py"), timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "prepared shard-0, shard-1"

@@ -21,6 +21,7 @@ from typing import Any, Dict
 
 import jsonschema
 import pytest
+from importlib import metadata
 import ray.autoscaler
 import yaml
 from dstack_ray_cli import cluster_cmd
@@ -204,7 +205,7 @@ def test_cloud_configs_are_valid_and_hold_the_run(catalog, provider, kind):
     assert config["max_workers"] >= cfg.nodes_num
     assert config["available_node_types"][config["head_node_type"]]["resources"] == {"CPU": 0}
     assert 'pip install -U "ray[default]==' in " ".join(config["setup_commands"])
-    assert '"dstack-ray"' in " ".join(config["setup_commands"])
+    assert 'dstack-ray' not in " ".join(config["setup_commands"])  # shipped by the first apply
     assert "{{" not in json.dumps(config)
 
 
@@ -390,12 +391,17 @@ def test_docker_section_runs_ray_in_rayproject_images(catalog):
     assert_launchable(custom)
 
 
-def test_package_and_template_overrides(catalog, tmp_path):
-    config = render_cluster(task(**CPU_TASK), "aws", package="dstack-ray @ git+https://example.com/dstack-ray.git")
-    assert any('"dstack-ray @ git+https://example.com/dstack-ray.git"' in c for c in config["setup_commands"])
+def test_nodes_install_ray_only_and_template_overrides(catalog, tmp_path):
+    """dstack-ray is not on any package index: no rendered config installs it (the first apply
+    ships it through Ray's runtime environments); nodes get the client's Ray."""
+    for provider in ("aws", "gcp", "azure", "kuberay"):
+        text = yaml.safe_dump(render_cluster(task(**CPU_TASK), provider, **({"project_id": "p"} if provider == "gcp" else {})))
+        assert "dstack-ray\"" not in text and "pip install -U \"dstack" not in text and "{{" not in text, provider
+    config = render_cluster(task(**CPU_TASK), "aws")
+    assert config["setup_commands"] == [f'pip install -U "ray[default]=={metadata.version("ray")}"']
     template = tmp_path / "mine.yaml"
     base = yaml.safe_load(template_path("aws").read_text())
-    base["setup_commands"] = ["pip install {{ package }}", "echo {{ nope }}"]
+    base["setup_commands"] = ["pip install {{ ray }}", "echo {{ nope }}"]
     template.write_text(yaml.safe_dump(base))
     with pytest.raises(LauncherError, match=r"unknown placeholder \{\{ nope \}\}"):
         render(task(**CPU_TASK), "aws", template=template)
@@ -469,7 +475,7 @@ def test_kuberay_manifest_declares_the_bundle_resources():
     assert container["image"] == ray_image_for(gpu=True)
     assert container["resources"]["limits"] == {"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": "1"}
     assert {"name": "RAY_NODE_MARKET_TYPE", "value": "spot"} in container["env"]
-    assert "$KUBERAY_GEN_RAY_START_CMD" in container["args"][0] and '"dstack-ray"' in container["args"][0]
+    assert "$KUBERAY_GEN_RAY_START_CMD" in container["args"][0] and "pip install" not in container["args"][0]
     assert "{{" not in json.dumps(manifest)
     # What Ray's KubeRay autoscaler reads from this RayCluster:
     derived = _derive_autoscaling_config_from_ray_cr(
