@@ -121,12 +121,14 @@ def make_relocatable(venv: Path) -> None:
             text = script.read_text()
         except (UnicodeDecodeError, OSError):
             continue  # a binary
-        first, _, rest = text.partition("\n")
+        lines = text.split("\n")
         if script.name == "activate":
-            lines = [_RELOCATABLE_ACTIVATE if line.startswith("VIRTUAL_ENV=") else line for line in text.splitlines()]
-            script.write_text("\n".join(lines) + "\n")
-        elif first.startswith("#!") and marker in first:
-            script.write_text(_RELOCATABLE_SHEBANG + rest)
+            lines = [_RELOCATABLE_ACTIVATE if line.startswith("VIRTUAL_ENV=") else line for line in lines]
+            script.write_text("\n".join(lines))
+        elif lines[0].startswith("#!") and marker in lines[0]:
+            script.write_text(_RELOCATABLE_SHEBANG + "\n".join(lines[1:]))
+        elif lines[0] == "#!/bin/sh" and len(lines) > 2 and marker in lines[1]:  # pip's form for a long path:
+            script.write_text(_RELOCATABLE_SHEBANG + "\n".join(lines[3:]))  # sh runs the python its 2nd line names
 
 
 def python_on_path(version: str) -> Optional[str]:

@@ -116,7 +116,7 @@ def test_cli_from_this_machine_through_the_gcs_address_runs_on_three_hosts(three
     assert stopped.returncode == 0, stopped.stderr
     assert wait_for(lambda: three_hosts.processes_of("mh-gcs") == {}, 60)
     final = cli(three_hosts, "ps", "-a", address=address)
-    assert "terminated" in final.stdout, final.stdout
+    assert "stopped" in final.stdout.splitlines()[1], final.stdout  # dstack says "stopped" for a stopped run
 
 
 def test_distributed_example_spans_three_hosts(three_hosts, client):
@@ -384,3 +384,52 @@ def test_host_loss_without_retry_fails(three_hosts, client):
     assert run.record.attempt == 0
     assert any(j.termination_reason is not None and j.termination_reason.value == "interrupted_by_no_capacity" for j in run.jobs)
     assert three_hosts.no_processes_of("mh-lost") == {}  # the surviving host's job was stopped too
+
+
+def test_a_service_of_another_version_is_replaced_by_server_upgrade(three_hosts, client, tmp_path, monkeypatch):
+    """One dstack-ray version per cluster. A service (and actors) of "0.0.9" — this client's code
+    with another version, shipped the same way — runs a run; this client refuses to use it and
+    says how to replace it; `server upgrade` refuses while the run is active, then replaces the
+    service (and the old version's Controller and node agents) once it ended; the run's records
+    stay. Last in the tier: it replaces the Controller the `client` fixture holds."""
+    from dstack_ray import Client, __version__
+    from dstack_ray.service import client as service
+    from dstack_ray.service import ship
+
+    address = f"{three_hosts.head_ip}:6379"
+    assert service.replace_service(address, None)  # this version's service, idle
+    this_version = ship.code_bundle
+
+    def older() -> ship.Bundle:
+        bundle = this_version()
+        init = tmp_path / "__init__.py"
+        init.write_text(bundle.files["dstack_ray/__init__.py"].read_text().replace(f'__version__ = "{__version__}"', '__version__ = "0.0.9"'))
+        bundle.files["dstack_ray/__init__.py"] = init
+        return bundle
+
+    monkeypatch.setattr(ship, "code_bundle", older)
+    dashboard = service._dashboard_for(address)
+    old_url = service.ensure_service(dashboard.url, host=three_hosts.head_ip, bind="0.0.0.0", port=8270, python=SERVICE_PYTHON, token=None)
+    monkeypatch.undo()
+    assert service.health(old_url, None)["version"] == "0.0.9"
+    run = Client(address=old_url).apply({"type": "task", "name": "mh-old", "commands": ["echo old", "sleep 31460"], "resources": SMALL})
+    assert wait_for(lambda: run.refresh().status == RunStatus.RUNNING, 120), explain(run)
+
+    refused = cli(three_hosts, "ps", address=address)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "runs dstack-ray 0.0.9" in refused.stderr and f"server upgrade --address {address}" in refused.stderr, refused.stderr
+    busy = cli(three_hosts, "server", "upgrade", address=address)
+    assert busy.returncode == 1 and "1 run is active" in busy.stderr and "mh-old" in busy.stderr, busy.stdout + busy.stderr
+    run.stop()
+    assert run.wait(60) == RunStatus.TERMINATED
+
+    upgraded = cli(three_hosts, "server", "upgrade", address=address, timeout=300)
+    assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr
+    assert "(dstack-ray 0.0.9)" in upgraded.stdout and f"dstack-ray service {__version__} answers" in upgraded.stdout
+    assert service.health(old_url, None)["version"] == __version__
+    listed = cli(three_hosts, "ps", "-a", address=address)
+    assert listed.returncode == 0 and "mh-old" in listed.stdout, listed.stdout + listed.stderr  # its records stay
+    (tmp_path / "new.dstack.yml").write_text(yaml.safe_dump({"type": "task", "name": "mh-new", "commands": ["echo new on $(hostname)"], "resources": SMALL}))
+    applied = cli(three_hosts, "apply", "-f", str(tmp_path / "new.dstack.yml"), "-y", address=address, timeout=300)
+    assert applied.returncode == 0 and "new on " in applied.stdout, applied.stdout + applied.stderr
+    assert three_hosts.no_processes_of("mh-old") == {}
