@@ -21,6 +21,7 @@ from dstack_ray.config import ConfigurationError, TaskConfiguration, load_config
 from dstack_ray.config.checks import check_host_paths, check_submittable
 from dstack_ray.config.env import EnvSentinel
 from dstack_ray.config.interpolate import interpolate
+from dstack_ray import __version__
 from dstack_ray.errors import DstackRayError
 from dstack_ray.exec.prepare import RunPayload
 from dstack_ray.plan.cluster import ClusterView
@@ -140,7 +141,15 @@ class _ActorController:
         if not create:
             _start_service_for_this_cluster()
         self.handle = controller_handle(settings)
-        self._call(self.handle.ping)
+        state = self._call(self.handle.ping)
+        if state.get("version") != __version__:  # one dstack-ray version per cluster
+            from dstack_ray.service.client import VersionMismatch
+
+            raise VersionMismatch(
+                f"the cluster's dstack-ray controller runs dstack-ray {state.get('version')}; this client is dstack-ray {__version__}",
+                hint="replace it with this version: `dstack-ray server upgrade --address <the cluster>` (active runs must end first),"
+                f" or install dstack-ray {state.get('version')} here",
+            )
 
     def _call(self, method: Any, *args: Any, timeout: Optional[float] = 120) -> Any:
         import ray
@@ -289,18 +298,18 @@ def _connect(address: Optional[str]) -> None:
         address = head.address
         if head.auth and "ray" not in sys.modules:  # read when Ray is imported
             os.environ["RAY_AUTH_MODE"] = "token"
-    import ray
-
     from dstack_ray.service.client import check_reachable
 
     check_reachable(address)
-    runtime_env = None
-    if local_head.head_at(address) is None:
-        # A cluster that may have only Ray: Ray uploads dstack-ray (and its small pure-Python
-        # dependencies) and installs them wherever this driver's actors and tasks run.
-        from dstack_ray.service import ship
+    shipped = local_head.head_at(address) is None  # a cluster that may have only Ray
+    _ray_init(address, _shipped_runtime_env() if shipped else None)
+    if shipped:
+        _ship_what_the_cluster_lacks(address)
 
-        runtime_env = {"py_modules": [str(path) for path in ship.code_bundle().top_level()]}
+
+def _ray_init(address: str, runtime_env: Optional[Dict[str, Any]]) -> None:
+    import ray
+
     try:
         ray.init(
             address=address,
@@ -315,6 +324,47 @@ def _connect(address: Optional[str]) -> None:
             f"cannot connect to the Ray cluster at {address}: {e}",
             hint="check the address (`--address` or RAY_ADDRESS), or unset it to use the local head",
         ) from None
+
+
+def _shipped_runtime_env(extra: Sequence[Path] = ()) -> Dict[str, Any]:
+    """dstack-ray (and its small pure-Python dependencies) as `py_modules`: Ray uploads them and
+    installs them wherever this driver's actors and tasks run."""
+    from dstack_ray.service import ship
+
+    return {"py_modules": [str(path) for path in (*ship.code_bundle().top_level(), *extra)]}
+
+
+def _ship_what_the_cluster_lacks(address: str) -> None:
+    """Before this driver creates the Controller, the cluster's Python is checked as the
+    service's preflight does (in a task); what it lacks is added to the driver's runtime
+    environment (this client's copies where the platform matches, else Ray's pip), which takes
+    a second connection. uv is not shipped on this path (jobs' venvs then use `python -m venv`)."""
+    import ray
+
+    from dstack_ray.runtime.settings import named_controller
+    from dstack_ray.service import client as service
+    from dstack_ray.service import preflight, ship
+
+    if named_controller() is not None:
+        return  # made already, with its own environment
+    needs = os.environ.get(preflight.NEEDS_ENV, "")
+    report = ray.get(ray.remote(num_cpus=0)(preflight.report).remote(needs), timeout=300)
+    if report["problems"]:
+        ray.shutdown()
+        raise service._unusable_python(report, "the cluster's `python`")
+    if not report["missing"]:
+        return
+    ray.shutdown()
+    if ship.matches_here(report["platform"]):
+        runtime_env = _shipped_runtime_env(ship.dependency_bundle([m["name"] for m in report["missing"]]).top_level())
+    else:
+        runtime_env = {**_shipped_runtime_env(), "pip": {"packages": ship.requirement_specs(report["missing"]), "pip_check": False}}
+    logger.info("the cluster's Python lacks %s: shipping them with this driver", ship.describe_missing(report["missing"]))
+    _ray_init(address, runtime_env)
+    check = ray.get(ray.remote(num_cpus=0)(preflight.report).remote(needs), timeout=600)
+    if check["missing"]:
+        ray.shutdown()
+        raise service._missing_packages(check, "they are still missing after shipping them with this driver")
 
 
 def _ray_driver() -> bool:

@@ -358,9 +358,10 @@ def start_shipped(dashboard: HttpCaller, url: str, token: Optional[str], python:
     packages on the nodes (and no uv: jobs' venvs are then made with `python -m venv`)."""
     from dstack_ray.service import ship
 
+    needs = {preflight.NEEDS_ENV: os.environ[preflight.NEEDS_ENV]} if os.environ.get(preflight.NEEDS_ENV) else {}
     runtime_env: Dict[str, Any] = {
         "py_modules": [upload(dashboard, ship.code_bundle())],
-        "env_vars": {preflight.TOOLS_ENV: "uv"},
+        "env_vars": {preflight.TOOLS_ENV: "uv", **needs},
     }
     lacking: Optional[Mapping[str, Any]] = None  # the first preflight report that named missing packages
     how = ""
@@ -380,7 +381,7 @@ def start_shipped(dashboard: HttpCaller, url: str, token: Optional[str], python:
         if lacking is not None:  # what was added did not do it
             raise _missing_packages(report, f"they are still missing after {how}")
         lacking = {**report, "missing": [m for m in report["missing"] if not m.get("optional")]}
-        runtime_env["env_vars"] = {preflight.TOOLS_ENV: ""}  # uv is optional: never fail for it again
+        runtime_env["env_vars"] = {preflight.TOOLS_ENV: "", **needs}  # uv is optional: never fail for it again
         if ship.matches_here(report.get("platform")):
             runtime_env["py_modules"].append(upload(dashboard, ship.dependency_bundle([m["name"] for m in report["missing"]])))
             how = "this client shipped its own copies"

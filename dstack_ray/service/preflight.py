@@ -16,7 +16,9 @@ import sys
 import sysconfig
 
 MARK = "dstack-ray-preflight: "
-NEEDS_ENV = "DSTACK_RAY_NEEDS"  # extra requirements the client asks for ("name>=1.2,other")
+# Extra packages dstack-ray's processes need on the nodes ("name>=1.2,other"; a custom GPU
+# sampler's, say): set on the client, checked there and shipped like the rest.
+NEEDS_ENV = "DSTACK_RAY_NEEDS"
 TOOLS_ENV = "DSTACK_RAY_TOOLS"  # "uv": look for it too (the client ships it where it can)
 EXIT_CODE = 3
 

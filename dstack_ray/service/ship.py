@@ -82,12 +82,12 @@ class Bundle:
         return f"gcs://_ray_pkg_dstack_{hashlib.sha256(data).hexdigest()[:24]}.zip", data
 
     def top_level(self) -> List[Path]:
-        """The bundle's top-level packages and modules on this machine (for `ray.init`'s
-        py_modules, which uploads each itself)."""
+        """The bundle's top-level packages, modules and metadata directories on this machine
+        (for `ray.init`'s py_modules, which uploads each itself)."""
         roots: Dict[str, Path] = {}
         for name, source in self.files.items():
             first = name.split("/", 1)[0]
-            if first.endswith(".dist-info") or first in roots:
+            if first in roots or first == "bin":
                 continue
             depth = name.count("/")
             roots[first] = source.parents[depth - 1] if depth else source

@@ -112,6 +112,7 @@ class Hosts:
         self.prefix = next(f"10.89.{n}" for n in range(77, 250) if f"10.89.{n}" not in _used_subnets())
         self.ips = {HEAD: f"{self.prefix}.10", **{w: f"{self.prefix}.{11 + i}" for i, w in enumerate(WORKERS)}}
         self.started: List[str] = []
+        self.alone: set = set()  # hosts that are clusters of their own
         # Mounted at the same path on every host (as NFS would be): git remotes for repo tests.
         self.shared = workdir / "shared"
         self.shared.mkdir()
@@ -142,6 +143,8 @@ class Hosts:
             # The dashboard (its Jobs API) is how a client finds or starts the dstack-ray service.
             ray += ["--head", "--port", "6379", "--ray-client-server-port", "10001", "--include-dashboard", "true",
                     "--dashboard-host", "0.0.0.0", "--system-config", json.dumps(HEALTH_CHECKS)]
+        elif host in self.alone:  # a cluster of its own, without a dashboard (no Jobs API)
+            ray += ["--head", "--port", "6379", "--ray-client-server-port", "10001", "--include-dashboard", "false"]
         else:
             ray += ["--address", f"{self.head_ip}:6379"]
         hosts = [arg for name, ip in self.ips.items() for arg in ("--add-host", f"{name}:{ip}")]
@@ -156,6 +159,21 @@ class Hosts:
         )
         self.started.append(self.container(host))
 
+    def join(self, host: str) -> None:
+        """A new host joins the cluster (as one the autoscaler launches would), after the rest."""
+        self.ips[host] = f"{self.prefix}.{10 + len(self.ips)}"
+        self.start(host)
+
+    def start_alone(self, host: str) -> None:
+        """A host that is a one-node Ray cluster of its own, whose head runs no dashboard."""
+        self.alone.add(host)
+        self.join(host)
+
+    def leave(self, host: str) -> None:
+        """A host that joined is gone for good (the autoscaler removed it)."""
+        self.kill(host)
+        del self.ips[host]
+
     def kill(self, host: str) -> None:
         """The host dies at once (power loss): every process in it is gone."""
         podman("rm", "-f", "-t", "0", self.container(host))
@@ -166,7 +184,7 @@ class Hosts:
 
     def alive(self) -> List[str]:
         listed = podman("ps", "--format", "{{.Names}}").stdout.split()
-        return [h for h in (HEAD, *WORKERS) if self.container(h) in listed]
+        return [h for h in self.ips if self.container(h) in listed]
 
     def processes_of(self, run_name: str) -> Dict[str, List[str]]:
         """Live processes of a run on every live host: {host: ["pid cmdline", ...]}."""

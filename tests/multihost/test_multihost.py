@@ -20,7 +20,7 @@ import yaml
 
 from dstack_ray.models import JobStatus, RunStatus, RunTerminationReason
 from tests.helpers import local_torch_sources, wait_for
-from tests.multihost.conftest import HEAD, RAY_BIN, REPO, SERVICE_PYTHON, SERVICE_PYTHON_ENV, VENV_BIN, WORKERS
+from tests.multihost.conftest import HEAD, RAY_BIN, REPO, SERVICE_PYTHON, SERVICE_PYTHON_ENV, VENV_BIN, WORKERS, wait_nodes
 
 EXAMPLES = REPO / "examples"
 CLI = [sys.executable, "-m", "dstack_ray_cli.main"]
@@ -343,6 +343,66 @@ def test_gpu_example_has_no_offers_on_cpu_hosts(three_hosts, client):
     """The single-node training example asks for a 16 GB GPU: the plan here says no offers."""
     plan = client.plan(client.load(EXAMPLES / "single-node-training.dstack.yml"))
     assert plan.no_capacity
+
+
+def test_a_host_that_joins_after_the_service_started_runs_the_shipped_code(three_hosts, client):
+    """A fourth Ray-only host joins once the service runs (as a node the autoscaler adds): Ray
+    installs the service's runtime environment there too, and a 4-node run's rank on it runs
+    dstack-ray's shipped code."""
+    three_hosts.join("worker3")
+    try:
+        wait_nodes(three_hosts)
+        run = client.apply({"type": "task", "name": "mh-late", "nodes": 4, "resources": SMALL, "commands": ["echo on $(hostname)", "sleep 31470"]})
+        assert wait_for(lambda: len(three_hosts.processes_of("mh-late")) == 4, 180), explain(run)
+        servers = three_hosts.exec("worker3", sys.executable, "-c", FORK_SERVERS)
+        assert servers.stdout.strip() and all("/runtime_resources/" in line for line in servers.stdout.splitlines()), servers.stdout
+        assert wait_for(lambda: all(list(run.logs(rank=r)) for r in range(4)), 60), explain(run)  # the first lines arrived
+        assert sorted(list(run.logs(rank=r))[0] for r in range(4)) == sorted(f"on {h}" for h in (HEAD, *WORKERS, "worker3"))
+        run.stop()
+        assert run.wait(60) == RunStatus.TERMINATED
+    finally:
+        three_hosts.leave("worker3")
+        wait_nodes(three_hosts)
+
+
+# A Client that is a Ray driver (through Ray Client) of a cluster without a dashboard.
+DRIVER = """
+import sys
+from dstack_ray import Client
+client = Client(address=sys.argv[1])
+run = client.apply({"type": "task", "name": "alone", "resources": {"cpu": 1, "memory": "1GB"}, "commands": [
+    "python -c 'import sys; print(\\"prefix\\", sys.prefix)'", "pip --version", "command -v uv || echo no uv"]})
+print("status", run.wait(300).value)
+for line in run.logs():
+    print("log", line)
+"""
+
+
+def test_a_cluster_without_a_dashboard_gets_dstack_ray_from_a_ray_client_driver(three_hosts):
+    """A one-host Ray-only cluster whose head runs no dashboard: no Jobs API, so the Client is a
+    Ray driver (`ray://`). `ray.init` ships dstack-ray; a task checks the cluster's Python first
+    and what it lacks is shipped with a second connection (here DSTACK_RAY_NEEDS asks for
+    hypothesis, which the host lacks and this client has); the job's venv is made without uv."""
+    three_hosts.start_alone("alone")
+    try:
+        address = f"ray://{three_hosts.ips['alone']}:10001"
+        env = dict(os.environ, DSTACK_RAY_NEEDS="hypothesis>=6.0", DSTACK_RAY_STATE_DIR=str(three_hosts.workdir / "driver-state"))
+        deadline = time.monotonic() + 120
+        while True:  # its client server takes a few seconds to listen
+            result = subprocess.run([sys.executable, "-c", DRIVER, address], env=env, capture_output=True, text=True, timeout=600, cwd="/")
+            if "Connection refused" not in result.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(3)
+        assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+        lines = result.stdout.splitlines()
+        assert "status done" in lines, result.stdout
+        prefix = next(line for line in lines if line.startswith("log prefix "))
+        assert "/runs/alone-" in prefix and prefix.endswith("/venv")  # the job's own venv
+        assert any(line.startswith("log pip ") and "/runs/alone-" in line for line in lines), lines
+        assert "log no uv" in lines
+    finally:
+        three_hosts.alone.discard("alone")
+        three_hosts.leave("alone")
 
 
 # Losing a host (last: they replace the host they kill). The first attempt sleeps; an attempt
