@@ -135,12 +135,15 @@ class _ActorController:
     Controller itself (`create`: made here if missing, with the caller's settings)."""
 
     def __init__(self, address: Optional[str], settings: RuntimeSettings, create: bool) -> None:
-        _connect(address)
+        connected_here = _connect(address)
         from dstack_ray.runtime.controller import controller_handle
 
-        if not create:
-            _start_service_for_this_cluster()
-        self.handle = controller_handle(settings)
+        runtime_env = None
+        if not create and not _start_service_for_this_cluster() and not connected_here:
+            # A Ray application makes the Controller itself: its own environment may not carry
+            # dstack-ray to the nodes (ours, from `_connect`, does).
+            runtime_env = _code_in_gcs()
+        self.handle = controller_handle(settings, runtime_env)
         state = self._call(self.handle.ping)
         if state.get("version") != __version__:  # one dstack-ray version per cluster
             from dstack_ray.service.client import VersionMismatch
@@ -287,10 +290,10 @@ def _quote(name: str) -> str:
     return urllib.parse.quote(name, safe="")
 
 
-def _connect(address: Optional[str]) -> None:
-    """This process as a Ray driver (for actor handles), unless it is one already."""
+def _connect(address: Optional[str]) -> bool:
+    """This process as a Ray driver (for actor handles), unless it is one already (False)."""
     if _ray_driver():
-        return
+        return False
     from dstack_ray import local_head
 
     if not address:
@@ -305,6 +308,7 @@ def _connect(address: Optional[str]) -> None:
     _ray_init(address, _shipped_runtime_env() if shipped else None)
     if shipped:
         _ship_what_the_cluster_lacks(address)
+    return True
 
 
 def _ray_init(address: str, runtime_env: Optional[Dict[str, Any]]) -> None:
@@ -373,14 +377,28 @@ def _ray_driver() -> bool:
     return ray is not None and hasattr(ray, "is_initialized") and ray.is_initialized()
 
 
-def _start_service_for_this_cluster() -> None:
+def _code_in_gcs() -> Dict[str, Any]:
+    """dstack-ray's code bundle in the cluster's package store (Ray's own upload, the one its
+    job SDK makes through the Jobs API), as a runtime environment for an actor."""
+    from ray._private.runtime_env.packaging import package_exists, upload_package_to_gcs  # Ray >=2.60,<2.61
+
+    from dstack_ray.service import ship
+
+    uri, data = ship.code_bundle().packed()
+    if not package_exists(uri):
+        upload_package_to_gcs(uri, data)
+    return {"py_modules": [uri]}
+
+
+def _start_service_for_this_cluster() -> bool:
     """Inside a Ray application: make sure the cluster's service runs, so that the Controller
     belongs to it and not to this application's job (whose end would leave every task the
-    Controller starts later attributed to a finished job)."""
+    Controller starts later attributed to a finished job). False: there is no Controller and
+    no service (no dashboard, or the service did not start): the caller makes the Controller."""
     import ray
 
     if named_controller() is not None:
-        return
+        return True
     from dstack_ray import local_head
     from dstack_ray.service import client as service
 
@@ -389,11 +407,12 @@ def _start_service_for_this_cluster() -> None:
     on_head = any(n.get("NodeID") == context.get_node_id() and "node:__internal_head__" in n.get("Resources", {}) for n in ray.nodes())
     try:
         if head is not None:
-            local_head.service_url(head)
-        else:  # an application on the head node runs the Python the head has
-            service.service_for_ray_address(context.gcs_address, service.auth_token(), sys.executable if on_head else None)
+            return bool(local_head.service_url(head))
+        # an application on the head node runs the Python the head has
+        return service.service_for_ray_address(context.gcs_address, service.auth_token(), sys.executable if on_head else None) is not None
     except DstackRayError as e:
         logger.warning("the dstack-ray service could not be started (%s); this application creates the controller", e)
+        return False
 
 
 def _service_url(address: Optional[str]) -> Optional[str]:

@@ -669,9 +669,10 @@ def _supervisor_host_options(settings: RuntimeSettings) -> Any:
     )
 
 
-def controller_handle(settings: RuntimeSettings) -> Any:
+def controller_handle(settings: RuntimeSettings, runtime_env: Optional[Dict[str, Any]] = None) -> Any:
     """The cluster's Controller: the existing one, else a new one on the head node (it then
-    belongs to the job of the calling process: the service's, in normal use)."""
+    belongs to the job of the calling process: the service's, in normal use), with
+    `runtime_env` (everything it starts inherits it) or the job's."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     existing = named_controller()
@@ -679,6 +680,8 @@ def controller_handle(settings: RuntimeSettings) -> Any:
         return existing
     head = next((n for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})), None)
     options: Dict[str, Any] = dict(name=CONTROLLER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True)
+    if runtime_env:
+        options["runtime_env"] = runtime_env
     if head is not None:
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=head["NodeID"], soft=False)
     return Controller.options(**options).remote(settings.model_dump())

@@ -405,6 +405,37 @@ def test_a_cluster_without_a_dashboard_gets_dstack_ray_from_a_ray_client_driver(
         three_hosts.leave("alone")
 
 
+APPLICATION = """
+import ray
+ray.init("auto")
+from dstack_ray import Client
+run = Client().apply({"type": "task", "name": "from-app", "resources": {"cpu": 1, "memory": "1GB"}, "commands": ["echo hello from the application run"]})
+print("status", run.wait(300).value)
+for line in run.logs():
+    print("log", line)
+"""
+
+
+def test_a_ray_application_on_a_cluster_without_a_dashboard_ships_dstack_ray_with_the_controller(three_hosts):
+    """A Ray application (with dstack-ray in its own Python) on a one-host Ray-only cluster
+    without a dashboard: no service can be started, so the application makes the Controller —
+    with dstack-ray's code bundle in the cluster's package store as the Controller's runtime
+    environment, which everything it starts inherits (the nodes' Python has no dstack-ray)."""
+    three_hosts.start_alone("alone2")
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # its GCS takes a few seconds
+            result = three_hosts.exec("alone2", sys.executable, "-c", APPLICATION, timeout=600)
+            if result.returncode == 0 or time.monotonic() > deadline or "ConnectionError" not in result.stderr:
+                break
+            time.sleep(3)
+        assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+        assert "status done" in result.stdout.splitlines() and "log hello from the application run" in result.stdout.splitlines(), result.stdout
+    finally:
+        three_hosts.alone.discard("alone2")
+        three_hosts.leave("alone2")
+
+
 # Losing a host (last: they replace the host they kill). The first attempt sleeps; an attempt
 # after an interruption finishes at once.
 RESUMABLE = 'case "$DSTACK_WORKING_DIR" in */attempt-0/*) echo "first on $(hostname)"; sleep 31430;; *) echo "resumed on $(hostname)";; esac'
