@@ -214,7 +214,7 @@ def apply(
         replace = True
     elif not yes and not typer.confirm(f"Submit the run {run_name}?" if run_name else "Submit a new run?"):
         raise typer.Exit(1)
-    run = client.apply(cfg, args=args or [], replace=replace)
+    run = client.submit(cfg, args=args or [], replace=replace)  # prepared above: not again
     if detach:
         console.print(f"Run [bold]{escape(run.name)}[/] submitted, detaching…")
         return

@@ -1,6 +1,8 @@
 """The public Python API: `Client` submits and finds runs, `Run` follows one.
 
-The CLI is built only on this module.
+The CLI reaches the cluster only through this module; for what it shows it also uses the
+configuration models (`dstack_ray.config`), the plan and offers (`dstack_ray.plan`), the
+launcher (`cluster render`) and the service's client (`server`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dstack_ray.config.checks import check_host_paths, check_submittable
 from dstack_ray.config.env import EnvSentinel
 from dstack_ray.config.interpolate import interpolate
 from dstack_ray import __version__
-from dstack_ray.errors import DstackRayError
+from dstack_ray.errors import ApiError, DstackRayError
 from dstack_ray.exec.prepare import RunPayload
 from dstack_ray.plan.cluster import ClusterView
 from dstack_ray.plan.catalog import offers_for
@@ -157,14 +159,12 @@ class _ActorController:
     def _call(self, method: Any, *args: Any, timeout: Optional[float] = 120) -> Any:
         import ray
 
-        from dstack_ray.runtime.controller import ControllerError
-
         try:
             return ray.get(method.remote(*args), timeout=timeout)
         except ray.exceptions.RayTaskError as e:
-            cause = e.as_instanceof_cause()
-            if isinstance(cause, ControllerError):
-                raise DstackRayError(str(cause.args[0]) if cause.args else str(cause)) from None
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, ApiError):  # the same error the HTTP client raises
+                raise cause from None
             raise
         except ray.exceptions.GetTimeoutError:
             raise DstackRayError(
@@ -620,7 +620,11 @@ class Client:
     ) -> "Run":
         """Submit a task and return its run. With `replace`, an active run of the same name is
         stopped first (otherwise that is an error)."""
-        cfg = self.prepare(self.load(configuration), name=name, env=env, args=args)
+        return self.submit(self.prepare(self.load(configuration), name=name, env=env, args=args), args=args, replace=replace)
+
+    def submit(self, cfg: TaskConfiguration, args: Sequence[str] = (), *, replace: bool = False) -> "Run":
+        """Submit a configuration that `prepare` made ready (it is not prepared again: dstack
+        undoes `$${{` escapes once), as `apply` does; `args` are recorded with the run."""
         self._check_host_mode(cfg, self._default_image)
         if replace and cfg.name:
             existing = self.find_run(cfg.name)

@@ -22,7 +22,7 @@ from typing import List, Optional
 
 from dstack_ray.runtime.settings import default_state_dir
 from dstack_ray.service.client import auth_token_path
-from dstack_ray.store.paths import private_dir
+from dstack_ray.paths import private_dir
 
 GCS_PORT = 6391
 DASHBOARD_PORT = 8265

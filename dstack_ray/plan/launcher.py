@@ -219,11 +219,6 @@ def render_cluster(cfg: TaskConfiguration, provider: Union[Provider, str], **opt
     return render(cfg, provider, **options).config
 
 
-def render_yaml(cfg: TaskConfiguration, provider: Union[Provider, str], **options: Any) -> str:
-    """The configuration as YAML, with a header that says how to use it and what was chosen."""
-    return render(cfg, provider, **options).to_yaml()
-
-
 def template_path(provider: Union[Provider, str]) -> Path:
     """The template of `provider`: in the installed package, else in this source checkout."""
     name = f"{_provider(provider).value}.yaml"

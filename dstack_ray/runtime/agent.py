@@ -51,7 +51,7 @@ from dstack_ray.models.messages import NodeOutcome, StartOrder, StopOrder
 from dstack_ray.exec.pyenv import venv_maker
 from dstack_ray.exec.ssh import NodeSshd, RunKey, forget_keys, free_port
 from dstack_ray.runtime.settings import NAMESPACE, SUPERVISOR_NAME, RuntimeSettings, named_controller
-from dstack_ray.store.paths import private_dir
+from dstack_ray.paths import private_dir
 
 logger = logging.getLogger(__name__)
 

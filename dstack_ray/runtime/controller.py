@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import ray
+from pydantic import ValidationError
 
 from dstack_ray import __version__
+from dstack_ray.errors import Conflict, NotFound, invalid_fields
 from dstack_ray.config.cron import next_fire_time
 from dstack_ray.metrics.runs import RunMetrics
 from dstack_ray.plan.capacity import Released, free_capacity, place, still_counted
@@ -100,10 +102,6 @@ class _NameCheck:
 
     def __contains__(self, name: object) -> bool:
         return self._taken(name)
-
-
-class ControllerError(Exception):
-    """A request the Controller refuses; the message is for the user."""
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=10000)
@@ -245,7 +243,7 @@ class Controller:
     def _require(self, name: str) -> RunRecord:
         run = self._find(name)
         if run is None:
-            raise ControllerError(f"run {name} not found")
+            raise NotFound(f"run {name} not found", hint="list runs with `dstack-ray ps -a`")
         return run
 
     async def _changed(self, run: RunRecord) -> None:
@@ -270,7 +268,10 @@ class Controller:
 
     async def submit(self, spec: Dict[str, Any], payload: Optional[str] = None) -> Dict[str, Any]:
         await self._ensure_background()
-        run_spec = RunSpec.model_validate(spec)
+        try:
+            run_spec = RunSpec.model_validate(spec)
+        except ValidationError as e:
+            raise invalid_fields("run spec", e.errors(include_input=False)) from None
         if run_spec.submission_id:
             # Ray retries this call on a restarted Controller when the first one crashed after
             # saving the run: answer with that run instead of a duplicate or a false conflict.
@@ -283,7 +284,7 @@ class Controller:
         existing = self._find(name)
         if existing is not None:
             if not existing.status.is_finished():
-                raise ControllerError(f"run {name} is active ({existing.status.value}); stop it first")
+                raise Conflict(f"run {name} is active ({existing.status.value}); stop it first", hint=f"`dstack-ray stop {name}`")
             self._delete(existing)
         run_spec.run_name = name
         cfg = run_spec.configuration
@@ -416,7 +417,7 @@ class Controller:
     async def delete_run(self, name: str) -> None:
         run = self._require(name)
         if not run.status.is_finished():
-            raise ControllerError(f"run {name} is active ({run.status.value}); stop it before deleting")
+            raise Conflict(f"run {name} is active ({run.status.value}); stop it before deleting", hint=f"`dstack-ray stop {name}`")
         self._delete(run)
         self.store.delete_run(run.id)
         self.logs.delete_run(run.id)

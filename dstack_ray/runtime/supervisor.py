@@ -3,9 +3,12 @@
 One `RunSupervisor` per run does all state transitions of that run. They live in one detached
 `SupervisorHost` actor (an asyncio process for many runs; one process per run would cost ~1 s
 and ~80 MB per run, see bench/). The host is separate from the Controller so that a Controller
-restart leaves running runs untouched. Node agents are tasks owned by the host: if the host
-dies, Ray ends them, the guards kill the commands, and the Controller resubmits or fails the
-runs per their retry policy.
+restart leaves running runs untouched. Node agents are one detached actor per Ray node
+(`dstack:agent:<node id>`, made by the host on first use), shared by every run there; a job's
+guard outlives its agent, which re-attaches to it when Ray restarts it. If the host dies, Ray
+restarts it and the Controller hands it the active runs again: a run whose attempt was under
+way is marked lost (`resume_lost`), its attempt fails as interrupted, and its retry policy
+decides what follows.
 """
 
 from __future__ import annotations
@@ -138,10 +141,6 @@ class AgentRendezvous:
         return slot.orders[seen]
 
 
-class StopRequest(Exception):
-    """Raised inside an attempt when the user stops the run."""
-
-
 class RunSupervisor:
     def __init__(self, host: "SupervisorHost", run: RunRecord, resume_lost: bool) -> None:
         self.host = host
@@ -182,13 +181,6 @@ class RunSupervisor:
         events, self._deferred_events = self._deferred_events + ([event] if event else []), []
         released, self._released = self._released, []
         await self.host.link.report_run(self.run.id, changes, jobs, events, released)
-
-    async def set_jobs(self, **fields: Any) -> None:
-        for job in self.jobs:
-            if not job.status.is_finished():
-                for name, value in fields.items():
-                    setattr(job, name, value)
-        await self.report()
 
     # -- main loop ----------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from dstack_ray import __version__
-from dstack_ray.errors import DstackRayError
+from dstack_ray.errors import DstackRayError, api_error
 from dstack_ray.service import (
     API_VERSION,
     DEFAULT_SERVICE_PORT,
@@ -118,9 +118,9 @@ class HttpCaller:
             return DstackRayError(f"{self._what} at {self.url} refused the request: {text.strip()[:200]}", hint=AUTH_HINT)
         try:
             detail = json.loads(text)
-            return DstackRayError(str(detail["error"]), hint=detail.get("hint"))
+            return api_error(response.status, str(detail["error"]), detail.get("hint"))
         except (ValueError, KeyError, TypeError):
-            return DstackRayError(f"{self._what} at {self.url} answered {response.status}: {text.strip()[:300]}")
+            return api_error(response.status, f"{self._what} at {self.url} answered {response.status}: {text.strip()[:300]}")
 
     def call(
         self,
@@ -441,7 +441,7 @@ def _remember(key: str, url: str) -> None:
         known = {}
     known[key] = url
     try:
-        from dstack_ray.store.paths import private_dir
+        from dstack_ray.paths import private_dir
 
         private_dir(path.parent)
         path.write_text(json.dumps(known))

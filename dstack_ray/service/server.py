@@ -42,7 +42,8 @@ from dstack_ray import __version__
 from dstack_ray.config import ConfigurationError, parse_configuration
 from dstack_ray.plan.cluster import ClusterView
 from dstack_ray.plan.catalog import offers_for
-from dstack_ray.runtime.controller import ControllerError, controller_handle
+from dstack_ray.errors import ApiError, Conflict, InvalidInput, NotFound, NotReady, TooLarge
+from dstack_ray.runtime.controller import controller_handle
 from dstack_ray.runtime.settings import NAMESPACE, RuntimeSettings
 from dstack_ray.service import API_VERSION, DEFAULT_SERVICE_PORT, JOB_NAME, SERVICE_PORT_ENV
 
@@ -76,6 +77,31 @@ def _flag(value: Optional[str]) -> bool:
     return (value or "").lower() in ("1", "true", "yes")
 
 
+def _number(request: web.Request, name: str, kind: Callable[[str], Any] = int, default: Any = None) -> Any:
+    """A query parameter as a number; a malformed one is an InvalidInput naming it."""
+    text = request.query.get(name)
+    if not text:
+        return default
+    try:
+        return kind(text)
+    except ValueError:
+        raise InvalidInput(f"query parameter `{name}` must be a{'n integer' if kind is int else ' number'}") from None
+
+
+async def _body(request: web.Request, *required: str) -> Dict[str, Any]:
+    """The JSON object a request carries, with its `required` fields (else InvalidInput)."""
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except ValueError:
+        raise InvalidInput("the request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    missing = [name for name in required if name not in body]
+    if missing:
+        raise InvalidInput(f"the request body lacks {', '.join(missing)}")
+    return body
+
+
 class Service:
     """The API's handlers: each is a thin call of the Controller."""
 
@@ -84,25 +110,32 @@ class Service:
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Refusals as JSON a client can show: {"error", "hint"}."""
+        """Refusals as JSON a client can show: {"error", "hint"} with the status of their type
+        (dstack_ray.errors); anything else is a bug: logged with its traceback, answered with
+        a short 500 (no traceback leaves the service)."""
         try:
             return await handler(request)
+        except web.HTTPRequestEntityTooLarge:
+            return _error(TooLarge.status, f"the request is larger than the service takes ({MAX_REQUEST >> 20} MiB)", "ship fewer files with the run (.dstackignore)")
         except web.HTTPException:
             raise
+        except ApiError as e:
+            return _error(e.status, str(e), e.hint)
         except ray.exceptions.RayTaskError as e:
-            cause = e.as_instanceof_cause()
-            if isinstance(cause, ControllerError):
-                return _error(400, str(cause.args[0]) if cause.args else str(cause))
-            logger.exception("the controller failed on %s %s", request.method, request.path)
-            return _error(500, f"the dstack-ray controller failed: {cause}", "see the `dstack-ray` job's log in the Ray dashboard")
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, ApiError):
+                return _error(cause.status, str(cause), cause.hint)
+            logger.error("the controller failed on %s %s: %s", request.method, request.path, e)
+            return _error(500, "the dstack-ray controller failed on this request", "see the `dstack-ray` job's log in the Ray dashboard")
         except ray.exceptions.RayActorError:
             # Restarting (Ray retries), or gone for good (killed): then a new one is made from
             # the store, as the first service of a cluster makes it.
             logger.warning("the controller did not answer; looking it up again")
             self.controller = await asyncio.get_running_loop().run_in_executor(None, controller_handle, RuntimeSettings())
-            return _error(503, "the dstack-ray controller is restarting", "try again in a few seconds")
-        except (ValueError, TypeError, KeyError) as e:
-            return _error(400, f"bad request: {e}")
+            return _error(NotReady.status, "the dstack-ray controller is restarting", "try again in a few seconds")
+        except Exception:
+            logger.exception("the service failed on %s %s", request.method, request.path)
+            return _error(500, "the dstack-ray service failed on this request", "see the `dstack-ray` job's log in the Ray dashboard")
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[_token_auth(), self._errors], client_max_size=MAX_REQUEST)
@@ -130,10 +163,7 @@ class Service:
         name = request.match_info["run"]
         run = await self.controller.get_run.remote(name)
         if run is None:
-            raise web.HTTPNotFound(
-                text=f'{{"error": "run {name} not found", "hint": "list runs with `dstack-ray ps -a`"}}',
-                content_type="application/json",
-            )
+            raise NotFound(f"run {name} not found", "list runs with `dstack-ray ps -a`")
         return run
 
     async def health(self, request: web.Request) -> web.Response:
@@ -145,22 +175,22 @@ class Service:
     async def offers(self, request: web.Request) -> web.Response:
         """{"configuration": a task configuration} -> the offers (`?catalog=1`: with the
         catalogs on the head); an invalid configuration is a 400 naming the field."""
-        body = await request.json()
+        body = await _body(request, "configuration")
         try:
             cfg = parse_configuration(body["configuration"])
         except ConfigurationError as e:
-            return _error(400, str(e))
+            raise InvalidInput(str(e), e.hint) from None
         cluster = ClusterView.model_validate(await self.controller.cluster_view.remote())
         return web.json_response(offers_for(cfg, cluster, catalog=_flag(request.query.get("catalog"))).model_dump(mode="json"))
 
     async def list_runs(self, request: web.Request) -> web.Response:
         query = request.query
-        limit = int(query["limit"]) if query.get("limit") else None
-        before = (query["before_at"], query["before_id"]) if query.get("before_at") else None
+        limit = _number(request, "limit")
+        before = (query["before_at"], query.get("before_id", "")) if query.get("before_at") else None
         return web.json_response(await self.controller.list_runs.remote(limit, _flag(query.get("active")), before))
 
     async def submit(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = await _body(request, "spec")
         return web.json_response(await self.controller.submit.remote(body["spec"], body.get("payload")))
 
     async def get_run(self, request: web.Request) -> web.Response:
@@ -168,12 +198,12 @@ class Service:
 
     async def wait_run(self, request: web.Request) -> web.Response:
         run = await self._run(request)
-        timeout = min(float(request.query.get("timeout", 10)), 60.0)
-        version = int(request.query.get("version", run["version"]))
+        timeout = min(_number(request, "timeout", float, 10.0), 60.0)
+        version = _number(request, "version", int, run["version"])
         return web.json_response(await self.controller.wait_run.remote(run["id"], version, timeout))
 
     async def stop_run(self, request: web.Request) -> web.Response:
-        body = await request.json() if request.can_read_body else {}
+        body = await _body(request)
         return web.json_response(await self.controller.stop_run.remote(request.match_info["run"], bool(body.get("abort"))))
 
     async def delete_run(self, request: web.Request) -> web.Response:
@@ -187,15 +217,15 @@ class Service:
         return web.json_response(await self.controller.jobs_history.remote(request.match_info["run"]))
 
     async def metrics(self, request: web.Request) -> web.Response:
-        since = float(request.query["since"]) if request.query.get("since") else None
+        since = _number(request, "since", float)
         return web.json_response(await self.controller.metrics.remote(request.match_info["run"], since))
 
     async def logs(self, request: web.Request) -> web.StreamResponse:
         run = await self._run(request)
         query = request.query
-        rank = int(query.get("rank", 0))
-        attempt = int(query["attempt"]) if query.get("attempt") else run["attempt"]
-        offset = int(query.get("offset", 0))
+        rank = _number(request, "rank", int, 0)
+        attempt = _number(request, "attempt", int, run["attempt"])
+        offset = _number(request, "offset", int, 0)
         follow = _flag(query.get("follow"))
         response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
         await response.prepare(request)
@@ -212,10 +242,13 @@ class Service:
         """One TCP connection to a port of the rank-0 node, carried in binary websocket
         messages; a text message `eof` from the client closes its sending side."""
         run = await self._run(request)
-        port = int(request.match_info["port"])
+        try:
+            port = int(request.match_info["port"])
+        except ValueError:
+            raise InvalidInput("the port must be an integer") from None
         jobs = run.get("jobs") or []
         if not jobs or not jobs[0].get("node_ip"):
-            return _error(409, f"run {run['name']} has no rank-0 node yet", "wait until it is running")
+            raise Conflict(f"run {run['name']} has no rank-0 node yet", "wait until it is running")
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(jobs[0]["node_ip"], port), 10)
         except (OSError, asyncio.TimeoutError) as e:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from dstack_ray.models import JobRecord, RunRecord, RunStatus
-from dstack_ray.store.paths import private_dir
+from dstack_ray.paths import private_dir
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Tuple
 
-from dstack_ray.store.paths import private_dir
+from dstack_ray.paths import private_dir
 
 
 class LogGap(Exception):

@@ -67,7 +67,8 @@ def test_env_and_args(cli):
         cli.cwd,
         "env",
         "type: task\nname: cli-env\nenv:\n  - TOKEN\n  - MODE=default\ncommands:\n"
-        "  - echo mode=$MODE token-length=${#TOKEN}\n  - echo args=${{ run.args }}\n" + SMALL,
+        "  - echo mode=$MODE token-length=${#TOKEN}\n  - echo args=${{ run.args }}\n"
+        "  - echo 'lit $${{ run.args }} $$$${{ run.args }}'\n" + SMALL,
     )
     missing = cli("apply", "-f", "env.dstack.yml", "-y")
     assert missing.returncode == 1
@@ -75,6 +76,8 @@ def test_env_and_args(cli):
     result = cli("apply", "-f", "env.dstack.yml", "-y", "-e", "TOKEN=s3cr3t-value", "-e", "MODE=cli", "--", "--epochs", "3", check_rc=0)
     assert "mode=cli token-length=12" in result.stdout
     assert "args=--epochs 3" in result.stdout
+    # dstack's escape is undone once: the configuration is prepared once per apply.
+    assert "lit ${{ run.args }} $${{ run.args }}" in result.stdout.splitlines(), result.stdout
     # Env values from the command line appear in no plan, listing or log of ours.
     assert "s3cr3t-value" not in result.stdout + result.stderr
     assert "s3cr3t-value" not in cli("ps", "-a", "--json").stdout

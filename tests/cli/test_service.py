@@ -155,3 +155,30 @@ def test_the_service_brings_a_lost_controller_back(cli):
     assert "svc-across" in listed
     write_task(cli.cwd, "after", f"type: task\nname: svc-after\ncommands:\n  - echo still served\n{SMALL}")
     assert "still served" in _without_ray(cli, "apply", "-f", "after.dstack.yml", "-y").stdout
+
+
+def test_api_refusals_have_the_status_of_their_kind_and_no_traceback(cli):
+    """404 for an unknown run whatever the verb, 409 for a request the run's state refuses,
+    400 naming the field or parameter for malformed input, and no traceback in any answer; the
+    CLI shows each as one line."""
+    url, token = _head(cli)["service"], _token(cli)
+    for method, path in (("GET", "/api/runs/no-such-run"), ("POST", "/api/runs/no-such-run/stop"), ("DELETE", "/api/runs/no-such-run"),
+                         ("GET", "/api/runs/no-such-run/events"), ("GET", "/api/runs/no-such-run/logs")):
+        status, answer = _request(url + path, token, method, {} if method == "POST" else None)
+        assert status == 404 and "run no-such-run not found" in answer, (method, path, status, answer)
+    status, answer = _request(url + "/api/runs", token, "POST", {"spec": {}})
+    assert status == 400 and "invalid run spec" in answer and "configuration" in answer and "Traceback" not in answer, answer
+    status, answer = _request(url + "/api/runs", token, "POST", {"payload": None})
+    assert status == 400 and "lacks spec" in answer, answer
+    status, answer = _request(url + "/api/runs?limit=ten", token)
+    assert status == 400 and "`limit` must be an integer" in answer, answer
+
+    write_task(cli.cwd, "busy", "type: task\nname: cli-busy\ncommands:\n  - sleep 31380\n" + SMALL)
+    cli("apply", "-f", "busy.dstack.yml", "-y", "-d", check_rc=0)
+    status, answer = _request(url + "/api/runs/cli-busy", token, "DELETE")
+    assert status == 409 and "is active" in answer, answer
+    deleted = cli("delete", "cli-busy", "-y")
+    assert deleted.returncode == 1 and "is active" in deleted.stderr and "Traceback" not in deleted.stderr
+    cli("stop", "-x", "cli-busy", "-y", check_rc=0)
+    stopped = cli("stop", "no-such-run", "-y")
+    assert stopped.returncode == 1 and "no-such-run" in stopped.stderr and "Traceback" not in stopped.stderr

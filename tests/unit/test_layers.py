@@ -51,3 +51,10 @@ def test_the_library_has_no_console_markup():
         text = path.read_text()
         assert "import rich" not in text and "from rich" not in text, path
         assert not markup.search(text), (path, markup.search(text).group(0))
+
+
+def test_node_side_code_does_not_import_the_head_store():
+    """The node agent and what it runs (exec/) work on every node: nothing of the head's store."""
+    for module, names in imports().items():
+        if module == "dstack_ray.runtime.agent" or module.startswith("dstack_ray.exec"):
+            assert not {n for n in names if n.startswith("dstack_ray.store")}, (module, names)

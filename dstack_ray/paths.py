@@ -1,4 +1,4 @@
-"""Directories of the state on disk."""
+"""Directories of dstack-ray's state on disk, on the head (the store) and on every node (agents)."""
 
 from __future__ import annotations
 
