@@ -25,6 +25,7 @@ from dstack_ray.config.env import EnvSentinel
 from dstack_ray.config.interpolate import interpolate
 from dstack_ray import __version__
 from dstack_ray.errors import ApiError, DstackRayError
+from dstack_ray.models.api import OPERATIONS
 from dstack_ray.exec.prepare import RunPayload
 from dstack_ray.plan.cluster import ClusterView
 from dstack_ray.plan.catalog import offers_for
@@ -156,11 +157,11 @@ class _ActorController:
                 f" or install dstack-ray {state.get('version')} here",
             )
 
-    def _call(self, method: Any, *args: Any, timeout: Optional[float] = 120) -> Any:
+    def _call(self, method: Any, *args: Any, timeout: Optional[float] = 120, keywords: Optional[Dict[str, Any]] = None) -> Any:
         import ray
 
         try:
-            return ray.get(method.remote(*args), timeout=timeout)
+            return ray.get(method.remote(*args, **(keywords or {})), timeout=timeout)
         except ray.exceptions.RayTaskError as e:
             cause = getattr(e, "cause", None)
             if isinstance(cause, ApiError):  # the same error the HTTP client raises
@@ -180,35 +181,11 @@ class _ActorController:
         except AttributeError:
             return "connected"
 
-    def cluster_view(self) -> Dict[str, Any]:
-        return self._call(self.handle.cluster_view)
-
-    def submit(self, spec: Dict[str, Any], payload: Optional[str]) -> Dict[str, Any]:
-        return self._call(self.handle.submit, spec, payload)
-
-    def get_run(self, name: str) -> Optional[Dict[str, Any]]:
-        return self._call(self.handle.get_run, name)
-
-    def list_runs(self, limit: Optional[int], active_only: bool, before: Optional[Tuple[str, str]] = None) -> List[Dict[str, Any]]:
-        return self._call(self.handle.list_runs, limit, active_only, before)
-
-    def wait_run(self, run_id: str, version: int, timeout: float) -> Optional[Dict[str, Any]]:
-        return self._call(self.handle.wait_run, run_id, version, timeout, timeout=timeout + 60)
-
-    def stop_run(self, name: str, abort: bool) -> Dict[str, Any]:
-        return self._call(self.handle.stop_run, name, abort)
-
-    def delete_run(self, name: str) -> None:
-        self._call(self.handle.delete_run, name)
-
-    def events(self, name: str) -> List[Tuple[str, str]]:
-        return self._call(self.handle.events, name)
-
-    def jobs_history(self, name: str) -> List[Dict[str, Any]]:
-        return self._call(self.handle.jobs_history, name)
-
-    def metrics(self, name: str, since_seconds: Optional[float]) -> List[Dict[str, Any]]:
-        return self._call(self.handle.metrics, name, since_seconds)
+    def call(self, operation: str, /, **arguments: Any) -> Any:
+        """An operation of models/api.py with its arguments: the Controller's method."""
+        op = OPERATIONS[operation]
+        timeout = float(arguments[op.waits]) + 60 if op.waits else 120
+        return op.answer_of(self._call(getattr(self.handle, operation), timeout=timeout, keywords=arguments))
 
     def relay(self, run_id: str, port: int, sock: socket.socket) -> None:
         raise DstackRayError(
@@ -237,39 +214,18 @@ class _ServiceController:
     def address_text(self) -> str:
         return self.http.url
 
-    def cluster_view(self) -> Dict[str, Any]:
-        return self.http.call("GET", "/api/cluster")
-
-    def submit(self, spec: Dict[str, Any], payload: Optional[str]) -> Dict[str, Any]:
-        return self.http.call("POST", "/api/runs", body={"spec": spec, "payload": payload})
-
-    def get_run(self, name: str) -> Optional[Dict[str, Any]]:
-        return self.http.call("GET", f"/api/runs/{_quote(name)}", missing_ok=True)
-
-    def list_runs(self, limit: Optional[int], active_only: bool, before: Optional[Tuple[str, str]] = None) -> List[Dict[str, Any]]:
-        query = {"limit": limit, "active": "1" if active_only else None}
-        if before is not None:
-            query.update(before_at=before[0], before_id=before[1])
-        return self.http.call("GET", "/api/runs", query)
-
-    def wait_run(self, run_id: str, version: int, timeout: float) -> Optional[Dict[str, Any]]:
-        query = {"version": version, "timeout": timeout}
-        return self.http.call("GET", f"/api/runs/{_quote(run_id)}/wait", query, timeout=timeout + 60, missing_ok=True)
-
-    def stop_run(self, name: str, abort: bool) -> Dict[str, Any]:
-        return self.http.call("POST", f"/api/runs/{_quote(name)}/stop", body={"abort": abort})
-
-    def delete_run(self, name: str) -> None:
-        self.http.call("DELETE", f"/api/runs/{_quote(name)}")
-
-    def events(self, name: str) -> List[Tuple[str, str]]:
-        return self.http.call("GET", f"/api/runs/{_quote(name)}/events")
-
-    def jobs_history(self, name: str) -> List[Dict[str, Any]]:
-        return self.http.call("GET", f"/api/runs/{_quote(name)}/jobs")
-
-    def metrics(self, name: str, since_seconds: Optional[float]) -> List[Dict[str, Any]]:
-        return self.http.call("GET", f"/api/runs/{_quote(name)}/metrics", {"since": since_seconds})
+    def call(self, operation: str, /, **arguments: Any) -> Any:
+        """An operation of models/api.py with its arguments: its route on the service."""
+        op = OPERATIONS[operation]
+        path = op.path.format(**{key: _quote(str(arguments.pop(key))) for key in op.path_names})
+        timeout = float(arguments[op.waits]) + 60 if op.waits else 130
+        values = op.arguments(**arguments).model_dump(mode="json", by_alias=True, exclude_none=True)
+        if op.in_query:
+            query = {key: ("1" if value else None) if isinstance(value, bool) else value for key, value in values.items()}
+            answer = self.http.call(op.method, path, query, timeout=timeout, missing_ok=op.missing_ok)
+        else:
+            answer = self.http.call(op.method, path, body=values, timeout=timeout, missing_ok=op.missing_ok)
+        return op.answer_of(answer)
 
     def log_chunks(self, run_id: str, attempt: int, rank: int, follow: bool) -> Iterator[bytes]:
         query = {"rank": rank, "attempt": attempt, "follow": "1" if follow else None}
@@ -531,7 +487,7 @@ class Client:
         return load_configuration(configuration, profile=profile, no_profile=no_profile)
 
     def cluster_view(self) -> ClusterView:
-        view = ClusterView.model_validate(self._controller.cluster_view())
+        view = ClusterView.model_validate(self._controller.call("cluster_view"))
         if self._settings.default_image:  # this client's own default image wins
             view.default_image = self._settings.default_image
         return view
@@ -644,12 +600,12 @@ class Client:
             has_payload=payload is not None,
         )
         payload_json = payload.model_dump_json() if payload is not None else None
-        record = RunRecord.model_validate(self._controller.submit(spec.model_dump(mode="json"), payload_json))
+        record = self._controller.call("submit", spec=spec.model_dump(mode="json"), payload=payload_json)
         return Run(self, record)
 
     def find_run(self, name: str) -> Optional["Run"]:
-        data = self._controller.get_run(name)
-        return Run(self, RunRecord.model_validate(data)) if data else None
+        record = self._controller.call("get_run", name=name)
+        return Run(self, record) if record else None
 
     def get_run(self, name: str) -> "Run":
         run = self.find_run(name)
@@ -661,7 +617,7 @@ class Client:
         """Runs, newest first: every run (`all`) or the active ones; at most `limit` of them.
         Without a limit, the history is fetched page by page."""
         if not all:
-            return [Run(self, RunRecord.model_validate(r)) for r in self._controller.list_runs(limit, True)]
+            return [Run(self, r) for r in self._controller.call("list_runs", limit=limit, active_only=True)]
         runs: List[Run] = []
         for run in self.iter_runs(min(limit, LIST_PAGE) if limit else LIST_PAGE):
             if limit is not None and len(runs) >= limit:
@@ -671,14 +627,14 @@ class Client:
 
     def iter_runs(self, page_size: int = LIST_PAGE) -> Iterator["Run"]:
         """Every run, newest first, fetched `page_size` at a time."""
-        before = None
+        before: Tuple[Optional[str], Optional[str]] = (None, None)
         while True:
-            page = self._controller.list_runs(page_size, False, before)
-            for data in page:
-                yield Run(self, RunRecord.model_validate(data))
+            page = self._controller.call("list_runs", limit=page_size, before_at=before[0], before_id=before[1])
+            for record in page:
+                yield Run(self, record)
             if len(page) < page_size:
                 return
-            before = (page[-1]["submitted_at"], page[-1]["id"])
+            before = (page[-1].submitted_at.isoformat(), page[-1].id)
 
 
 class Run:
@@ -730,16 +686,16 @@ class Run:
         return self._record.spec.configuration
 
     def refresh(self) -> "Run":
-        data = self._client._controller.get_run(self.id)
-        if data:
-            self._record = RunRecord.model_validate(data)
+        record = self._client._controller.call("get_run", name=self.id)
+        if record:
+            self._record = record
         return self
 
     def wait_change(self, timeout: float = 10.0) -> "Run":
         """Block until the run changes (or `timeout` passes)."""
-        data = self._client._controller.wait_run(self.id, self._record.version, timeout)
-        if data:
-            self._record = RunRecord.model_validate(data)
+        record = self._client._controller.call("wait_run", run_id=self.id, version=self._record.version, timeout=timeout)
+        if record:
+            self._record = record
         return self
 
     def wait(self, timeout: Optional[float] = None) -> RunStatus:
@@ -753,11 +709,11 @@ class Run:
         return self.status
 
     def stop(self, abort: bool = False) -> "Run":
-        self._record = RunRecord.model_validate(self._client._controller.stop_run(self.id, abort))
+        self._record = self._client._controller.call("stop_run", name=self.id, abort=abort)
         return self
 
     def delete(self) -> None:
-        self._client._controller.delete_run(self.id)
+        self._client._controller.call("delete_run", name=self.id)
 
     def relay_connection(self, port: int, sock: socket.socket) -> None:
         """Carry a TCP connection (`sock`) to `port` on the run's rank-0 node through the
@@ -767,17 +723,17 @@ class Run:
     def metrics(self, since_seconds: Optional[float] = None, jobs: bool = False) -> List[Dict[str, Any]]:
         """GPU samples of the latest attempt: at, rank, gpu, utilization, memory_used, memory_total.
         With `jobs`, also each job's CPU and memory samples (`kind: job`, cpu_percent, memory_bytes)."""
-        samples = self._client._controller.metrics(self.id, since_seconds)
+        samples = self._client._controller.call("metrics", name=self.id, since_seconds=since_seconds)
         for sample in samples:
             sample["at"] = datetime.fromisoformat(sample["at"])
         return samples if jobs else [s for s in samples if s.get("kind") != "job"]
 
     def events(self) -> List[Tuple[datetime, str]]:
-        return [(datetime.fromisoformat(at), msg) for at, msg in self._client._controller.events(self.id)]
+        return [(datetime.fromisoformat(at), msg) for at, msg in self._client._controller.call("events", name=self.id)]
 
     def jobs_history(self) -> List[JobRecord]:
         """Every job of every attempt, oldest first."""
-        return [JobRecord.model_validate(j) for j in self._client._controller.jobs_history(self.id)]
+        return [JobRecord.model_validate(j) for j in self._client._controller.call("jobs_history", name=self.id)]
 
     def logs(
         self,

@@ -23,7 +23,7 @@ import ray
 from pydantic import ValidationError
 
 from dstack_ray import __version__
-from dstack_ray.errors import Conflict, NotFound, invalid_fields
+from dstack_ray.errors import Conflict, InvalidInput, NotFound, invalid_fields
 from dstack_ray.config.cron import next_fire_time
 from dstack_ray.metrics.runs import RunMetrics
 from dstack_ray.plan.capacity import Released, free_capacity, place, still_counted
@@ -362,14 +362,18 @@ class Controller:
         return run.model_dump(mode="json") if run else None
 
     async def list_runs(
-        self, limit: Optional[int] = None, active_only: bool = False, before: Optional[Tuple[str, str]] = None
+        self, limit: Optional[int] = None, active_only: bool = False, before_at: Optional[str] = None, before_id: Optional[str] = None
     ) -> List[Dict[str, Any]]:
-        """Runs newest first, without their specs: the active ones (`active_only`), or a page of
-        all of them (`limit`, and `before` = (submitted_at, id) of the previous page's last)."""
+        """Runs newest first (models/api.py: ListRuns): the active ones without their specs
+        (`active_only`), or a page of all of them (`limit`, and `before_*` = submitted_at and id
+        of the previous page's last)."""
         if active_only:
             active = sorted(self.runs.values(), key=lambda r: (r.submitted_at, r.id), reverse=True)
             return [r.model_dump(mode="json", exclude={"spec"}) for r in active[:limit]]
-        after = None if before is None else (datetime.fromisoformat(before[0]), before[1])
+        try:
+            after = None if before_at is None else (datetime.fromisoformat(before_at), before_id or "")
+        except ValueError:
+            raise InvalidInput("`before_at` must be an ISO 8601 time (a run's submitted_at)") from None
         return [r.model_dump(mode="json") for r in self.store.list_runs(limit, after)]  # every change is saved
 
     async def wait_run(self, run_id: str, version: int, timeout: float) -> Optional[Dict[str, Any]]:

@@ -5,22 +5,15 @@ Controller starts: the supervisor host, node agents, their tasks — belongs to 
 (a Controller made by a short-lived client would leave every later task attributed to a job that
 already ended, which the dashboard then shows as FAILED).
 
-The API (JSON unless said otherwise; run names or ids in paths):
+The API (JSON; run names or ids in paths): one route per operation of `models/api.py`
+(`OPERATIONS`: the cluster view, runs listed, submitted, read, waited for, stopped, deleted,
+their events, jobs and metrics), made by `Service._handler`, and four written here:
   GET    /api/health                      {"service": "dstack-ray", "version", "api_version", "auth"} (no token needed)
-  GET    /api/cluster                     the cluster view plans are made against
   POST   /api/offers?catalog=             {"configuration": {...}} -> where it could run
-  GET    /api/runs?active=&limit=&before_at=&before_id=   runs, newest first (pages: before = last of the previous)
-  POST   /api/runs                        {"spec": RunSpec, "payload": packed files or null} -> the run
-  GET    /api/runs/{run}                  the run (404: no such run)
-  GET    /api/runs/{run}/wait?version=&timeout=   the run once it changed past `version`
-  POST   /api/runs/{run}/stop             {"abort": bool} -> the run
-  DELETE /api/runs/{run}                  a finished run and its logs
-  GET    /api/runs/{run}/events           [[time, message], ...]
-  GET    /api/runs/{run}/jobs             every job of every attempt
-  GET    /api/runs/{run}/metrics?since=   samples of the latest attempt
-  GET    /api/runs/{run}/logs?rank=&attempt=&offset=&follow=   the stored log records, streamed
+  GET    /api/runs/{name}/logs?rank=&attempt=&offset=&follow=   the stored log records, streamed
                                           (`<timestamp> <text>` lines); with follow, until the job ended
-  GET    /api/runs/{run}/ports/{port}     websocket: a TCP connection to that port on the run's rank-0 node
+  GET    /api/runs/{name}/ports/{port}    websocket: a TCP connection to that port on the run's rank-0 node
+Refusals are `{"error", "hint"}` with the status of their kind (`dstack_ray.errors`).
 With Ray's token authentication on, every request but health needs `Authorization: Bearer <token>`.
 """
 
@@ -37,12 +30,14 @@ from typing import Any, Awaitable, Callable, Dict, Optional
 import aiohttp
 import ray
 from aiohttp import web
+from pydantic import ValidationError
 
 from dstack_ray import __version__
 from dstack_ray.config import ConfigurationError, parse_configuration
 from dstack_ray.plan.cluster import ClusterView
 from dstack_ray.plan.catalog import offers_for
-from dstack_ray.errors import ApiError, Conflict, InvalidInput, NotFound, NotReady, TooLarge
+from dstack_ray.errors import ApiError, Conflict, InvalidInput, NotFound, NotReady, TooLarge, invalid_fields
+from dstack_ray.models.api import OPERATIONS, Operation
 from dstack_ray.runtime.controller import controller_handle
 from dstack_ray.runtime.settings import NAMESPACE, RuntimeSettings
 from dstack_ray.service import API_VERSION, DEFAULT_SERVICE_PORT, JOB_NAME, SERVICE_PORT_ENV
@@ -142,25 +137,36 @@ class Service:
         app.add_routes(
             [
                 web.get("/api/health", self.health),
-                web.get("/api/cluster", self.cluster),
                 web.post("/api/offers", self.offers),
-                web.get("/api/runs", self.list_runs),
-                web.post("/api/runs", self.submit),
-                web.get("/api/runs/{run}", self.get_run),
-                web.get("/api/runs/{run}/wait", self.wait_run),
-                web.post("/api/runs/{run}/stop", self.stop_run),
-                web.delete("/api/runs/{run}", self.delete_run),
-                web.get("/api/runs/{run}/events", self.events),
-                web.get("/api/runs/{run}/jobs", self.jobs),
-                web.get("/api/runs/{run}/metrics", self.metrics),
-                web.get("/api/runs/{run}/logs", self.logs),
-                web.get("/api/runs/{run}/ports/{port}", self.relay),
+                *(web.route(op.method, op.path, self._handler(op)) for op in OPERATIONS.values()),
+                web.get("/api/runs/{name}/logs", self.logs),
+                web.get("/api/runs/{name}/ports/{port}", self.relay),
             ]
         )
         return app
 
+    def _handler(self, op: Operation) -> Handler:
+        """The route of one operation (models/api.py): its arguments from the path and the query
+        (GET, DELETE) or the JSON body, checked by the operation's model, then the Controller's
+        method of the same name."""
+
+        async def handle(request: web.Request) -> web.Response:
+            given = dict(request.query) if op.in_query else await _body(request)
+            try:
+                arguments = op.arguments.model_validate(given).model_dump()
+            except ValidationError as e:
+                raise invalid_fields("request", e.errors(include_input=False)) from None
+            arguments.update({name: request.match_info[name] for name in op.path_names})
+            answer = await getattr(self.controller, op.name).remote(**arguments)
+            if answer is None and op.missing_ok:
+                run = request.match_info.get("name") or request.match_info.get("run_id")
+                raise NotFound(f"run {run} not found", "list runs with `dstack-ray ps -a`")
+            return web.json_response(answer)
+
+        return handle
+
     async def _run(self, request: web.Request) -> Dict[str, Any]:
-        name = request.match_info["run"]
+        name = request.match_info["name"]
         run = await self.controller.get_run.remote(name)
         if run is None:
             raise NotFound(f"run {name} not found", "list runs with `dstack-ray ps -a`")
@@ -169,9 +175,6 @@ class Service:
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"service": JOB_NAME, "version": __version__, "api_version": API_VERSION, "auth": _token_auth_on()})
 
-    async def cluster(self, request: web.Request) -> web.Response:
-        return web.json_response(await self.controller.cluster_view.remote())
-
     async def offers(self, request: web.Request) -> web.Response:
         """{"configuration": a task configuration} -> the offers (`?catalog=1`: with the
         catalogs on the head); an invalid configuration is a 400 naming the field."""
@@ -179,46 +182,9 @@ class Service:
         try:
             cfg = parse_configuration(body["configuration"])
         except ConfigurationError as e:
-            raise InvalidInput(str(e), e.hint) from None
+            raise InvalidInput(str(e)) from None  # the message names the field (and a hint)
         cluster = ClusterView.model_validate(await self.controller.cluster_view.remote())
         return web.json_response(offers_for(cfg, cluster, catalog=_flag(request.query.get("catalog"))).model_dump(mode="json"))
-
-    async def list_runs(self, request: web.Request) -> web.Response:
-        query = request.query
-        limit = _number(request, "limit")
-        before = (query["before_at"], query.get("before_id", "")) if query.get("before_at") else None
-        return web.json_response(await self.controller.list_runs.remote(limit, _flag(query.get("active")), before))
-
-    async def submit(self, request: web.Request) -> web.Response:
-        body = await _body(request, "spec")
-        return web.json_response(await self.controller.submit.remote(body["spec"], body.get("payload")))
-
-    async def get_run(self, request: web.Request) -> web.Response:
-        return web.json_response(await self._run(request))
-
-    async def wait_run(self, request: web.Request) -> web.Response:
-        run = await self._run(request)
-        timeout = min(_number(request, "timeout", float, 10.0), 60.0)
-        version = _number(request, "version", int, run["version"])
-        return web.json_response(await self.controller.wait_run.remote(run["id"], version, timeout))
-
-    async def stop_run(self, request: web.Request) -> web.Response:
-        body = await _body(request)
-        return web.json_response(await self.controller.stop_run.remote(request.match_info["run"], bool(body.get("abort"))))
-
-    async def delete_run(self, request: web.Request) -> web.Response:
-        await self.controller.delete_run.remote(request.match_info["run"])
-        return web.json_response(None)
-
-    async def events(self, request: web.Request) -> web.Response:
-        return web.json_response(await self.controller.events.remote(request.match_info["run"]))
-
-    async def jobs(self, request: web.Request) -> web.Response:
-        return web.json_response(await self.controller.jobs_history.remote(request.match_info["run"]))
-
-    async def metrics(self, request: web.Request) -> web.Response:
-        since = _number(request, "since", float)
-        return web.json_response(await self.controller.metrics.remote(request.match_info["run"], since))
 
     async def logs(self, request: web.Request) -> web.StreamResponse:
         run = await self._run(request)

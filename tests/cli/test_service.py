@@ -169,9 +169,9 @@ def test_api_refusals_have_the_status_of_their_kind_and_no_traceback(cli):
     status, answer = _request(url + "/api/runs", token, "POST", {"spec": {}})
     assert status == 400 and "invalid run spec" in answer and "configuration" in answer and "Traceback" not in answer, answer
     status, answer = _request(url + "/api/runs", token, "POST", {"payload": None})
-    assert status == 400 and "lacks spec" in answer, answer
+    assert status == 400 and "spec: Field required" in answer, answer
     status, answer = _request(url + "/api/runs?limit=ten", token)
-    assert status == 400 and "`limit` must be an integer" in answer, answer
+    assert status == 400 and "limit" in answer and "integer" in answer and "ten" not in answer, answer
 
     write_task(cli.cwd, "busy", "type: task\nname: cli-busy\ncommands:\n  - sleep 31380\n" + SMALL)
     cli("apply", "-f", "busy.dstack.yml", "-y", "-d", check_rc=0)

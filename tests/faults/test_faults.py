@@ -264,10 +264,10 @@ def test_a_retried_submit_is_answered_once(client):
     configuration = cfg.model_dump(mode="json", exclude_unset=True)
     configuration.pop("name")  # the Controller generates one
     spec = RunSpec(run_name="", configuration=configuration, submission_id=uuid.uuid4().hex)
-    first = client._controller.submit(spec.model_dump(mode="json"), None)
-    second = client._controller.submit(spec.model_dump(mode="json"), None)
-    assert first["id"] == second["id"] and first["name"] == second["name"]
-    assert [r.name for r in client.list_runs()].count(first["name"]) == 1
+    first = client._controller.call("submit", spec=spec.model_dump(mode="json"), payload=None)
+    second = client._controller.call("submit", spec=spec.model_dump(mode="json"), payload=None)
+    assert first.id == second.id and first.name == second.name
+    assert [r.name for r in client.list_runs()].count(first.name) == 1
 
 
 def test_output_past_the_log_limit_is_not_stored_and_says_so(client, settings):

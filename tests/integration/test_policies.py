@@ -82,7 +82,7 @@ def test_interruption_is_resubmitted_on_the_remaining_nodes(client, gpu_nodes, t
     gpu_nodes.remove_node(victim, allow_graceful=False)
     assert run.wait(90) == RunStatus.DONE
     assert run.record.attempt == 1
-    history = client._controller.jobs_history(run.id)
+    history = client._controller.call("jobs_history", name=run.id)
     first = [j for j in history if j["attempt"] == 0]
     assert {j["termination_reason"] for j in first} >= {"interrupted_by_no_capacity"}
     assert victim.node_id not in {j.node_id for j in run.jobs}

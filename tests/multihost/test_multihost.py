@@ -458,7 +458,7 @@ def test_host_loss_with_retry_resumes_on_the_remaining_hosts(three_hosts, client
     victim = kill_a_worker_running(run, three_hosts)
     assert run.wait(180) == RunStatus.DONE, explain(run)
     assert run.record.attempt == 1
-    history = client._controller.jobs_history(run.id)
+    history = client._controller.call("jobs_history", name=run.id)
     assert {j["termination_reason"] for j in history if j["attempt"] == 0} >= {"interrupted_by_no_capacity"}
     assert three_hosts.ips[victim] not in {job.node_ip for job in run.jobs}
     resumed_on = {list(run.logs(rank=r))[-1] for r in range(2)}
