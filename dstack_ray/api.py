@@ -25,6 +25,7 @@ from dstack_ray.config.env import EnvSentinel
 from dstack_ray.config.interpolate import interpolate
 from dstack_ray import __version__
 from dstack_ray.errors import ApiError, DstackRayError
+from dstack_ray.exec.records import LineJoiner, LogLine, parse_records, pieces
 from dstack_ray.models.api import OPERATIONS
 from dstack_ray.exec.prepare import RunPayload
 from dstack_ray.plan.cluster import ClusterView
@@ -41,95 +42,6 @@ DEFAULT_PAYLOAD_LIMIT = 64 << 20
 LIST_PAGE = 500  # runs per call when a listing walks the whole history
 
 ConfigurationInput = Union[str, os.PathLike, TaskConfiguration, Mapping[str, Any]]
-
-
-class LogLine(str):
-    """A line of a run's output; `.time` is when the node agent read it, `.rank` its node.
-    `.partial`: only when asked for (`logs(..., partial=True)`), a piece of a line that is still
-    being written (no newline yet; it may hold `\\r` redraws)."""
-
-    time: datetime
-    rank: int
-    partial: bool = False  # set on the (few) partial records only
-
-    def __new__(cls, text: str, time: datetime, rank: int, partial: bool = False) -> "LogLine":
-        line = super().__new__(cls, text)
-        line.time = time
-        line.rank = rank
-        if partial:
-            line.partial = True
-        return line
-
-
-_STAMP = len("2026-01-01T00:00:00.000000Z")  # the guard's timestamps have this fixed width
-
-
-def _parse_log(data: bytes, rank: int) -> List[LogLine]:
-    """Stored records -> LogLines: `<timestamp> <text>` is a line (or the end of one), and
-    `<timestamp>\\t<text>` a partial record, more of the same line follows. Records read together
-    share a timestamp, so each distinct one is parsed once; the chunk is decoded at once (a
-    newline byte is never inside a UTF-8 character, so this equals decoding line by line).
-    Per record this is the hot loop of `logs` (a million lines a few seconds): the usual record
-    (the last timestamp again, then a space) takes the short way."""
-    lines: List[LogLine] = []
-    append = lines.append
-    new_line = str.__new__  # LogLine without its __new__: the attributes are set right here
-    last_stamp, last_time = "", datetime.now(timezone.utc)
-    for raw in data.decode("utf-8", errors="replace").split("\n")[:-1]:
-        if last_stamp and raw.startswith(last_stamp) and raw[_STAMP : _STAMP + 1] == " ":
-            line = new_line(LogLine, raw[_STAMP + 1 :])
-            line.time, line.rank = last_time, rank
-            append(line)
-            continue
-        if len(raw) > _STAMP and raw[_STAMP - 1] == "Z" and raw[_STAMP] in " \t":
-            cut = _STAMP
-        else:  # not the usual width: find the separator
-            space, tab = raw.find(" "), raw.find("\t")
-            cut = min(i for i in (space, tab, len(raw)) if i >= 0)
-        stamp, partial, text = raw[:cut], cut < len(raw) and raw[cut] == "\t", raw[cut + 1 :]
-        if stamp != last_stamp:
-            try:
-                last_time = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-            except ValueError:
-                stamp, text, partial = "", raw, False
-            last_stamp = stamp if len(stamp) == _STAMP else ""
-        append(LogLine(text, last_time, rank, partial))
-    return lines
-
-
-PARSE_PIECE = 256 * 1024  # bytes of records parsed at a time: what a reader holds as LogLines
-
-
-def _pieces(data: bytes, size: int = PARSE_PIECE) -> Iterator[bytes]:
-    """`data` (whole records) in slices of about `size` bytes, each ending with a record."""
-    start = 0
-    while start < len(data):
-        end = data.find(b"\n", min(start + size, len(data)) - 1) + 1 or len(data)
-        yield data[start:end]
-        start = end
-
-
-class _LineJoiner:
-    """Joins partial records with the record that completes them (the line view)."""
-
-    def __init__(self) -> None:
-        self.pending: Optional[LogLine] = None
-
-    def feed(self, line: LogLine) -> Optional[LogLine]:
-        if self.pending is not None:
-            line = LogLine(self.pending + line, self.pending.time, line.rank, line.partial)
-            self.pending = None
-        if line.partial:
-            self.pending = line
-            return None
-        if not line.endswith("\r"):
-            return line
-        return LogLine(line.rstrip("\r"), line.time, line.rank)
-
-    def flush(self) -> Optional[LogLine]:
-        """A line the command never ended with a newline (its last)."""
-        line, self.pending = self.pending, None
-        return LogLine(line.rstrip("\r"), line.time, line.rank) if line is not None else None
 
 
 class _ActorController:
@@ -750,14 +662,14 @@ class Run:
         arrive (`line.partial`; print them without a newline): progress bars show live.
         """
         run_attempt = self._record.attempt if attempt is None else attempt
-        joiner = _LineJoiner()
+        joiner = LineJoiner()
         rest = b""  # a record cut by the chunk boundary: completed by the next chunk
         for chunk in self._client._controller.log_chunks(self.id, run_attempt, rank, follow):
             data = rest + chunk
             cut = data.rfind(b"\n") + 1
             data, rest = data[:cut], data[cut:]
-            for piece in _pieces(data):
-                for record in _parse_log(piece, rank):
+            for piece in pieces(data):
+                for record in parse_records(piece, rank):
                     line = record if partial else joiner.feed(record)
                     if line is not None and (since is None or line.time >= since):
                         yield line

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from dstack_ray.api import _LineJoiner, _parse_log
+from dstack_ray.exec.records import LineJoiner, parse_records
 from dstack_ray.exec.process import DetachedJob
 from tests.helpers import no_leftovers, wait_for
 
 
 def lines_of(job_dir: Path) -> list:
-    joiner = _LineJoiner()
-    records = _parse_log((job_dir / "output").read_bytes(), rank=0)
+    joiner = LineJoiner()
+    records = parse_records((job_dir / "output").read_bytes(), rank=0)
     lines = [str(line) for line in map(joiner.feed, records) if line is not None]
     last = joiner.flush()
     return lines + ([str(last)] if last is not None else [])

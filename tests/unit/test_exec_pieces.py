@@ -90,18 +90,18 @@ def test_guard_stop_then_kill_and_cleanup(tmp_path):
 
 
 def test_partial_lines_are_records_of_their_own_and_readers_join_them():
-    from dstack_ray.api import _LineJoiner, _parse_log
+    from dstack_ray.exec.records import LineJoiner, parse_records
     from dstack_ray.exec.records import LineEcho, format_records
 
     shipped = [format_records(chunk) for chunk in [b"first\nsec", b"ond\n\r 10%", b"\r 50%", b"\r100%\ndone"]]
     # The agent's echo (the Ray dashboard's log) shows whole lines.
     echo = LineEcho()
     assert [line for records in shipped for line in echo.lines(records)] == [b"first", b"second", b"\r 10%\r 50%\r100%"]
-    records = _parse_log(b"".join(shipped), rank=0)
+    records = parse_records(b"".join(shipped), rank=0)
     assert [(str(r), r.partial) for r in records] == [
         ("first", False), ("sec", True), ("ond", False), ("\r 10%", True), ("\r 50%", True), ("\r100%", False), ("done", True),
     ]
-    joiner = _LineJoiner()
+    joiner = LineJoiner()
     lines = [str(line) for line in map(joiner.feed, records) if line is not None] + [str(joiner.flush())]
     assert lines == ["first", "second", "\r 10%\r 50%\r100%", "done"]
 
@@ -109,10 +109,10 @@ def test_partial_lines_are_records_of_their_own_and_readers_join_them():
 def test_a_big_chunk_of_records_is_parsed_in_pieces_that_end_with_a_record():
     """A reader turns at most ~256 KiB of records into LogLines at a time (a 4 MiB chunk as
     LogLines at once grew `logs -f` by ~50 MiB)."""
-    from dstack_ray.api import _pieces
+    from dstack_ray.exec.records import pieces
 
     data = b"".join(b"%05d\n" % i for i in range(1000))
     for size in (1, 6, 7, 100, 10**6):
-        pieces = list(_pieces(data, size))
-        assert b"".join(pieces) == data and all(p.endswith(b"\n") and len(p) <= size + 6 for p in pieces)
-    assert len(list(_pieces(data, 600))) == 10 and list(_pieces(b"")) == []
+        parts = list(pieces(data, size))
+        assert b"".join(parts) == data and all(p.endswith(b"\n") and len(p) <= size + 6 for p in parts)
+    assert len(list(pieces(data, 600))) == 10 and list(pieces(b"")) == []
