@@ -12,33 +12,63 @@ import sys
 _PYDANTIC_PLUGINS = os.environ.get("PYDANTIC_DISABLE_PLUGINS")
 os.environ["PYDANTIC_DISABLE_PLUGINS"] = "__all__"
 
+import importlib  # noqa: E402
+from typing import Any, Optional  # noqa: E402
+
 import typer  # noqa: E402
 
+from dstack_ray.config.errors import ConfigurationError  # noqa: E402
 from dstack_ray.errors import DstackRayError  # noqa: E402
-from dstack_ray.config import ConfigurationError
-from dstack_ray_cli import apply_cmd, config_cmd, offer_cmd, runs_cmd, server_cmd
-from dstack_ray_cli import cluster_cmd
-from dstack_ray_cli.console import CLIError, err_console, print_error
+from dstack_ray_cli.console import CLIError, err_console, print_error  # noqa: E402
 
-app = typer.Typer(
-    name="dstack-ray",
-    help="Run dstack tasks (.dstack.yml) on Ray clusters.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-app.command(context_settings={"allow_interspersed_args": False})(apply_cmd.apply)
-app.command()(runs_cmd.ps)
-app.command()(runs_cmd.logs)
-app.command()(runs_cmd.stop)
-app.command()(runs_cmd.delete)
-app.command()(runs_cmd.events)
-app.command(name="attach")(runs_cmd.attach_run)
-app.command()(runs_cmd.metrics)
-app.command()(offer_cmd.offer)
-app.add_typer(server_cmd.app, name="server")
-app.add_typer(config_cmd.app, name="config")
-app.add_typer(cluster_cmd.app, name="cluster")
+# Each verb's module, loaded only for that verb: `ps` does not import what `apply` needs (the
+# configuration's models, the planner) — a fresh `ps` is mostly its imports.
+COMMANDS = {
+    "apply": ("apply_cmd", "apply"),
+    "ps": ("runs_cmd", "ps"),
+    "logs": ("runs_cmd", "logs"),
+    "stop": ("runs_cmd", "stop"),
+    "delete": ("runs_cmd", "delete"),
+    "events": ("runs_cmd", "events"),
+    "attach": ("runs_cmd", "attach_run"),
+    "metrics": ("runs_cmd", "metrics"),
+    "offer": ("offer_cmd", "offer"),
+}
+GROUPS = {"server": "server_cmd", "config": "config_cmd", "cluster": "cluster_cmd"}
+
+
+def _module(name: str) -> Any:
+    return importlib.import_module(f"dstack_ray_cli.{name}")
+
+
+def build_app(only: Optional[str] = None) -> typer.Typer:
+    """The command: every verb, or (`only`) just the one being run."""
+    app = typer.Typer(
+        name="dstack-ray",
+        help="Run dstack tasks (.dstack.yml) on Ray clusters.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+
+    @app.callback()
+    def _group() -> None:  # a group even with one verb registered: `dstack-ray ps`, not `dstack-ray`
+        pass
+
+    for verb, (module, function) in COMMANDS.items():
+        if only in (None, verb):
+            settings = {"context_settings": {"allow_interspersed_args": False}} if verb == "apply" else {}
+            app.command(name=verb, **settings)(getattr(_module(module), function))
+    for group, module in GROUPS.items():
+        if only in (None, group):
+            app.add_typer(_module(module).app, name=group)
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # the whole command (tests, documentation tools)
+        return build_app()
+    raise AttributeError(name)
 
 
 def main() -> None:
@@ -51,8 +81,9 @@ def main() -> None:
         del os.environ["PYDANTIC_DISABLE_PLUGINS"]
     else:
         os.environ["PYDANTIC_DISABLE_PLUGINS"] = _PYDANTIC_PLUGINS
+    verb = next((arg for arg in sys.argv[1:2] if arg in COMMANDS or arg in GROUPS), None)
     try:
-        app()
+        build_app(verb)()
     except ConfigurationError as e:
         print_configuration_error(e)
         sys.exit(1)

@@ -137,7 +137,7 @@ def status() -> Optional[LocalHead]:
         head = LocalHead(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
         return None
-    if _port_open(head.gcs_port) and _head_processes(head.temp_dir):
+    if _port_open(head.gcs_port) and _head_processes(head.temp_dir, head.gcs_port):
         return head
     path.unlink(missing_ok=True)
     return None
@@ -228,13 +228,17 @@ def service_url(head: LocalHead) -> str:
     return head.service
 
 
-def _head_processes(temp_dir: Optional[str]) -> List[int]:
+def _head_processes(temp_dir: Optional[str], gcs_port: Optional[int] = None) -> List[int]:
     """PIDs of this user's Ray processes of the head that uses `temp_dir` (and nothing else):
-    an argument of theirs is that directory or a path inside it."""
+    an argument of theirs is that directory or a path inside it, or (`gcs_port`) they were
+    started to talk to the head's GCS (`--address=<host>:<port>`: Ray Client's proxy, which
+    `ray start` leaves without a parent), and every process below those (the dashboard agent
+    and runtime-env agent, whose names Ray rewrites and which a killed raylet leaves behind)."""
     if not temp_dir:
         return []
     root = temp_dir.rstrip("/").encode()
-    pids = []
+    address = b":%d" % gcs_port if gcs_port else None
+    matched, parents = set(), {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
@@ -242,11 +246,20 @@ def _head_processes(temp_dir: Optional[str]) -> List[int]:
             if entry.stat().st_uid != os.getuid():
                 continue
             arguments = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        if any(_names_dir(argument, root) for argument in arguments):
-            pids.append(int(entry.name))
-    return pids
+        if any(_names_dir(argument, root) for argument in arguments) or (
+            address is not None and any(a.startswith(b"--address=") and a.endswith(address) for a in arguments)
+            and any(b"ray" in a for a in arguments[:3])
+        ):
+            matched.add(int(entry.name))
+    found, grew = set(matched), True
+    while grew:  # descendants
+        below = {pid for pid, parent in parents.items() if parent in found} - found
+        found |= below
+        grew = bool(below)
+    return sorted(found)
 
 
 def _names_dir(argument: bytes, root: bytes) -> bool:
@@ -259,7 +272,7 @@ def stop(timeout: float = 20) -> bool:
     """Stop the local head's processes (only ours: another Ray on this machine stays up)."""
     head = status()
     temp_dir = head.temp_dir if head else _temp_dir()
-    pids = _head_processes(temp_dir)
+    pids = _head_processes(temp_dir, head.gcs_port if head else None)
     if not pids:
         _info_file().unlink(missing_ok=True)
         return False

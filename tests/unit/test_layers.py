@@ -58,3 +58,17 @@ def test_node_side_code_does_not_import_the_head_store():
     for module, names in imports().items():
         if module == "dstack_ray.runtime.agent" or module.startswith("dstack_ray.exec"):
             assert not {n for n in names if n.startswith("dstack_ray.store")}, (module, names)
+
+
+def test_the_configuration_package_gives_every_public_name_whatever_was_imported_first():
+    """`dstack_ray.config` loads its names on first use: each is the object DESIGN.md names,
+    also after a submodule of the same name was imported."""
+    import importlib
+
+    import dstack_ray.config as config
+    import dstack_ray.config.interpolate  # noqa: F401  (the submodule named like the function)
+
+    for name in config.__all__:
+        value = getattr(config, name)
+        assert not isinstance(value, type(importlib)), name
+    assert callable(config.interpolate) and issubclass(config.ConfigurationError, ValueError)
