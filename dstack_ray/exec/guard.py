@@ -1,23 +1,19 @@
 """The process guard: runs one command so that no process of it outlives the run.
 
 Started as
-`python -m dstack_ray.exec.guard [--tty-fd N | --job-dir D [--log-limit BYTES]] [--watch-pid P]
+`python -m dstack_ray.exec.guard --job-dir D [--log-limit BYTES] [--watch-pid P]
 [--cleanup JSON-ARGV] COMMAND...` with the command's environment as its own, or forked in that
 state by `python -m dstack_ray.exec.guard --fork-server` (how node agents start them: see
 `_fork_server`). The guard
 - becomes a child subreaper, so every descendant (even ones that daemonize) stays below it;
-- starts the command in a new session on the terminal whose slave end it received as fd N
-  (a pty, like dstack's runner), or on its own stdout/stderr without `--tty-fd`;
+- starts the command in a new session on a terminal of its own (a pty, like dstack's runner);
 - with `--watch-pid`, treats the end of that process (the node's raylet) like the end of the
   node: everything is killed at once;
-- reads its stdin for orders: `stop <grace-seconds>` (SIGINT to the command's process group,
-  then SIGKILL after the grace period) and `kill`; end of stdin means the agent is gone, and
-  everything is killed at once;
-- with `--job-dir D` (how node agents run jobs) it is independent of whoever started it, so
-  that a job outlives a restart of its node agent: it owns the terminal and appends the
-  command's output as log records (`records.py`) to `D/output` (at most BYTES of them), reads
-  orders from the FIFO `D/control` (which never ends), and when everything is over writes the
-  exit status to `D/exit`. A restarted agent finds all of it there;
+- is independent of whoever started it, so that a job outlives a restart of its node agent:
+  it appends the command's output as log records (`records.py`) to `D/output` (at most BYTES of
+  them), reads orders from the FIFO `D/control` — `stop <grace-seconds>` (SIGINT to the
+  command's process group, then SIGKILL after the grace period) and `kill` — and when
+  everything is over writes the exit status to `D/exit`. A restarted agent finds all of it there;
 - when the command exits, kills whatever it left behind, runs the cleanup command (e.g.
   `podman rm -f <container>`, which a container's processes need since they are not our
   descendants) and exits with the command's status (128 + N for a command killed by signal N).
@@ -115,7 +111,7 @@ def _reap() -> None:
         _exit_statuses[pid] = wait_status
 
 
-def _spawn(argv: list[str], tty_fd: int | None) -> int:
+def _spawn(argv: list[str], tty_fd: int) -> int:
     pid = os.fork()
     if pid == 0:
         try:
@@ -126,13 +122,10 @@ def _spawn(argv: list[str], tty_fd: int | None) -> int:
             except OSError:
                 pass
             os.setsid()
-            if tty_fd is not None:
-                fcntl.ioctl(tty_fd, termios.TIOCSCTTY, 0)
-                for fd in (0, 1, 2):
-                    os.dup2(tty_fd, fd)
-                os.close(tty_fd)
-            else:
-                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+            fcntl.ioctl(tty_fd, termios.TIOCSCTTY, 0)
+            for fd in (0, 1, 2):
+                os.dup2(tty_fd, fd)
+            os.close(tty_fd)
             # Every signal as a fresh process has it: Ray workers ignore some (SIGHUP, SIGXFSZ),
             # and an inherited "ignore" would survive the exec.
             for sig in signal.valid_signals():
@@ -169,16 +162,13 @@ def _status(wait_status: int) -> int:
 def main(argv: list[str]) -> int:
     if argv == ["--fork-server"]:
         return _fork_server()
-    tty_fd: int | None = None
     watch_pid: int | None = None
     job_dir: str | None = None
     log_limit = 0
     cleanup: list[str] = []
-    options = ("--tty-fd", "--watch-pid", "--cleanup", "--job-dir", "--log-limit")
+    options = ("--watch-pid", "--cleanup", "--job-dir", "--log-limit")
     while argv[:1] and argv[0] in options and len(argv) > 1:
-        if argv[0] == "--tty-fd":
-            tty_fd = int(argv[1])
-        elif argv[0] == "--watch-pid":
+        if argv[0] == "--watch-pid":
             watch_pid = int(argv[1])
         elif argv[0] == "--job-dir":
             job_dir = argv[1]
@@ -189,15 +179,10 @@ def main(argv: list[str]) -> int:
 
             cleanup = json.loads(argv[1])
         argv = argv[2:]
-    if job_dir is not None:
-        return _run_job(argv, job_dir, watch_pid, cleanup, log_limit)
-    try:
-        return _supervise(argv, tty_fd, watch_pid)
-    except BaseException:
-        _kill_all(None)  # a guard that fails must not leave the command running
-        raise
-    finally:
-        _run_cleanup(cleanup)
+    if job_dir is None or not argv:
+        print("usage: python -m dstack_ray.exec.guard --job-dir D [--log-limit BYTES] [--watch-pid P] [--cleanup ARGV] COMMAND...", file=sys.stderr)
+        return 2
+    return _run_job(argv, job_dir, watch_pid, cleanup, log_limit)
 
 
 class _Output:
@@ -374,31 +359,24 @@ def _parse_order(line: bytes) -> tuple[str, float] | None:
     return None
 
 
-def _supervise(
-    argv: list[str], tty_fd: int | None, watch_pid: int | None, orders_fd: int = 0, output: _Output | None = None
-) -> int:
-    """Run the command to its end, following orders from `orders_fd` (stdin: its end kills
-    everything; a job's FIFO never ends) and pumping `output` when the guard owns the terminal."""
-    if not argv:
-        print("usage: python -m dstack_ray.exec.guard [--tty-fd N | --job-dir D] [--watch-pid P] [--cleanup ARGV] COMMAND...", file=sys.stderr)
-        return 2
+def _supervise(argv: list[str], tty_fd: int, watch_pid: int | None, orders_fd: int, output: _Output) -> int:
+    """Run the command to its end on the terminal `tty_fd`, following orders from `orders_fd`
+    (the job's FIFO) and pumping the terminal's `output` into the job's log."""
     _become_subreaper()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     child = _spawn(argv, tty_fd)
-    if tty_fd is not None:
-        os.close(tty_fd)
+    os.close(tty_fd)
     pgid = child
     kill_at: float | None = None
     orders = b""
     orders_open = True
-    terminal_open = output is not None
+    terminal_open = True
     while True:
         _reap()  # the command, and orphans reparented to us
         if child in _exit_statuses:
             _kill_all(pgid)
-            if output is not None:
-                output.drain()
+            output.drain()
             return _status(_exit_statuses[child])
         if watch_pid is not None and not _alive(watch_pid):
             watch_pid = None
@@ -409,24 +387,19 @@ def _supervise(
             _kill_all(pgid)
             kill_at = None
         timeout = 0.2 if kill_at is None else max(0.0, min(0.2, kill_at - time.monotonic()))
-        watched = ([orders_fd] if orders_open else []) + ([output.master] if output is not None and terminal_open else [])
+        watched = ([orders_fd] if orders_open else []) + ([output.master] if terminal_open else [])
         if not watched:
             time.sleep(timeout)
             continue
         ready, _, _ = select.select(watched, [], [], timeout)
-        if output is not None and output.master in ready:
+        if output.master in ready:
             terminal_open = output.pump()
         if orders_fd not in ready:
             continue
         try:
-            chunk = os.read(orders_fd, 1024)
+            orders += os.read(orders_fd, 1024)  # (the guard holds the FIFO open for writing too: it never ends)
         except BlockingIOError:
             continue
-        if not chunk:  # the agent is gone: nobody may be left running
-            orders_open = False
-            _kill_all(pgid)
-            continue
-        orders += chunk
         while b"\n" in orders:
             line, orders = orders.split(b"\n", 1)
             order = _parse_order(line)

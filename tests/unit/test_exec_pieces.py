@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 from dstack_ray.exec.commands import (
     ClusterInfo,
@@ -17,8 +18,8 @@ from dstack_ray.exec.commands import (
     mpi_hostfile,
 )
 from dstack_ray.exec.container import container_argv, container_name, container_path, registry_of
-from dstack_ray.exec.process import GuardedProcess
-from tests.helpers import processes_matching
+from dstack_ray.exec.process import DetachedJob
+from tests.helpers import processes_matching, wait_for
 
 
 def test_join_commands_like_dstack():
@@ -61,27 +62,31 @@ def test_container_helpers():
     assert container_argv("/bin/sh", ["docker ps"], None, docker=True) == ["/bin/sh", "-i", "-c", "start-dockerd && docker ps"]
 
 
-def test_guard_kills_everything_the_command_left():
-    out = []
+def _output(job_dir: Path) -> str:
+    from dstack_ray.exec.records import parse_records
+
+    return "\n".join(parse_records((job_dir / "output").read_bytes(), rank=0))
+
+
+def test_guard_kills_everything_the_command_left(tmp_path):
     marker = f"sleep 3139{os.getpid() % 10}"
-    process = GuardedProcess(["/bin/bash", "-c", f"({marker} &); setsid {marker} & echo done"], dict(os.environ), "/tmp", out.append)
-    assert process.wait(30) == 0
-    assert b"done" in b"".join(out)
+    job = DetachedJob.start(tmp_path / "job", ["/bin/bash", "-c", f"({marker} &); setsid {marker} & echo done"], dict(os.environ), "/tmp")
+    assert job.wait(30) == 0
+    assert "done" in _output(tmp_path / "job")
     time.sleep(0.3)
     assert processes_matching(marker) == []
 
 
 def test_guard_stop_then_kill_and_cleanup(tmp_path):
-    out = []
     cleaned = tmp_path / "cleaned"
-    process = GuardedProcess(
-        ["/bin/bash", "-c", "trap '' INT; echo up; while true; do sleep 0.1; done"],
-        dict(os.environ), "/tmp", out.append, cleanup=["touch", str(cleaned)],
+    job = DetachedJob.start(
+        tmp_path / "job", ["/bin/bash", "-c", "trap '' INT; echo up; while true; do sleep 0.1; done"],
+        dict(os.environ), "/tmp", cleanup=["touch", str(cleaned)],
     )
-    time.sleep(0.5)
+    assert wait_for(lambda: "up" in _output(tmp_path / "job"), 10)
     started = time.monotonic()
-    process.stop(1)
-    assert process.wait(30) == 137  # ignored SIGINT: killed after the grace period
+    job.stop(1)
+    assert job.wait(30) == 137  # ignored SIGINT: killed after the grace period
     assert 0.9 < time.monotonic() - started < 10
     assert cleaned.exists()
 

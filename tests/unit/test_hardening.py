@@ -27,7 +27,8 @@ from dstack_ray.exec.archive import UnsafeArchive, unpack
 from dstack_ray.exec.commands import job_environment
 from dstack_ray.exec.container import Container, ContainerSpec
 from dstack_ray.exec.prepare import staged_path
-from dstack_ray.exec.process import GuardedProcess
+from dstack_ray.exec.process import DetachedJob
+from dstack_ray.exec.records import parse_records
 from dstack_ray.exec.repo import RepoError, RepoPayload, materialize_repo, redact_url
 from dstack_ray.local_head import _head_processes, ensure_auth_token
 from dstack_ray.models import RunRecord, RunSpec, RunStatus
@@ -271,9 +272,12 @@ def test_a_newer_schema_is_refused_clearly(tmp_path):
 
 
 def guarded(command: str, tmp_path, job: str):
-    output = []
+    """The command under a guard, as node agents start them; its output is read back from the
+    job's directory."""
     env = {"PATH": os.environ["PATH"], "DSTACK_JOB_ID": job}
-    return GuardedProcess(["/bin/sh", "-c", command], env, str(tmp_path), output.append), output
+    job_dir = tmp_path / job
+    detached = DetachedJob.start(job_dir, ["/bin/sh", "-c", command], env, str(tmp_path))
+    return detached, lambda: "\n".join(parse_records((job_dir / "output").read_bytes(), rank=0))
 
 
 def test_sigkill_of_the_guard_ends_the_command_and_what_it_started(tmp_path):
@@ -281,7 +285,7 @@ def test_sigkill_of_the_guard_ends_the_command_and_what_it_started(tmp_path):
     process, _ = guarded("sleep 31111 & sleep 31112; wait", tmp_path, job)
     assert wait_for(lambda: len([p for p in _pids_with(job)]) >= 3, 10)
     os.kill(process.pid, signal.SIGKILL)
-    assert process.wait(30) == -signal.SIGKILL
+    assert process.wait(30) == 128 + signal.SIGKILL
     assert wait_for(lambda: not _pids_with(job), 10), _pids_with(job)
 
 
@@ -296,20 +300,27 @@ def test_a_malformed_order_is_ignored(tmp_path):
     for garbage in ("stop nan", "stop -1", "stop x", "bogus", "stop 1 2"):
         process._order(garbage)
     time.sleep(0.5)
-    assert process.poll() is None  # the guard is alive and still guarding
+    assert not process.finished()  # the guard is alive and still guarding
     process.stop(0.5)
     assert process.wait(30) == 130  # SIGINT, as dstack's runner
     assert no_leftovers("sleep 31113", 5) == []
 
 
 def test_the_command_gets_default_signal_dispositions(tmp_path):
-    process, output = guarded("grep -E '^Sig(Ign|Blk)' /proc/self/status", tmp_path, "job-sig")
+    """A Ray worker ignores SIGHUP; the guard's fork server and guards inherit that, and the
+    command must not."""
+    from dstack_ray.exec.process import _ForkServer
+
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as a Ray worker has it
     try:
+        if _ForkServer._server is not None:  # a fork server started before: one that inherits this
+            _ForkServer._server.kill()
+            _ForkServer._server.wait()
+        process, output = guarded("grep -E '^Sig(Ign|Blk)' /proc/self/status", tmp_path, "job-sig")
         assert process.wait(30) == 0
     finally:
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    text = b"".join(output).decode()
+    text = output()
     assert "SigIgn:\t0000000000000000" in text and "SigBlk:\t0000000000000000" in text, text
 
 
