@@ -31,10 +31,10 @@ from dstack_ray.plan.live import live_cluster_view
 from dstack_ray.plan.cluster import ClusterView
 from dstack_ray.plan.planner import RunPlan, build_plan
 from dstack_ray.runtime.clock import Clock
+from dstack_ray.runtime.lifecycle import IllegalTransition, apply_report
 from dstack_ray.models import (
     WAITING_FOR_RESOURCES,
     WAITING_FOR_SCHEDULE,
-    JobRecord,
     JobStatus,
     RunRecord,
     RunSpec,
@@ -330,11 +330,11 @@ class Controller:
         run = self.runs.get(run_id)
         if run is None:
             return
-        merged = {**run.model_dump(mode="json", exclude={"spec", "jobs"}), **changes}
-        updated = RunRecord.model_validate(merged)  # the spec never changes: not validated again
-        updated.spec = run.spec
-        updated.jobs = [JobRecord.model_validate(j) for j in jobs]
-        updated.version = run.version
+        try:
+            updated = apply_report(run, changes, jobs)
+        except IllegalTransition as e:
+            logger.warning("%s", e)
+            return
         self.runs[run_id] = updated
         self.store.save_jobs(updated.jobs)
         for event in events:
