@@ -30,6 +30,7 @@ from dstack_ray.plan.capacity import Released, free_capacity, place, still_count
 from dstack_ray.plan.live import live_cluster_view
 from dstack_ray.plan.cluster import ClusterView
 from dstack_ray.plan.planner import RunPlan, build_plan
+from dstack_ray.runtime.admission import admission_pass
 from dstack_ray.runtime.clock import Clock
 from dstack_ray.runtime.lifecycle import IllegalTransition, apply_report
 from dstack_ray.models import (
@@ -504,32 +505,21 @@ class Controller:
             self.admission_passes.append((time.time(), len(waiting), took, cpu, self.plans_made, _GC_PAUSES.total - collected))
 
     def _admit_into(self, waiting: List[Tuple[RunRecord, "asyncio.Future[bool]"]], cluster: ClusterView) -> None:
-        """One pass over the waiting runs against the cluster's free resources (no I/O here)."""
-        free = free_capacity(cluster, self._reserved())
+        """One pass over the waiting runs against the cluster's free resources (admission.py
+        decides; no I/O here)."""
         shape = cluster.shape_key()
-        refused: set = set()  # bundles that did not fit in this pass: free only shrinks, so skip their like
-        for run, future in sorted(waiting, key=lambda item: (-item[0].priority, item[0].submitted_at)):
-            try:
-                plan, need = self._plan(run, cluster, shape)
-                if plan.no_capacity or plan.needs_new_nodes:
-                    admit = True
-                else:
-                    admit = need not in refused and place(plan, free)
-                    if not admit:
-                        refused.add(need)
-            except Exception as e:  # one bad run must not stop every later admission
-                logger.exception("cannot judge run %s for admission", run.name)
-                self.store.add_event(run.id, f"admission check failed ({type(e).__name__}: {e}); its supervisor decides")
-                self.admission.pop(run.id, None)
-                future.set_result(True)
-                continue
-            if admit:
-                # Nothing can ever hold it, or only new nodes can: let the Supervisor decide
-                # (no capacity) or let its placement group ask the autoscaler.
-                self.admission.pop(run.id, None)
-                self.plans.pop(run.id, None)
-                self.recently_admitted[run.id] = (time.monotonic(), [b.resources for b in plan.bundles])
-                future.set_result(True)
+        futures = {run.id: future for run, future in waiting}
+        decided = admission_pass([run for run, _ in waiting], lambda run: self._plan(run, cluster, shape), place, free_capacity(cluster, self._reserved()))
+        for run, error in decided.failed:
+            logger.error("cannot judge run %s for admission", run.name, exc_info=error)
+            self.store.add_event(run.id, f"admission check failed ({type(error).__name__}: {error}); its supervisor decides")
+            self.admission.pop(run.id, None)
+            futures[run.id].set_result(True)
+        for run, plan in decided.admitted:
+            self.admission.pop(run.id, None)
+            self.plans.pop(run.id, None)
+            self.recently_admitted[run.id] = (time.monotonic(), [b.resources for b in plan.bundles])
+            futures[run.id].set_result(True)
 
     def _plan(self, run: RunRecord, cluster: ClusterView, shape: str) -> Tuple[RunPlan, tuple]:
         """The run's plan on this cluster and its need: made once per cluster shape (nodes and
