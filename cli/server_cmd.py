@@ -91,7 +91,7 @@ def upgrade(address: Optional[str] = ClusterOption) -> None:
         if address is None and head is None:
             raise CLIError("The local Ray head is not running: nothing to upgrade", "give the cluster with --address")
         target = address or head.address
-        token = local_head._token(head) if head else service.auth_token()
+        token = local_head.token_of(head) if head else service.auth_token()
         stopped = service.replace_service(target, token, head.dashboard_url if head else None)
         url = local_head.service_url(head) if head else service.service_for_ray_address(target, token)
     except DstackRayError as e:

@@ -23,7 +23,6 @@ from dstack_ray.config import ConfigurationError, TaskConfiguration, load_config
 from dstack_ray.config.checks import check_host_paths, check_submittable
 from dstack_ray.config.env import EnvSentinel
 from dstack_ray.config.interpolate import interpolate
-from dstack_ray import __version__
 from dstack_ray.errors import ApiError, DstackRayError
 from dstack_ray.exec.records import LineJoiner, LogLine, parse_records, pieces
 from dstack_ray.models.api import OPERATIONS
@@ -59,15 +58,9 @@ class _ActorController:
             # dstack-ray to the nodes (ours, from `_connect`, does).
             runtime_env = _code_in_gcs()
         self.handle = controller_handle(settings, runtime_env)
-        state = self._call(self.handle.ping)
-        if state.get("version") != __version__:  # one dstack-ray version per cluster
-            from dstack_ray.service.client import VersionMismatch
+        from dstack_ray.service.client import check_version
 
-            raise VersionMismatch(
-                f"the cluster's dstack-ray controller runs dstack-ray {state.get('version')}; this client is dstack-ray {__version__}",
-                hint="replace it with this version: `dstack-ray server upgrade --address <the cluster>` (active runs must end first),"
-                f" or install dstack-ray {state.get('version')} here",
-            )
+        check_version("the cluster's dstack-ray controller", self._call(self.handle.ping).get("version"), address=address)
 
     def _call(self, method: Any, *args: Any, timeout: Optional[float] = 120, keywords: Optional[Dict[str, Any]] = None) -> Any:
         import ray
@@ -223,7 +216,7 @@ def _ship_what_the_cluster_lacks(address: str) -> None:
     report = ray.get(ray.remote(num_cpus=0)(preflight.report).remote(needs), timeout=300)
     if report["problems"]:
         ray.shutdown()
-        raise service._unusable_python(report, "the cluster's `python`")
+        raise service.unusable_python(report, "the cluster's `python`")
     if not report["missing"]:
         return
     ray.shutdown()
@@ -236,7 +229,7 @@ def _ship_what_the_cluster_lacks(address: str) -> None:
     check = ray.get(ray.remote(num_cpus=0)(preflight.report).remote(needs), timeout=600)
     if check["missing"]:
         ray.shutdown()
-        raise service._missing_packages(check, "they are still missing after shipping them with this driver")
+        raise service.missing_packages(check, "they are still missing after shipping them with this driver")
 
 
 def _ray_driver() -> bool:

@@ -95,7 +95,7 @@ def _free_port(preferred: int) -> int:
     raise LocalHeadError(f"no free port near {preferred} on 127.0.0.1 for the local Ray head")
 
 
-def _token(head: LocalHead) -> Optional[str]:
+def token_of(head: LocalHead) -> Optional[str]:
     from dstack_ray.service.client import auth_token
 
     return auth_token() if head.auth else None
@@ -106,10 +106,10 @@ def _answering(head: LocalHead) -> Optional[str]:
     another dstack-ray: `server upgrade` replaces it)."""
     from dstack_ray.service.client import check_version, health
 
-    answer = health(head.service, _token(head)) if head.service else None
+    answer = health(head.service, token_of(head)) if head.service else None
     if answer is None:
         return None
-    check_version(head.service, answer)
+    check_version(f"the dstack-ray service at {head.service}", answer.get("version"), answer.get("api_version"))
     return head.service
 
 
@@ -221,7 +221,7 @@ def service_url(head: LocalHead) -> str:
         bind="127.0.0.1",
         port=_free_port(DEFAULT_SERVICE_PORT),
         python=os.environ.get(SERVICE_PYTHON_ENV) or sys.executable,  # the head runs this Python
-        token=_token(head),
+        token=token_of(head),
         shipped=False,  # ... and this install: nothing to ship
     )
     _save(head)

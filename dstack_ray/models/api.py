@@ -11,6 +11,7 @@ by hand: a job's log stream and the port relay.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple, Type
 
@@ -85,9 +86,13 @@ class Operation:
     def in_query(self) -> bool:
         return self.method in ("GET", "DELETE")
 
+    @functools.cached_property
+    def _answer_adapter(self) -> TypeAdapter:
+        return TypeAdapter(self.answer)  # built once per operation: every call of it validates with it
+
     def answer_of(self, data: Any) -> Any:
         """The Controller's JSON answer as the operation's type."""
-        return None if data is None else TypeAdapter(self.answer).validate_python(data)
+        return None if data is None else self._answer_adapter.validate_python(data)
 
 
 OPERATIONS: Dict[str, Operation] = {

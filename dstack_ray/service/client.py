@@ -236,24 +236,18 @@ def health(url: str, token: Optional[str]) -> Optional[Dict[str, Any]]:
     return answer if isinstance(answer, dict) and answer.get("service") == JOB_NAME else None
 
 
-def healthy(url: str, token: Optional[str]) -> bool:
-    return health(url, token) is not None
-
-
 class VersionMismatch(DstackRayError):
     """The cluster's service runs another dstack-ray than this client."""
 
 
-def check_version(url: str, answer: Mapping[str, Any], address: Optional[str] = None) -> None:
-    """One version of dstack-ray per cluster: a service of another version (or API) is an error
-    that says how to replace it, never used silently."""
-    theirs, their_api = answer.get("version"), answer.get("api_version")
+def check_version(what: str, theirs: Optional[str], their_api: Optional[int] = API_VERSION, address: Optional[str] = None) -> None:
+    """One version of dstack-ray per cluster: a service (or Controller) of another version or API
+    is an error that says how to replace it, never used silently. `what` names it for the user."""
     if theirs == __version__ and their_api == API_VERSION:
         return
     where = f" --address {address}" if address else ""
     raise VersionMismatch(
-        f"the dstack-ray service at {url} runs dstack-ray {theirs} (API {their_api}); this client is"
-        f" dstack-ray {__version__} (API {API_VERSION})",
+        f"{what} runs dstack-ray {theirs} (API {their_api}); this client is dstack-ray {__version__} (API {API_VERSION})",
         hint=f"replace the service with this version: `dstack-ray server upgrade{where}` (it waits for no run:"
         f" active runs must end first), or install dstack-ray {theirs} here",
     )
@@ -330,7 +324,7 @@ def _running_service(dashboard: HttpCaller, host: str, token: Optional[str]) -> 
     return None
 
 
-def _unusable_python(report: Mapping[str, Any], python: str) -> DstackRayError:
+def unusable_python(report: Mapping[str, Any], python: str) -> DstackRayError:
     return DstackRayError(
         f"the cluster's Python ({python} on the head: Python {report.get('python')}, Ray {report.get('ray')})"
         f" cannot run dstack-ray: {'; '.join(report['problems'])}",
@@ -340,7 +334,7 @@ def _unusable_python(report: Mapping[str, Any], python: str) -> DstackRayError:
     )
 
 
-def _missing_packages(report: Mapping[str, Any], how: str) -> DstackRayError:
+def missing_packages(report: Mapping[str, Any], how: str) -> DstackRayError:
     from dstack_ray.service import ship
 
     specs = " ".join(shlex.quote(spec) for spec in ship.requirement_specs(report["missing"]))
@@ -373,13 +367,13 @@ def start_shipped(dashboard: HttpCaller, url: str, token: Optional[str], python:
         except ServiceEnded as e:
             report = e.preflight
             if report is None and lacking is not None and "pip" in runtime_env:
-                raise _missing_packages(lacking, f"Ray could not pip-install them on the nodes ({e.job_message[:300]})") from None
+                raise missing_packages(lacking, f"Ray could not pip-install them on the nodes ({e.job_message[:300]})") from None
             if report is None:
                 raise
         if report["problems"]:
-            raise _unusable_python(report, python)
+            raise unusable_python(report, python)
         if lacking is not None:  # what was added did not do it
-            raise _missing_packages(report, f"they are still missing after {how}")
+            raise missing_packages(report, f"they are still missing after {how}")
         lacking = {**report, "missing": [m for m in report["missing"] if not m.get("optional")]}
         runtime_env["env_vars"] = {preflight.TOOLS_ENV: "", **needs}  # uv is optional: never fail for it again
         if ship.matches_here(report.get("platform")):
@@ -473,7 +467,7 @@ def service_for_ray_address(address: str, token: Optional[str], python: Optional
         answer = health(url, token) or {}
         _remember(dashboard_url, url)
     assert url is not None
-    check_version(url, answer, address)
+    check_version(f"the dstack-ray service at {url}", answer.get("version"), answer.get("api_version"), address)
     return url
 
 
@@ -501,10 +495,7 @@ def replace_service(address: str, token: Optional[str], dashboard_url: Optional[
     deadline = time.monotonic() + timeout
     while service_jobs(dashboard) and time.monotonic() < deadline:
         time.sleep(0.5)
-    try:
-        _cache_file().unlink()
-    except OSError:
-        pass
+    _cache_file().unlink(missing_ok=True)
     return [(job["submission_id"], version) for job, version in found]
 
 

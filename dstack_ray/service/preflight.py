@@ -15,6 +15,8 @@ import os
 import sys
 import sysconfig
 
+from dstack_ray.exec.pyenv import find_uv  # (standard library only, as this module) as node agents look for uv
+
 MARK = "dstack-ray-preflight: "
 # Extra packages dstack-ray's processes need on the nodes ("name>=1.2,other"; a custom GPU
 # sampler's, say): set on the client, checked there and shipped like the rest.
@@ -76,18 +78,6 @@ def needs(extra: str = "") -> dict:
     return wanted
 
 
-def _has_uv() -> bool:
-    """As the node agent looks for uv (`exec/pyenv.find_uv`): the `uv` package, else PATH."""
-    import shutil
-
-    try:
-        from uv import find_uv_bin
-
-        return bool(find_uv_bin())
-    except (ImportError, FileNotFoundError):
-        return shutil.which("uv") is not None
-
-
 def report(extra: str = "", tools: str = "") -> dict:
     """This Python's versions and what it lacks: {"python", "platform", "ray", "problems", "missing"}."""
     python = ".".join(map(str, sys.version_info[:3]))
@@ -104,7 +94,7 @@ def report(extra: str = "", tools: str = "") -> dict:
         found = _installed(name)
         if found is None or (minimum and version_tuple(found) < version_tuple(minimum)):
             missing.append({"name": name, "wanted": f">={minimum}" if minimum else "", "found": found})
-    if "uv" in tools.split(",") and not _has_uv():
+    if "uv" in tools.split(",") and find_uv() is None:
         missing.append({"name": "uv", "wanted": "", "found": None, "optional": True})
     return {"python": python, "platform": platform_tag(), "ray": ray_version, "problems": problems, "missing": missing}
 

@@ -262,13 +262,18 @@ async def _exit_with_the_cluster(gcs_address: str, interval: float = 1.0) -> Non
                 os._exit(0)
 
 
+def _our_actors() -> list:
+    """The names of dstack-ray's named actors (this process is in their namespace)."""
+    return [name for name in ray.util.list_named_actors() if name.startswith("dstack:")]
+
+
 def _retire_actors_of(version: Optional[str], timeout: float = 60) -> None:
     """The Controller, supervisor host and node agents another dstack-ray version left (their
     detached actors outlive its service job, and run its code): killed, so that this service
     makes its own. The client replaces a service only while no run is active (`server upgrade`);
     the store on the head keeps every run's records."""
     logger.warning("the cluster's dstack-ray actors run version %s: replacing them with %s", version, __version__)
-    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a.get("namespace") == NAMESPACE and a["name"].startswith("dstack:")]
+    names = _our_actors()
     for name in names:
         try:
             ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
@@ -276,8 +281,7 @@ def _retire_actors_of(version: Optional[str], timeout: float = 60) -> None:
             pass  # gone already
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        left = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a.get("namespace") == NAMESPACE and a["name"] in names]
-        if not left:
+        if not set(names) & set(_our_actors()):
             return
         time.sleep(0.2)
 

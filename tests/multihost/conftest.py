@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -39,7 +40,7 @@ HEALTH_CHECKS = {
 VENV_BIN = Path(sys.executable).parent  # this machine's install (the client's)
 # The hosts' Ray-only Python (made once per machine and Ray version; see ray_only_python).
 RAY_ONLY = Path(os.environ.get("DSTACK_RAY_TEST_RAY_ONLY_DIR", "/var/tmp/dstack-ray-test-ray-only"))
-RAY_VERSION = os.environ.get("DSTACK_RAY_TEST_HOST_RAY") or __import__("importlib.metadata").metadata.version("ray")
+RAY_VERSION = os.environ.get("DSTACK_RAY_TEST_HOST_RAY") or metadata.version("ray")
 RAY_BIN = RAY_ONLY / f"ray-{RAY_VERSION}" / "bin"
 # The hosts' `python` is not the one with Ray: the service job started on the head names it.
 SERVICE_PYTHON_ENV = "DSTACK_RAY_SERVICE_PYTHON"
