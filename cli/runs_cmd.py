@@ -365,15 +365,15 @@ def _gb(value: float) -> str:
     return f"{value / 1024**3:.1f}GB"
 
 
-def metrics_table(run: Any, samples: List[Dict[str, Any]]) -> Table:
+def metrics_table(run: Any, samples: List[Any]) -> Table:
     """dstack's `metrics` columns, a row per job: JOB, STATUS, CPU, MEMORY, GPU."""
-    jobs: Dict[int, Dict[str, Any]] = {}
-    gpus: Dict[int, Dict[str, Dict[str, Any]]] = {}
-    for sample in samples:  # oldest first: the last one of each series wins
-        if sample.get("kind") == "job":
-            jobs[sample["rank"]] = sample
-        elif "gpu" in sample:
-            gpus.setdefault(sample["rank"], {})[str(sample["gpu"])] = sample
+    jobs: Dict[int, Any] = {}
+    gpus: Dict[int, Dict[str, Any]] = {}
+    for sample in samples:  # MetricsSample, oldest first: the last one of each series wins
+        if sample.kind == "job":
+            jobs[sample.rank] = sample
+        elif sample.gpu is not None:
+            gpus.setdefault(sample.rank, {})[sample.gpu] = sample
     result = Table(box=None)
     for column in ("JOB", "STATUS", "CPU", "MEMORY", "GPU"):
         result.add_column(column, no_wrap=column != "GPU")
@@ -384,15 +384,15 @@ def metrics_table(run: Any, samples: List[Dict[str, Any]]) -> Table:
         limit = re.search(r"mem=([\d.]+)GB", job.resources or "") if job else None
         memory = "-"
         if sample:
-            memory = _gb(sample["memory_bytes"]) + (f"/{float(limit.group(1)):.1f}GB" if limit else "")
+            memory = _gb(sample.memory_bytes) + (f"/{float(limit.group(1)):.1f}GB" if limit else "")
         gpu_text = "\n".join(
-            f"gpu={gpu} mem={_gb(g['memory_used'])}/{_gb(g['memory_total'])} util={g['utilization']:.0f}%"
+            f"gpu={gpu} mem={_gb(g.memory_used)}/{_gb(g.memory_total)} util={g.utilization:.0f}%"
             for gpu, g in sorted(gpus.get(rank, {}).items())
         )
         result.add_row(
             str(rank),
             escape(job.status_message if job else "-"),
-            f"{sample['cpu_percent']:.0f}%" if sample else "-",
+            f"{sample.cpu_percent:.0f}%" if sample else "-",
             memory,
             escape(gpu_text or "-"),
         )

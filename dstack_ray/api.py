@@ -25,9 +25,9 @@ from dstack_ray.config.env import EnvSentinel
 from dstack_ray.config.interpolate import interpolate
 from dstack_ray.errors import ApiError, DstackRayError
 from dstack_ray.exec.records import LineJoiner, LogLine, parse_records, pieces
-from dstack_ray.models.api import OPERATIONS
+from dstack_ray.models.api import OPERATIONS, MetricsSample
 from dstack_ray.exec.prepare import RunPayload
-from dstack_ray.plan.cluster import ClusterView
+from dstack_ray.models.cluster import ClusterView
 from dstack_ray.plan.catalog import offers_for
 from dstack_ray.plan.offers import Offers
 from dstack_ray.plan.planner import RunPlan, build_plan
@@ -392,7 +392,7 @@ class Client:
         return load_configuration(configuration, profile=profile, no_profile=no_profile)
 
     def cluster_view(self) -> ClusterView:
-        view = ClusterView.model_validate(self._controller.call("cluster_view"))
+        view: ClusterView = self._controller.call("cluster_view")
         if self._settings.default_image:  # this client's own default image wins
             view.default_image = self._settings.default_image
         return view
@@ -625,20 +625,19 @@ class Run:
         service, until both sides closed (what `attach` does when the node is out of reach)."""
         self._client._controller.relay(self.id, port, sock)
 
-    def metrics(self, since_seconds: Optional[float] = None, jobs: bool = False) -> List[Dict[str, Any]]:
-        """GPU samples of the latest attempt: at, rank, gpu, utilization, memory_used, memory_total.
-        With `jobs`, also each job's CPU and memory samples (`kind: job`, cpu_percent, memory_bytes)."""
-        samples = self._client._controller.call("metrics", name=self.id, since_seconds=since_seconds)
-        for sample in samples:
-            sample["at"] = datetime.fromisoformat(sample["at"])
-        return samples if jobs else [s for s in samples if s.get("kind") != "job"]
+    def metrics(self, since_seconds: Optional[float] = None, jobs: bool = False) -> List[MetricsSample]:
+        """GPU samples of the latest attempt, oldest first (`kind` "gpu": rank, gpu, utilization,
+        memory_used, memory_total). With `jobs`, also each job's CPU and memory samples (`kind`
+        "job": cpu_percent, memory_bytes)."""
+        samples: List[MetricsSample] = self._client._controller.call("metrics", name=self.id, since_seconds=since_seconds)
+        return samples if jobs else [s for s in samples if s.kind != "job"]
 
     def events(self) -> List[Tuple[datetime, str]]:
         return [(datetime.fromisoformat(at), msg) for at, msg in self._client._controller.call("events", name=self.id)]
 
     def jobs_history(self) -> List[JobRecord]:
         """Every job of every attempt, oldest first."""
-        return [JobRecord.model_validate(j) for j in self._client._controller.call("jobs_history", name=self.id)]
+        return self._client._controller.call("jobs_history", name=self.id)
 
     def logs(
         self,

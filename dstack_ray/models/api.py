@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple, Type
+from datetime import datetime
+from typing import Any, Dict, List, Literal, Optional, Tuple, Type
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from dstack_ray.models.runs import RunRecord
+from dstack_ray.models.cluster import ClusterView
+from dstack_ray.models.runs import JobRecord, RunRecord
 
 
 class _Request(BaseModel):
@@ -63,6 +65,23 @@ class Empty(_Request):
 Event = Tuple[str, str]  # (time, message)
 
 
+class MetricsSample(BaseModel):
+    """One sample of a job of the run's latest attempt: a GPU's (`kind` "gpu": gpu,
+    utilization %, memory_used/memory_total bytes) or the job's processes' (`kind` "job":
+    cpu_percent of one core, memory_bytes resident)."""
+
+    at: datetime
+    attempt: int
+    rank: int
+    kind: Literal["gpu", "job"] = "gpu"
+    gpu: Optional[str] = None
+    utilization: Optional[float] = None
+    memory_used: Optional[int] = None
+    memory_total: Optional[int] = None
+    cpu_percent: Optional[float] = None
+    memory_bytes: Optional[int] = None
+
+
 @dataclass(frozen=True)
 class Operation:
     """One operation: the Controller's method `name`, its HTTP route (path placeholders are
@@ -98,7 +117,7 @@ class Operation:
 OPERATIONS: Dict[str, Operation] = {
     op.name: op
     for op in (
-        Operation("cluster_view", "GET", "/api/cluster", answer=Dict[str, Any]),
+        Operation("cluster_view", "GET", "/api/cluster", answer=ClusterView),
         Operation("list_runs", "GET", "/api/runs", ListRuns, answer=List[RunRecord]),
         Operation("submit", "POST", "/api/runs", Submit, answer=RunRecord),
         Operation("get_run", "GET", "/api/runs/{name}", answer=RunRecord, missing_ok=True),
@@ -106,7 +125,7 @@ OPERATIONS: Dict[str, Operation] = {
         Operation("stop_run", "POST", "/api/runs/{name}/stop", StopRun, answer=RunRecord),
         Operation("delete_run", "DELETE", "/api/runs/{name}", answer=None),
         Operation("events", "GET", "/api/runs/{name}/events", answer=List[Event]),
-        Operation("jobs_history", "GET", "/api/runs/{name}/jobs", answer=List[Dict[str, Any]]),
-        Operation("metrics", "GET", "/api/runs/{name}/metrics", Metrics, answer=List[Dict[str, Any]]),
+        Operation("jobs_history", "GET", "/api/runs/{name}/jobs", answer=List[JobRecord]),
+        Operation("metrics", "GET", "/api/runs/{name}/metrics", Metrics, answer=List[MetricsSample]),
     )
 }

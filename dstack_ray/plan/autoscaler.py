@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from dstack_ray.plan.cluster import NodeShape, NodeType
+from dstack_ray.models.cluster import NodeShape, NodeType
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Dict, List, NamedTuple, Optional
 
-from dstack_ray.plan.cluster import ClusterView
+from dstack_ray.models.cluster import ClusterView
 from dstack_ray.plan.planner import RunPlan, assign_distinct
 
 Resources = Dict[str, float]

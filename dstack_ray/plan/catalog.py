@@ -21,7 +21,7 @@ from dstack_ray.config.gpus import vendors_of
 from dstack_ray.config.profiles import SpotPolicy
 from dstack_ray.config.resources import ResourcesSpec
 from dstack_ray.config.task import TaskConfiguration
-from dstack_ray.plan.cluster import ClusterView
+from dstack_ray.models.cluster import ClusterView
 from dstack_ray.plan.offers import Offer, Offers, OfferShape, cluster_offers
 from dstack_ray.plan.planner import build_plan
 

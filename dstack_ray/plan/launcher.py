@@ -31,7 +31,7 @@ from dstack_ray.config.profiles import BackendType, SpotPolicy
 from dstack_ray.config.task import NodeGroup, TaskConfiguration
 from dstack_ray.errors import DstackRayError
 from dstack_ray.plan.catalog import catalog_offers
-from dstack_ray.plan.cluster import ACCELERATOR_PREFIX, GB
+from dstack_ray.models.cluster import ACCELERATOR_PREFIX, GB
 from dstack_ray.plan.offers import Offer
 
 

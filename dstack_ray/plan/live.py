@@ -1,5 +1,5 @@
 """The connected Ray cluster as a ClusterView: its nodes (from GCS) and the autoscaler's node
-types. Separate from `cluster.py` (the models) so that `autoscaler.py` can use those models."""
+types. Separate from `models/cluster.py` so that `autoscaler.py` can use those models."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 from typing import FrozenSet, List, Optional
 
 from dstack_ray.plan.autoscaler import autoscaler_node_types
-from dstack_ray.plan.cluster import HEAD_MARKER, ClusterView, NodeShape, NodeView
+from dstack_ray.models.cluster import HEAD_MARKER, ClusterView, NodeShape, NodeView
 
 
 NODE_TABLE_MAX_AGE = 5.0  # seconds a read of Ray's node table serves while its nodes stay the same

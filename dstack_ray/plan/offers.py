@@ -8,7 +8,7 @@ from typing import List, Optional
 from pydantic import BaseModel
 
 from dstack_ray.config.task import TaskConfiguration
-from dstack_ray.plan.cluster import GB, ClusterView, NodeShape
+from dstack_ray.models.cluster import GB, ClusterView, NodeShape
 from dstack_ray.plan.planner import RunPlan, _Need
 
 class OfferShape(BaseModel):

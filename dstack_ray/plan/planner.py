@@ -16,7 +16,7 @@ from dstack_ray.config.checks import inferred_gpu_vendor
 from dstack_ray.config.gpus import AcceleratorVendor, vendors_of
 from dstack_ray.config.resources import GPUSpec, ResourcesSpec
 from dstack_ray.config.task import TaskConfiguration
-from dstack_ray.plan.cluster import ACCELERATOR_PREFIX, GB, ClusterView, NodeShape
+from dstack_ray.models.cluster import ACCELERATOR_PREFIX, GB, ClusterView, NodeShape
 
 ACCELERATOR_AMOUNT = 0.001
 MIN_BUNDLE_CPU = 0.001  # Ray rejects empty bundles

@@ -28,7 +28,7 @@ from dstack_ray.config.cron import next_fire_time
 from dstack_ray.metrics.runs import RunMetrics
 from dstack_ray.plan.capacity import Released, free_capacity, place, still_counted
 from dstack_ray.plan.live import live_cluster_view
-from dstack_ray.plan.cluster import ClusterView
+from dstack_ray.models.cluster import ClusterView
 from dstack_ray.plan.planner import RunPlan, build_plan
 from dstack_ray.runtime.admission import admission_pass
 from dstack_ray.runtime.clock import Clock

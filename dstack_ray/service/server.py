@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from dstack_ray import __version__
 from dstack_ray.config import ConfigurationError, parse_configuration
-from dstack_ray.plan.cluster import ClusterView
+from dstack_ray.models.cluster import ClusterView
 from dstack_ray.plan.catalog import offers_for
 from dstack_ray.errors import ApiError, Conflict, InvalidInput, NotFound, NotReady, TooLarge, invalid_fields
 from dstack_ray.models.api import OPERATIONS, Operation

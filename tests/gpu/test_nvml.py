@@ -85,6 +85,6 @@ def test_gpu_task_on_local_ray(tmp_path):
         assert lines[0].startswith("cuda=") and lines[0].endswith("gpus=1")
         assert any(line.startswith("GPU ") for line in lines)
         samples = run.metrics()
-        assert samples and all(0 <= s["utilization"] <= 100 for s in samples)
+        assert samples and all(0 <= s.utilization <= 100 for s in samples)
     finally:
         ray.shutdown()

@@ -82,9 +82,8 @@ def test_interruption_is_resubmitted_on_the_remaining_nodes(client, gpu_nodes, t
     gpu_nodes.remove_node(victim, allow_graceful=False)
     assert run.wait(90) == RunStatus.DONE
     assert run.record.attempt == 1
-    history = client._controller.call("jobs_history", name=run.id)
-    first = [j for j in history if j["attempt"] == 0]
-    assert {j["termination_reason"] for j in first} >= {"interrupted_by_no_capacity"}
+    first = [j for j in run.jobs_history() if j.attempt == 0]
+    assert {j.termination_reason for j in first} >= {JobTerminationReason.INTERRUPTED_BY_NO_CAPACITY}
     assert victim.node_id not in {j.node_id for j in run.jobs}
     assert list(run.logs(rank=0)) == ["resumed"]
     assert no_leftovers("sleep 31350", timeout=30) == []
@@ -110,7 +109,7 @@ def test_idle_gpus_terminate_the_run(client, settings):
     assert run.error == "utilization policy"
     assert any("The job GPU utilization below 30% for 300 seconds" in m for _, m in run.events())
     samples = run.metrics()
-    assert samples and {s["utilization"] for s in samples} == {5.0}
+    assert samples and {s.utilization for s in samples} == {5.0}
     assert no_leftovers("sleep 31351") == []
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from dstack_ray.models import JobStatus, RunStatus, RunTerminationReason
+from dstack_ray.models import JobStatus, JobTerminationReason, RunStatus, RunTerminationReason
 from tests.helpers import local_torch_sources, wait_for
 from tests.multihost.conftest import HEAD, RAY_BIN, REPO, SERVICE_PYTHON, SERVICE_PYTHON_ENV, VENV_BIN, WORKERS, wait_nodes
 
@@ -458,8 +458,8 @@ def test_host_loss_with_retry_resumes_on_the_remaining_hosts(three_hosts, client
     victim = kill_a_worker_running(run, three_hosts)
     assert run.wait(180) == RunStatus.DONE, explain(run)
     assert run.record.attempt == 1
-    history = client._controller.call("jobs_history", name=run.id)
-    assert {j["termination_reason"] for j in history if j["attempt"] == 0} >= {"interrupted_by_no_capacity"}
+    history = run.jobs_history()
+    assert {j.termination_reason for j in history if j.attempt == 0} >= {JobTerminationReason.INTERRUPTED_BY_NO_CAPACITY}
     assert three_hosts.ips[victim] not in {job.node_ip for job in run.jobs}
     resumed_on = {list(run.logs(rank=r))[-1] for r in range(2)}
     assert resumed_on == {f"resumed on {h}" for h in (HEAD, *WORKERS) if h != victim}

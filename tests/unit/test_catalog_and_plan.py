@@ -7,7 +7,7 @@ import pytest
 from dstack_ray.config import parse_configuration
 from dstack_ray.plan.capacity import Released, free_capacity, place, still_counted
 from dstack_ray.plan.catalog import catalog_offers
-from dstack_ray.plan.cluster import ClusterView, NodeShape, NodeType, NodeView, accelerator_gpu_name, accelerator_memory_gb
+from dstack_ray.models.cluster import ClusterView, NodeShape, NodeType, NodeView, accelerator_gpu_name, accelerator_memory_gb
 from dstack_ray.plan.offers import cluster_offers
 from dstack_ray.plan.planner import build_plan
 

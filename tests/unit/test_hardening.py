@@ -406,7 +406,7 @@ def test_refused_with_the_field_named(fields, field):
 
 
 def test_stop_duration_is_explained_in_the_plan():
-    from dstack_ray.plan.cluster import ClusterView, NodeView
+    from dstack_ray.models.cluster import ClusterView, NodeView
     from dstack_ray.plan.planner import build_plan
 
     cluster = ClusterView(nodes=[NodeView(node_id="a", ip="1.1.1.1", alive=True, cpus=4, memory_bytes=8 << 30)])

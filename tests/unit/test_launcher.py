@@ -34,7 +34,7 @@ from typer.testing import CliRunner
 from dstack_ray.config import parse_configuration
 from dstack_ray.plan.autoscaler import node_types_from_config
 from dstack_ray.plan.catalog import catalog_offers
-from dstack_ray.plan.cluster import GB, ClusterView, NodeView, accelerator_gpu_name, accelerator_memory_gb
+from dstack_ray.models.cluster import GB, ClusterView, NodeView, accelerator_gpu_name, accelerator_memory_gb
 from dstack_ray.plan.launcher import (
     AUTO_SPOT_NOTE,
     RAY_IMAGE_AUTO,

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
-from dstack_ray.plan.cluster import ClusterView, NodeView
+from dstack_ray.models.cluster import ClusterView, NodeView
 from dstack_ray.runtime import supervisor as sup
 from dstack_ray.models.messages import NodeOutcome
 from dstack_ray.models import JobStatus, RunRecord, RunSpec, RunStatus, RunTerminationReason, new_jobs
