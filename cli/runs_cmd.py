@@ -33,7 +33,7 @@ def run_summary(run: Any) -> Dict[str, Any]:
         "status_message": record.display_status(),
         "termination_reason": record.termination_reason.value if record.termination_reason else None,
         "error": record.error,
-        "wait_reason": record.wait_reason,
+        "wait_reason": record.wait_reason.value if record.wait_reason else None,
         "submitted_at": record.submitted_at.isoformat(),
         "finished_at": record.finished_at.isoformat() if record.finished_at else None,
         "attempt": record.attempt,
@@ -101,7 +101,7 @@ def runs_table(runs: List[Any], verbose: bool = False, width: Optional[int] = No
         finished = record.status.is_finished()
         status = status_markup(record.display_status(), record.status.value, finished)
         if record.wait_reason and not finished:
-            status += f" [dim]({escape(record.wait_reason)})[/]"
+            status += f" [dim]({escape(record.wait_text(now) or '')})[/]"
         jobs = record.jobs
         single = len(jobs) <= 1
         job = jobs[0] if jobs else None

@@ -2,8 +2,6 @@
 reasons with dstack's values, run and job records, the run spec a client submits."""
 
 from dstack_ray.models.runs import (
-    WAITING_FOR_RESOURCES,
-    WAITING_FOR_SCHEDULE,
     JobRecord,
     JobStatus,
     JobTerminationReason,
@@ -11,13 +9,12 @@ from dstack_ray.models.runs import (
     RunSpec,
     RunStatus,
     RunTerminationReason,
+    WaitReason,
     job_status_message,
     new_jobs,
 )
 
 __all__ = [
-    "WAITING_FOR_RESOURCES",
-    "WAITING_FOR_SCHEDULE",
     "JobRecord",
     "JobStatus",
     "JobTerminationReason",
@@ -25,6 +22,7 @@ __all__ = [
     "RunSpec",
     "RunStatus",
     "RunTerminationReason",
+    "WaitReason",
     "job_status_message",
     "new_jobs",
 ]

@@ -30,19 +30,19 @@ class StartOrder(BaseModel):
 class StopOrder(BaseModel):
     """Stop the job: SIGINT, then SIGKILL after `grace` seconds; at once with `abort`."""
 
-    reason: str  # the JobTerminationReason value it ends with ("closed": nobody supervises it)
+    reason: Optional[JobTerminationReason]  # what the job ends with; None: nobody supervises it any more
     abort: bool = False
     grace: Optional[float] = None  # None: the agent's setting
 
 
-CLOSED = StopOrder(reason="closed", abort=True)
+CLOSED = StopOrder(reason=None, abort=True)
 
 
 class NodeOutcome(BaseModel):
     """How a job ended, as its node agent saw it."""
 
     exit_code: Optional[int] = None
-    stopped: Optional[str] = None  # the reason of the stop order that ended it, if any
+    stopped: bool = False  # a stop order ended it, or it was called off before it started
     error: Optional[str] = None  # the agent could not run the command
     error_reason: Optional[JobTerminationReason] = None  # how that error ends the job
     node_lost: bool = False  # the node's raylet died while the command ran

@@ -6,7 +6,7 @@ import enum
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, field_serializer, field_validator
 
 from dstack_ray.config.profiles import RetryEvent
 from dstack_ray.config.task import TaskConfiguration
@@ -136,8 +136,13 @@ def job_status_message(status: JobStatus, reason: Optional[JobTerminationReason]
     return status.value
 
 
-WAITING_FOR_SCHEDULE = "waiting for schedule"
-WAITING_FOR_RESOURCES = "waiting for resources"
+class WaitReason(str, enum.Enum):
+    """Why a pending, submitted or provisioning run waits (`ps` shows it after the status)."""
+
+    SCHEDULE = "waiting for schedule"
+    RESOURCES = "waiting for resources"  # in the priority queue, or its placement group waits
+    AUTOSCALER = "waiting for the autoscaler"  # only nodes the autoscaler adds can hold it
+    RETRY = "retrying"  # an attempt failed; the next starts at the run's `retry_at`
 
 
 class Model(BaseModel):
@@ -195,7 +200,8 @@ class RunRecord(Model):
     status: RunStatus
     termination_reason: Optional[RunTerminationReason] = None
     status_message: str = ""
-    wait_reason: Optional[str] = None  # why a pending/submitted/provisioning run waits
+    wait_reason: Optional[WaitReason] = None  # why a pending/submitted/provisioning run waits
+    retry_at: Optional[datetime] = None  # with WaitReason.RETRY: when the next attempt starts
     submitted_at: datetime
     last_processed_at: datetime
     finished_at: Optional[datetime] = None
@@ -205,6 +211,21 @@ class RunRecord(Model):
     version: int = 0
     spec: Optional["RunSpec"] = None  # what was submitted (secrets stored, never shown)
     jobs: List[JobRecord] = Field(default_factory=list)  # the latest attempt's jobs, by rank
+
+    @field_validator("wait_reason", mode="before")
+    @classmethod
+    def _stored_before_the_enum(cls, value: Any) -> Any:
+        """Records stored by 0.x versions kept free text ("retrying in 5s after error")."""
+        if isinstance(value, str) and value not in WaitReason._value2member_map_:
+            return WaitReason.RETRY if value.startswith("retrying") else None
+        return value
+
+    def wait_text(self, now: Optional[datetime] = None) -> Optional[str]:
+        """The wait reason as `ps` shows it ("retrying in 4s")."""
+        if self.wait_reason == WaitReason.RETRY and self.retry_at is not None:
+            seconds = (self.retry_at - (now or datetime.now(timezone.utc))).total_seconds()
+            return f"retrying in {seconds:.0f}s" if seconds >= 1 else "retrying"
+        return self.wait_reason.value if self.wait_reason else None
 
     @property
     def error(self) -> Optional[str]:
@@ -224,6 +245,7 @@ class RunRecord(Model):
         self.termination_reason = reason
         self.status_message = self.status.value
         self.wait_reason = None
+        self.retry_at = None
         self.finished_at = at
 
     def end_jobs(self, reason: RunTerminationReason, at: Optional[datetime] = None) -> None:

@@ -48,6 +48,7 @@ from dstack_ray.exec.proc import tree_usage
 from dstack_ray.exec.process import DetachedJob
 from dstack_ray.exec.records import LineEcho
 from dstack_ray.models.messages import NodeOutcome, StartOrder, StopOrder
+from dstack_ray.models.runs import JobTerminationReason
 from dstack_ray.exec.pyenv import venv_maker
 from dstack_ray.exec.ssh import NodeSshd, RunKey, forget_keys, free_port
 from dstack_ray.runtime.settings import NAMESPACE, SUPERVISOR_NAME, RuntimeSettings, named_controller
@@ -260,7 +261,7 @@ def _watch_stop(host: "_SupervisorLink", assignment: NodeAssignment, job: Detach
         if order is None:
             continue
         seen += 1
-        state.setdefault("stopped", order.reason)
+        state["stopped"] = True
         if order.abort:
             job.kill()
         else:
@@ -439,7 +440,7 @@ class NodeAgent:
         else:
             order = ray.get(host.agent_wait_start.remote(*key))
         if order is None:
-            return NodeOutcome(stopped="cancelled")
+            return NodeOutcome(stopped=True)
         try:
             prepared = _prepare(assignment, payload, order, self.ip, gpu_ids, host)
             job = DetachedJob.start(
@@ -454,7 +455,7 @@ class NodeAgent:
         except SetupFailure as e:
             return NodeOutcome(error=e.message, error_reason=e.reason)
         except Exception as e:
-            return NodeOutcome(error=f"{type(e).__name__}: {e}", error_reason="executor_error")
+            return NodeOutcome(error=f"{type(e).__name__}: {e}", error_reason=JobTerminationReason.EXECUTOR_ERROR)
         return self._follow(assignment, controller, host, job, gpu_ids)
 
     def _follow(
@@ -491,7 +492,7 @@ class NodeAgent:
                 _stop_orphaned_sshd(assignment)
                 _forget_job_files(assignment)
         lost = not Path(f"/proc/{self.raylet}").exists() or os.getppid() != self.raylet
-        return NodeOutcome(exit_code=code, stopped=state.get("stopped"), started=True, node_lost=lost)
+        return NodeOutcome(exit_code=code, stopped=state.get("stopped", False), started=True, node_lost=lost)
 
 
 def _stop_orphaned_sshd(assignment: NodeAssignment) -> None:

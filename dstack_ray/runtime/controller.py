@@ -34,13 +34,12 @@ from dstack_ray.runtime.admission import admission_pass
 from dstack_ray.runtime.clock import Clock
 from dstack_ray.runtime.lifecycle import IllegalTransition, apply_report
 from dstack_ray.models import (
-    WAITING_FOR_RESOURCES,
-    WAITING_FOR_SCHEDULE,
     JobStatus,
     RunRecord,
     RunSpec,
     RunStatus,
     RunTerminationReason,
+    WaitReason,
     new_jobs,
 )
 from dstack_ray.runtime.names import generate_run_name
@@ -187,7 +186,7 @@ class Controller:
                 if run.id in supervised:
                     self.handed[run.id] = incarnation
                 continue
-            if run.wait_reason == WAITING_FOR_SCHEDULE:
+            if run.wait_reason == WaitReason.SCHEDULE:
                 continue  # the scheduler hands it over when it fires
             lost = any(j.status not in (JobStatus.SUBMITTED,) for j in run.jobs)
             if previous is not None or lost:
@@ -303,7 +302,7 @@ class Controller:
         if cfg.schedule is not None:
             run.status = RunStatus.PENDING
             run.status_message = RunStatus.PENDING.value
-            run.wait_reason = WAITING_FOR_SCHEDULE
+            run.wait_reason = WaitReason.SCHEDULE
             run.next_trigger_at = next_fire_time(cfg.schedule.crons, self.clock.now())
         run.jobs = new_jobs(run.id, 0, cfg, now)
         if payload is not None:
@@ -316,7 +315,7 @@ class Controller:
         self.store.save_jobs(run.jobs)
         self.store.add_event(run.id, f"submitted ({cfg.nodes_num} node(s))")
         await self._changed(run)
-        if run.wait_reason == WAITING_FOR_SCHEDULE:
+        if run.wait_reason == WaitReason.SCHEDULE:
             self.store.add_event(run.id, f"waiting for schedule; next at {run.next_trigger_at}")
         else:
             await self._hand_over(run)
@@ -344,7 +343,7 @@ class Controller:
             self._forget_old_releases()  # (here too: no run may have waited since they were told)
             self.recently_released[run_id] = (time.monotonic(), released)
             self._kick()
-        if updated.status.is_finished() or updated.wait_reason == WAITING_FOR_SCHEDULE:
+        if updated.status.is_finished() or updated.wait_reason == WaitReason.SCHEDULE:
             self.handed.pop(run_id, None)
             self.recently_admitted.pop(run_id, None)
             self.plans.pop(run_id, None)
@@ -449,10 +448,10 @@ class Controller:
             future = asyncio.get_running_loop().create_future()
             self.admission[run_id] = future
         run = self.runs.get(run_id)
-        if run is not None and run.wait_reason != WAITING_FOR_RESOURCES:
+        if run is not None and run.wait_reason != WaitReason.RESOURCES:
             # Said here rather than in the scheduling pass, which must stay short however many
             # runs wait (a pass that saved each newly waiting run would take seconds for 2,000).
-            run.wait_reason = WAITING_FOR_RESOURCES
+            run.wait_reason = WaitReason.RESOURCES
             await self._changed(run)
         self._kick()
         return await asyncio.shield(future)
@@ -479,7 +478,7 @@ class Controller:
     async def _fire_schedules(self) -> None:
         now = self.clock.now()
         for run in list(self.runs.values()):
-            if run.wait_reason != WAITING_FOR_SCHEDULE or run.status.is_finished():
+            if run.wait_reason != WaitReason.SCHEDULE or run.status.is_finished():
                 continue
             if run.next_trigger_at is None or run.next_trigger_at > now:
                 continue

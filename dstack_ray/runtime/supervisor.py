@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import ray
@@ -39,7 +39,6 @@ from dstack_ray.models.messages import CLOSED, NodeOutcome, NodeReady, StartOrde
 from dstack_ray.runtime.agent import NodeAgent, NodeAssignment, bundle_probe
 from dstack_ray.runtime.clock import Clock
 from dstack_ray.models import (
-    WAITING_FOR_SCHEDULE,
     JobRecord,
     JobStatus,
     JobTerminationReason,
@@ -47,6 +46,7 @@ from dstack_ray.models import (
     RunSpec,
     RunStatus,
     RunTerminationReason,
+    WaitReason,
     new_jobs,
 )
 from dstack_ray.runtime.retry import backoff, decide
@@ -235,7 +235,8 @@ class RunSupervisor:
             event=f"attempt {self.run.attempt} failed ({decision.event.value}); retrying in {delay:g}s",
             status=RunStatus.PENDING,
             status_message="retrying" if decision.event == RetryEvent.NO_CAPACITY else RunStatus.PENDING.value,
-            wait_reason=f"retrying in {delay:g}s after {decision.event.value}",
+            wait_reason=WaitReason.RETRY,
+            retry_at=self.clock.now() + timedelta(seconds=delay),
         )
         try:
             await asyncio.wait_for(self.stop_event.wait(), timeout=delay)
@@ -255,7 +256,7 @@ class RunSupervisor:
                 event=message or f"execution {status.value} ({reason.value}); next at {fire}",
                 status=RunStatus.PENDING,
                 status_message=RunStatus.PENDING.value,
-                wait_reason=WAITING_FOR_SCHEDULE,
+                wait_reason=WaitReason.SCHEDULE,
                 next_trigger_at=fire,
             )
             return
@@ -293,7 +294,7 @@ class RunSupervisor:
             status=RunStatus.PROVISIONING,
             status_message=RunStatus.PROVISIONING.value,
             attempt=self.run.attempt,
-            wait_reason="waiting for the autoscaler" if plan.needs_new_nodes else "waiting for resources",
+            wait_reason=WaitReason.AUTOSCALER if plan.needs_new_nodes else WaitReason.RESOURCES,
         )
         pg = placement_group(
             [b.resources for b in plan.bundles],
@@ -355,8 +356,8 @@ class RunSupervisor:
             interval = min(interval * 2, 1.0)
             state = placement_group_table(pg).get("stats", {}).get("scheduling_state")
             reason = {
-                "INFEASIBLE": "waiting for the autoscaler" if autoscaling else None,
-                "NO_RESOURCES": "waiting for resources",
+                "INFEASIBLE": WaitReason.AUTOSCALER if autoscaling else None,
+                "NO_RESOURCES": WaitReason.RESOURCES,
             }.get(state or "")
             if reason and reason != self.run.wait_reason:
                 await self.report(wait_reason=reason)
@@ -673,7 +674,7 @@ class RunSupervisor:
             job.status = JobStatus.TERMINATING
             if not slot.start.done():
                 slot.start.set_result(None)  # never started: it just returns
-            slot.order(StopOrder(reason=reason.value, abort=abort, grace=self.settings.stop_grace_seconds))
+            slot.order(StopOrder(reason=reason, abort=abort, grace=self.settings.stop_grace_seconds))
         await self.report(event=event, status=RunStatus.TERMINATING, status_message=RunStatus.TERMINATING.value)
 
     async def _drain(self, slots: Dict[int, AgentSlot], outcomes: Dict[int, "asyncio.Future"]) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from dstack_ray.config.loader import parse_configuration
 from dstack_ray.config.task import TaskConfiguration
-from dstack_ray.models import JobRecord, JobStatus, JobTerminationReason, RunRecord, RunSpec, RunStatus, RunTerminationReason
+from dstack_ray.models import JobRecord, JobStatus, JobTerminationReason, RunRecord, RunSpec, RunStatus, RunTerminationReason, WaitReason
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
 
@@ -55,7 +55,7 @@ def test_a_job_finishes_with_the_status_its_reason_gives(reason, status, shown):
 def test_a_run_finishes_and_ends_only_its_active_jobs(reason, status, job_status):
     failed = job(0, JobStatus.FAILED)
     run = RunRecord(
-        id="r", name="r", status=RunStatus.RUNNING, status_message="running", wait_reason="x",
+        id="r", name="r", status=RunStatus.RUNNING, status_message="running", wait_reason="waiting for resources",
         submitted_at=NOW, last_processed_at=NOW, jobs=[failed, job(1)],
     )
     run.finish(reason, at=NOW)
@@ -74,3 +74,15 @@ def test_the_run_spec_keeps_the_configuration_typed_and_as_written():
     assert again.configuration == spec.configuration
     record = RunRecord(id="r", name="r", status=RunStatus.SUBMITTED, submitted_at=NOW, last_processed_at=NOW, spec=spec)
     assert RunRecord.model_validate_json(record.model_dump_json()).spec.configuration.nodes_num == 2
+
+
+def test_wait_reasons_are_an_enum_and_old_free_text_still_loads():
+    record = dict(id="r", name="r", status=RunStatus.PENDING, submitted_at=NOW, last_processed_at=NOW)
+    assert RunRecord(**record, wait_reason="waiting for schedule").wait_reason is WaitReason.SCHEDULE
+    # Stored by earlier versions: free text, read as the enum (or nothing) rather than refused.
+    assert RunRecord(**record, wait_reason="retrying in 5s after error").wait_reason is WaitReason.RETRY
+    assert RunRecord(**record, wait_reason="something else").wait_reason is None
+    retrying = RunRecord(**record, wait_reason=WaitReason.RETRY, retry_at=datetime(2026, 1, 1, 0, 0, 30, tzinfo=timezone.utc))
+    assert retrying.wait_text(datetime(2026, 1, 1, tzinfo=timezone.utc)) == "retrying in 30s"
+    assert retrying.wait_text(datetime(2026, 1, 1, 0, 1, tzinfo=timezone.utc)) == "retrying"
+    assert RunRecord(**record, wait_reason=WaitReason.AUTOSCALER).wait_text() == "waiting for the autoscaler"

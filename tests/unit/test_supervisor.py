@@ -138,7 +138,7 @@ def install_fakes(monkeypatch, script: Script, started: List[tuple]) -> None:
         if assignment.nodes_num > 1:
             order = await rendezvous.wait_start(key)
             if order is None:
-                return NodeOutcome(stopped="cancelled")
+                return NodeOutcome(stopped=True)
         started.append((assignment.attempt, assignment.rank))
         await rendezvous.running(key, 1000 + assignment.rank)
         seen = 0
@@ -152,7 +152,7 @@ def install_fakes(monkeypatch, script: Script, started: List[tuple]) -> None:
             order = await rendezvous.wait_order(key, seen, max(0.01, remaining) if outcome != "run" else 5)
             if order is not None:
                 seen += 1
-                return NodeOutcome(exit_code=137 if order.abort else 130, stopped=order.reason, started=True)
+                return NodeOutcome(exit_code=137 if order.abort else 130, stopped=True, started=True)
         if outcome == "lost":
             raise RuntimeError("the node died")
         return NodeOutcome(exit_code=outcome, started=True)
@@ -298,8 +298,8 @@ def test_error_is_retried_with_the_backoff_then_done(monkeypatch):
     assert done.run.status == RunStatus.DONE and done.run.attempt == 1
     assert started == [(0, 0), (1, 0)]
     assert any(e == "attempt 0 failed (error); retrying in 0.2s" for e in host.events)
-    retrying = [r["changes"] for r in host.reports if (r["changes"].get("wait_reason") or "").startswith("retrying")]
-    assert retrying and retrying[0]["status"] == "pending"
+    retrying = [r["changes"] for r in host.reports if r["changes"].get("wait_reason") == "retrying"]
+    assert retrying and retrying[0]["status"] == "pending" and retrying[0]["retry_at"]
 
 
 def test_backoff_delays_grow_with_resubmissions():
