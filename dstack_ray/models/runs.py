@@ -145,6 +145,9 @@ class WaitReason(str, enum.Enum):
     RETRY = "retrying"  # an attempt failed; the next starts at the run's `retry_at`
 
 
+_ACTIVE_ORDER = [JobStatus.SUBMITTED, JobStatus.PROVISIONING, JobStatus.PULLING, JobStatus.RUNNING, JobStatus.TERMINATING]
+
+
 class Model(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -172,12 +175,29 @@ class JobRecord(Model):
     def status_message(self) -> str:
         return job_status_message(self.status, self.termination_reason, self.exit_code)
 
-    def finish(self, reason: JobTerminationReason, message: Optional[str] = None, at: Optional[datetime] = None) -> None:
-        """The one way a job ends: its status follows from the reason (dstack's mapping)."""
+    def advance(self, status: JobStatus, at: Optional[datetime] = None) -> bool:
+        """The one way an active job moves on (provisioning, pulling, running, terminating):
+        forward only, never out of a finished status; False where the job stays as it is.
+        Running sets `started_at`."""
+        if status.is_finished():
+            raise ValueError(f"a job ends through finish(), not advance({status.value})")
+        if self.status.is_finished() or _ACTIVE_ORDER.index(status) <= _ACTIVE_ORDER.index(self.status):
+            return False
+        self.status = status
+        if status == JobStatus.RUNNING:
+            self.started_at = at or datetime.now(timezone.utc)
+        return True
+
+    def finish(self, reason: JobTerminationReason, message: Optional[str] = None, at: Optional[datetime] = None) -> bool:
+        """The one way a job ends: its status follows from the reason (dstack's mapping). The
+        first end wins, as in Ray's job manager: a finished job is left as it is (False)."""
+        if self.status.is_finished():
+            return False
         self.status = reason.to_status()
         self.termination_reason = reason
         self.termination_message = message
         self.finished_at = at or datetime.now(timezone.utc)
+        return True
 
     @property
     def error(self) -> Optional[str]:

@@ -24,7 +24,6 @@ from pydantic import ValidationError
 
 from dstack_ray import __version__
 from dstack_ray.errors import Conflict, InvalidInput, NotFound, invalid_fields
-from dstack_ray.config.cron import next_fire_time
 from dstack_ray.metrics.runs import RunMetrics
 from dstack_ray.plan.capacity import Released, free_capacity, place, still_counted
 from dstack_ray.plan.live import live_cluster_view
@@ -32,15 +31,13 @@ from dstack_ray.models.cluster import ClusterView
 from dstack_ray.plan.planner import RunPlan, build_plan
 from dstack_ray.runtime.admission import admission_pass
 from dstack_ray.runtime.clock import Clock
-from dstack_ray.runtime.lifecycle import IllegalTransition, apply_report
+from dstack_ray.runtime.lifecycle import IllegalTransition, apply_report, fire_schedules, submitted_run, to_hand_over
 from dstack_ray.models import (
-    JobStatus,
     RunRecord,
     RunSpec,
     RunStatus,
     RunTerminationReason,
     WaitReason,
-    new_jobs,
 )
 from dstack_ray.runtime.names import generate_run_name
 from dstack_ray.runtime.settings import CONTROLLER_NAME, NAMESPACE, SUPERVISOR_NAME, RuntimeSettings, named_controller
@@ -181,14 +178,9 @@ class Controller:
         previous = self.host_incarnation
         self.host_incarnation = incarnation
         supervised = set(await self.host.active_runs.remote())
-        for run in list(self.runs.values()):
-            if run.status.is_finished() or run.id in supervised:
-                if run.id in supervised:
-                    self.handed[run.id] = incarnation
-                continue
-            if run.wait_reason == WaitReason.SCHEDULE:
-                continue  # the scheduler hands it over when it fires
-            lost = any(j.status not in (JobStatus.SUBMITTED,) for j in run.jobs)
+        for run_id in supervised:
+            self.handed[run_id] = incarnation
+        for run, lost in to_hand_over(list(self.runs.values()), supervised):
             if previous is not None or lost:
                 logger.warning("run %s lost its supervisor; handing it over", run.name)
             await self._hand_over(run, resume_lost=lost)
@@ -287,24 +279,7 @@ class Controller:
                 raise Conflict(f"run {name} is active ({existing.status.value}); stop it first", hint=f"`dstack-ray stop {name}`")
             self._delete(existing)
         run_spec.run_name = name
-        cfg = run_spec.configuration
-        now = utcnow()
-        run = RunRecord(
-            id=uuid.uuid4().hex,
-            name=name,
-            status=RunStatus.SUBMITTED,
-            status_message=RunStatus.SUBMITTED.value,
-            submitted_at=now,
-            last_processed_at=now,
-            priority=cfg.priority or 0,
-            spec=run_spec,
-        )
-        if cfg.schedule is not None:
-            run.status = RunStatus.PENDING
-            run.status_message = RunStatus.PENDING.value
-            run.wait_reason = WaitReason.SCHEDULE
-            run.next_trigger_at = next_fire_time(cfg.schedule.crons, self.clock.now())
-        run.jobs = new_jobs(run.id, 0, cfg, now)
+        run = submitted_run(uuid.uuid4().hex, run_spec, utcnow(), self.clock.now())
         if payload is not None:
             path = self._payload_path(run.id)
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -313,7 +288,7 @@ class Controller:
                 f.write(payload)
         self.runs[run.id] = run
         self.store.save_jobs(run.jobs)
-        self.store.add_event(run.id, f"submitted ({cfg.nodes_num} node(s))")
+        self.store.add_event(run.id, f"submitted ({run_spec.configuration.nodes_num} node(s))")
         await self._changed(run)
         if run.wait_reason == WaitReason.SCHEDULE:
             self.store.add_event(run.id, f"waiting for schedule; next at {run.next_trigger_at}")
@@ -476,13 +451,7 @@ class Controller:
                 logger.exception("scheduling pass failed")
 
     async def _fire_schedules(self) -> None:
-        now = self.clock.now()
-        for run in list(self.runs.values()):
-            if run.wait_reason != WaitReason.SCHEDULE or run.status.is_finished():
-                continue
-            if run.next_trigger_at is None or run.next_trigger_at > now:
-                continue
-            run.status, run.status_message, run.wait_reason = RunStatus.SUBMITTED, RunStatus.SUBMITTED.value, None
+        for run in fire_schedules(list(self.runs.values()), self.clock.now()):
             self.store.add_event(run.id, f"schedule fired ({run.next_trigger_at})")
             await self._changed(run)
             await self._hand_over(run)

@@ -38,6 +38,7 @@ from dstack_ray.exec.ssh import RunKey, new_run_key
 from dstack_ray.models.messages import CLOSED, NodeOutcome, NodeReady, StartOrder, StopOrder
 from dstack_ray.runtime.agent import NodeAgent, NodeAssignment, bundle_probe
 from dstack_ray.runtime.clock import Clock
+from dstack_ray.runtime.lifecycle import job_end
 from dstack_ray.models import (
     JobRecord,
     JobStatus,
@@ -288,7 +289,7 @@ class RunSupervisor:
             await self._no_capacity(plan.no_capacity)
             return
         for job in self.jobs:
-            job.status = JobStatus.PROVISIONING
+            job.advance(JobStatus.PROVISIONING)
         await self.report(
             event=f"attempt {self.run.attempt}: placing {plan.nodes_num} node(s)",
             status=RunStatus.PROVISIONING,
@@ -404,7 +405,7 @@ class RunSupervisor:
                 ssh_key=self._ssh_key,
             )
             refs[bundle.rank] = self._launch(pg, bundle, assignment, payload, nodes)
-            job.status = JobStatus.PROVISIONING
+            job.advance(JobStatus.PROVISIONING)
             job.resources = bundle.describe()
         outcomes: Dict[int, "asyncio.Future"] = {rank: asyncio.ensure_future(self._outcome(launch)) for rank, launch in refs.items()}
         try:
@@ -608,9 +609,7 @@ class RunSupervisor:
         now = utcnow()
         for rank in ranks:
             job = self.jobs[rank]
-            if job.status in (JobStatus.PROVISIONING, JobStatus.PULLING, JobStatus.SUBMITTED):
-                job.status = JobStatus.RUNNING
-                job.started_at = now
+            if job.advance(JobStatus.RUNNING, now):
                 self.last_provisioned_at = now
         if self.run.status != RunStatus.RUNNING and not self._stopping:
             await self.report(status=RunStatus.RUNNING, status_message=RunStatus.RUNNING.value, wait_reason=None)
@@ -636,26 +635,9 @@ class RunSupervisor:
 
     def _record_outcome(self, rank: int, outcome: Optional[NodeOutcome], error: Optional[BaseException]) -> None:
         job = self.jobs[rank]
-        intended = self.stop_reasons.get(rank)
-        if outcome is None:
-            if intended is not None:
-                self.jobs[rank].finish(intended, None)
-            else:
-                text = str(error).strip().splitlines()[0] if error else "the node agent was lost"
-                self.jobs[rank].finish(JobTerminationReason.INTERRUPTED_BY_NO_CAPACITY, text[:500])
-            return
-        job.exit_code = outcome.exit_code
-        if outcome.node_lost and intended is None:
-            self.jobs[rank].finish(JobTerminationReason.INTERRUPTED_BY_NO_CAPACITY, "the node was lost")
-        elif outcome.error:
-            reason = outcome.error_reason or JobTerminationReason.EXECUTOR_ERROR
-            self.jobs[rank].finish(reason, outcome.error)
-        elif intended is not None:
-            self.jobs[rank].finish(intended, None)
-        elif outcome.exit_code == 0:
-            self.jobs[rank].finish(JobTerminationReason.DONE_BY_RUNNER, None)
-        else:
-            self.jobs[rank].finish(JobTerminationReason.CONTAINER_EXITED_WITH_ERROR, f"exit status {outcome.exit_code}")
+        if outcome is not None:
+            job.exit_code = outcome.exit_code
+        job.finish(*job_end(outcome, self.stop_reasons.get(rank), error))
 
     async def _stop_all(
         self,
@@ -671,7 +653,7 @@ class RunSupervisor:
             if job.status.is_finished():
                 continue
             self.stop_reasons.setdefault(rank, reason)
-            job.status = JobStatus.TERMINATING
+            job.advance(JobStatus.TERMINATING)
             if not slot.start.done():
                 slot.start.set_result(None)  # never started: it just returns
             slot.order(StopOrder(reason=reason, abort=abort, grace=self.settings.stop_grace_seconds))
@@ -843,8 +825,7 @@ class SupervisorHost:
         supervisor = self.supervisors.get(run_id)
         if supervisor is not None and attempt == supervisor.run.attempt:
             job = supervisor.jobs[rank]
-            if job.status == JobStatus.PROVISIONING:
-                job.status = JobStatus.PULLING
+            if job.status == JobStatus.PROVISIONING and job.advance(JobStatus.PULLING):
                 await supervisor.report()
 
     async def agent_metrics(self, run_id: str, attempt: int, rank: int, samples: List[Dict[str, Any]]) -> None:
