@@ -12,7 +12,7 @@ from dstack_ray.config.gpus import CPUArchitecture
 from dstack_ray.config.profiles import DEFAULT_STOP_DURATION, SpotPolicy, effective_retry
 from dstack_ray.config.resources import ResourcesSpec
 from dstack_ray.config.task import PRIORITY_DEFAULT, TaskConfiguration
-from dstack_ray.exec.repo import redact_url
+from dstack_ray.models.secrets import redact_url
 
 DEFAULT_RUN_IDLE_DURATION = 300
 

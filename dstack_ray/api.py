@@ -498,7 +498,6 @@ class Client:
             configuration=cfg.model_dump(mode="json", exclude_unset=True),
             configuration_path=cfg.source_file,
             args=list(args),
-            gpu_sampler=self._settings.gpu_sampler,
             container_runtime=self._settings.container_runtime,
             default_image=self._settings.default_image,
             submission_id=uuid.uuid4().hex,

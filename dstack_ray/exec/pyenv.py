@@ -9,8 +9,10 @@ Creating one with uv costs about 0.3 s of CPU (mostly installing pip), so each n
 once per Python version (a template in the state directory) and gives jobs copies of it. pip is
 500 of the template's 530 files and most jobs never run it, so a copy gets pip's metadata and a
 small stand-in package `pip` instead: the first `pip`, `python -m pip` or `import pip` in the job
-links the real files in from the template (under a lock), then runs them — a copy costs ~30
-file operations instead of ~600, and its removal after the job as few. One spare copy per
+copies the real files in from the template (under a lock), then runs them — a copy costs ~30
+file operations instead of ~600, and its removal after the job as few. Every file is a copy,
+never a hard link: jobs run as the node's user (often root), so a job writing into a linked
+file in place would change the template and every later job's Python. One spare copy per
 version waits, made in the background after a job took the previous one: a job takes it with one
 rename (atomic, so two agents on the node never get the same one). Virtual environments are made
 `--relocatable` so a renamed or copied one still works.
@@ -37,7 +39,7 @@ PROMPT = "workflow"
 _STALE_SCRATCH_S = 3600
 
 # The stand-in `pip/__init__.py` of a job's venv. `{source}` is the template's pip package.
-LAZY_PIP = '''"""Stand-in for pip (dstack-ray): links the real pip in from {source} on first use."""
+LAZY_PIP = '''"""Stand-in for pip (dstack-ray): copies the real pip in from {source} on first use."""
 import fcntl
 import importlib
 import os
@@ -66,10 +68,7 @@ def _link_in():
                     continue
                 destination = os.path.join(target, name)
                 if not os.path.exists(destination):
-                    try:
-                        os.link(os.path.join(root, name), destination)
-                    except OSError:
-                        shutil.copy2(os.path.join(root, name), destination)
+                    shutil.copy2(os.path.join(root, name), destination)  # a copy: never the template's file
         for name in sorted(last):  # __init__.py, then __main__.py: the mark that it is done
             scratch = os.path.join(_HERE, name + ".dstack-tmp")
             shutil.copy2(os.path.join(_SOURCE, name), scratch)
@@ -287,34 +286,29 @@ class VenvMaker:
         return template
 
     def _copy_template(self, version: Optional[str], target: Path, node: str) -> None:
-        """A copy of the template at `target`: packages as hard links, which is much cheaper
-        than making a venv (the way uv links packages from its cache), except pip's package,
-        which is linked in on first use (LAZY_PIP); `bin/` and `pyvenv.cfg` as real copies, so a
-        job that edits them changes only its own."""
+        """A copy of the template at `target` (every file copied, none linked: what a job writes
+        stays in its own venv), except pip's package, which is copied in on first use
+        (LAZY_PIP)."""
         template = self._template(version, node)
-        library = str(template / "lib") + os.sep
         pip_packages = list((template / "lib").glob("python*/site-packages/pip"))
         holding_pip = {str(package.parent) for package in pip_packages}
 
-        def link_or_copy(source: str, destination: str) -> None:  # (once per file of every job's venv: kept cheap)
-            if source.startswith(library):
-                os.link(source, destination)
-            else:
-                shutil.copyfile(source, destination)
-                shutil.copymode(source, destination)
+        def copy(source: str, destination: str) -> None:  # (once per file of every job's venv: kept cheap)
+            shutil.copyfile(source, destination)
+            shutil.copymode(source, destination)
 
         def without_pip(directory: str, names: List[str]) -> List[str]:
             return ["pip"] if str(directory) in holding_pip else []
 
         try:
-            shutil.copytree(template, target, symlinks=True, copy_function=link_or_copy, ignore=without_pip)
+            shutil.copytree(template, target, symlinks=True, copy_function=copy, ignore=without_pip)
             for package in pip_packages:
                 stand_in = target / package.relative_to(template)
                 stand_in.mkdir()
                 (stand_in / "__init__.py").write_text(LAZY_PIP.format(source=str(package)))
         except (OSError, shutil.Error):
             shutil.rmtree(target, ignore_errors=True)
-            self.create(version, target, node)  # another filesystem, no hard links: make it
+            self.create(version, target, node)  # the copy failed (a full disk?): make it instead
 
     def _refill(self, version: Optional[str], node: str) -> None:
         key = version or ""

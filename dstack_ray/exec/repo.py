@@ -36,6 +36,7 @@ from dstack_ray.exec.archive import (
     upload_limit,
 )
 from dstack_ray.exec.ignore import DSTACKIGNORE, IgnoreFilter
+from dstack_ray.models.secrets import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -88,25 +89,6 @@ def repo_id_for(url: str) -> str:
     name = path.rsplit("/", 1)[-1] or "repo"
     digest = hashlib.sha256(f"{host}/{path}".encode()).hexdigest()[:8]
     return f"{name}-{digest}"
-
-
-_URL_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*)://([^/@\s]*)@")
-
-
-def redact_url(text: str) -> str:
-    """Hide a password or token written into a URL: `https://user:token@host` keeps the user,
-    `https://TOKEN@host` (a token alone) hides it all; `ssh://git@host` is left as it is."""
-
-    def hide(match: "re.Match[str]") -> str:
-        scheme, userinfo = match.group(1), match.group(2)
-        if ":" in userinfo:
-            return f"{scheme}://{userinfo.split(':', 1)[0]}:***@"
-        if scheme.lower() in ("http", "https"):
-            return f"{scheme}://***@"
-        return match.group(0)
-
-    return _URL_USERINFO.sub(hide, text)
-
 
 
 class _GitFailed(Exception):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import time
 from urllib.parse import parse_qsl
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from pydantic import BaseModel
 
@@ -64,9 +64,11 @@ class NvmlSampler:
         return nvml.nvmlDeviceGetHandleByUUID(str(gpu))
 
 
-def load_sampler(path: str) -> Any:
+def load_sampler(path: str, job_env: Optional[Dict[str, str]] = None) -> Any:
     """Instantiate the sampler at `module:Class` (or `module:Class?key=value&...`, passed as
-    keyword arguments); NoGpuMetrics when it cannot work on this node."""
+    keyword arguments); NoGpuMetrics when it cannot work on this node. `path` is the head's
+    setting, never a client's. A sampler with `configure_for_job` is given the job's env (the
+    scripted fake reads its script there)."""
     target, _, query = path.partition("?")
     module_name, _, attr = target.partition(":")
     kwargs = dict(parse_qsl(query))
@@ -74,4 +76,8 @@ def load_sampler(path: str) -> Any:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as e:
         raise NoGpuMetrics(f"cannot load the GPU sampler {path}: {e}") from None
-    return factory(**kwargs)
+    sampler = factory(**kwargs)
+    configure = getattr(sampler, "configure_for_job", None)
+    if configure is not None:
+        configure(job_env or {})
+    return sampler

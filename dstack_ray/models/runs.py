@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, field_serializer, field_validator
 
 from dstack_ray.config.profiles import RetryEvent
-from dstack_ray.config.task import TaskConfiguration
+from dstack_ray.config.task import RUN_NAME_RE, TaskConfiguration
+from dstack_ray.models.secrets import public_spec
 
 
 class RunStatus(str, enum.Enum):
@@ -247,6 +248,13 @@ class RunRecord(Model):
             return f"retrying in {seconds:.0f}s" if seconds >= 1 else "retrying"
         return self.wait_reason.value if self.wait_reason else None
 
+    def public(self) -> Dict[str, Any]:
+        """The record as every API answer carries it: JSON, the spec without its secrets."""
+        data = self.model_dump(mode="json")
+        if data.get("spec"):
+            data["spec"] = public_spec(data["spec"])
+        return data
+
     @property
     def error(self) -> Optional[str]:
         if self.termination_reason is not None and self.termination_reason.to_error():
@@ -290,12 +298,19 @@ class RunSpec(Model):
     configuration: TaskConfiguration  # validated once, when the client loads the file
     configuration_path: Optional[str] = None
     args: List[str] = Field(default_factory=list)
-    archives: List[Dict[str, Any]] = Field(default_factory=list)  # files/repo shipped with the run
-    gpu_sampler: Optional[str] = None  # import path of the GPU sampler (Client settings)
     has_payload: bool = False  # files or a repo were shipped (the Controller keeps them)
-    container_runtime: Optional[str] = None  # podman or docker (Client settings)
+    container_runtime: Optional[Literal["podman", "docker"]] = None  # (Client settings)
     default_image: Optional[str] = None  # the image for tasks without one (Client settings)
     submission_id: Optional[str] = None  # unique per `Client.apply` call: a retried submit is answered once
+
+    @field_validator("run_name")
+    @classmethod
+    def _a_name_not_a_path(cls, name: str) -> str:
+        """Checked where the run is accepted (the head), not only by clients: nodes put the name
+        in directory and container names."""
+        if name and not RUN_NAME_RE.match(name):
+            raise ValueError(f"a run name must match '{RUN_NAME_RE.pattern}' (lower-case letters, digits and '-', starting with a letter)")
+        return name
 
     @field_serializer("configuration")
     def _configuration_as_written(self, cfg: TaskConfiguration, info: SerializationInfo) -> Dict[str, Any]:

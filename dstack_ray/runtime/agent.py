@@ -219,8 +219,11 @@ class SpoolShipper:
 
 def _run_dir(assignment: NodeAssignment) -> Path:
     """This rank's private directory for the run on this node (kept after the run)."""
+    name = f"{assignment.run_name}-{assignment.run_id[:8]}"
+    if os.path.basename(name) != name or name.startswith("."):  # the head checks names; never a path here either
+        raise ValueError(f"not a run name: {assignment.run_name!r}")
     root = private_dir(private_dir(assignment.settings.resolved_state_dir()) / "runs")
-    run = root / f"{assignment.run_name}-{assignment.run_id[:8]}"
+    run = root / name
     run.mkdir(exist_ok=True, mode=0o700)
     path = run / f"node-{assignment.rank}"
     path.mkdir(exist_ok=True, mode=0o700)
@@ -286,7 +289,7 @@ def _sample_gpus(host: Any, assignment: NodeAssignment, gpu_ids: List[str], done
 
     key = (assignment.run_id, assignment.attempt, assignment.rank)
     try:
-        sampler = load_sampler(assignment.gpu_sampler)
+        sampler = load_sampler(assignment.gpu_sampler, assignment.spec.user_env)
     except NoGpuMetrics as e:
         host.agent_metrics_unavailable.remote(*key, str(e))
         return

@@ -271,7 +271,7 @@ class Controller:
                 (r for r in self.runs.values() if r.spec is not None and r.spec.submission_id == run_spec.submission_id), None
             ) or self.store.find_submission(run_spec.submission_id)
             if known is not None:
-                return known.model_dump(mode="json")
+                return known.public()
         name = run_spec.run_name or generate_run_name(_NameCheck(self._name_taken))
         existing = self._find(name)
         if existing is not None:
@@ -294,7 +294,7 @@ class Controller:
             self.store.add_event(run.id, f"waiting for schedule; next at {run.next_trigger_at}")
         else:
             await self._hand_over(run)
-        return run.model_dump(mode="json")
+        return run.public()
 
     async def report_run(
         self, run_id: str, changes: Dict[str, Any], jobs: List[Dict[str, Any]], events: List[str], released: List[Released]
@@ -334,7 +334,7 @@ class Controller:
 
     async def get_run(self, name: str) -> Optional[Dict[str, Any]]:
         run = self._find(name)
-        return run.model_dump(mode="json") if run else None
+        return run.public() if run else None
 
     async def list_runs(
         self, limit: Optional[int] = None, active_only: bool = False, before_at: Optional[str] = None, before_id: Optional[str] = None
@@ -349,7 +349,7 @@ class Controller:
             after = None if before_at is None else (datetime.fromisoformat(before_at), before_id or "")
         except ValueError:
             raise InvalidInput("`before_at` must be an ISO 8601 time (a run's submitted_at)") from None
-        return [r.model_dump(mode="json") for r in self.store.list_runs(limit, after)]  # every change is saved
+        return [r.public() for r in self.store.list_runs(limit, after)]  # every change is saved
 
     async def wait_run(self, run_id: str, version: int, timeout: float) -> Optional[Dict[str, Any]]:
         """Long-poll: the run once its version passes `version`, or after `timeout` seconds."""
@@ -364,12 +364,12 @@ class Controller:
                 except asyncio.TimeoutError:
                     pass
             run = self._get(run_id)
-        return run.model_dump(mode="json")
+        return run.public()
 
     async def stop_run(self, name: str, abort: bool = False) -> Dict[str, Any]:
         run = self._require(name)
         if run.status.is_finished():
-            return run.model_dump(mode="json")
+            return run.public()
         stopped = False
         if self.handed.get(run.id):
             stopped = await self.host.stop_run.remote(run.id, abort)
@@ -381,7 +381,7 @@ class Controller:
             await self._changed(run)
         else:
             self.store.add_event(run.id, "abort requested" if abort else "stop requested")
-        return run.model_dump(mode="json")
+        return run.public()
 
     def _delete(self, run: RunRecord) -> None:
         """Hide a run from listings (a resubmission under its name keeps its logs on disk, and

@@ -400,7 +400,7 @@ class RunSupervisor:
                 group_sizes=sizes,
                 spec=specs[bundle.group_index],
                 settings=self.settings,
-                gpu_sampler=self.spec.gpu_sampler or self.settings.gpu_sampler,
+                gpu_sampler=self.settings.gpu_sampler,  # the head's setting: never a client's
                 container_runtime=self.spec.container_runtime or self.settings.container_runtime,
                 ssh_key=self._ssh_key,
             )

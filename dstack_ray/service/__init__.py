@@ -13,3 +13,10 @@ JOB_NAME = "dstack-ray"
 # The HTTP API's version: a client and a service of different versions never work together.
 API_VERSION = 1
 SERVICE_METADATA_KEY = "dstack_ray_service_port"  # Ray Job metadata: the service's port
+SERVICE_HOST_ENV = "DSTACK_RAY_SERVICE_HOST"  # where a service a client starts listens (default: auto)
+AUTO = "auto"  # listen where the cluster's dashboard listens (service/exposure.py)
+OPEN_WARNING = (
+    "the dstack-ray service at %s is reachable beyond its host and Ray's token authentication is off:"
+    " anyone who reaches it can run commands on the cluster (as anyone who reaches Ray's Jobs API can)."
+    " Turn Ray's token authentication on (RAY_AUTH_MODE=token) or keep the dashboard on localhost"
+)

@@ -23,6 +23,9 @@ from dstack_ray import __version__
 from dstack_ray.errors import DstackRayError, api_error
 from dstack_ray.service import (
     API_VERSION,
+    AUTO,
+    OPEN_WARNING,
+    SERVICE_HOST_ENV,
     DEFAULT_SERVICE_PORT,
     JOB_NAME,
     SERVICE_METADATA_KEY,
@@ -456,7 +459,7 @@ def service_for_ray_address(address: str, token: Optional[str], python: Optional
             url = ensure_service(
                 dashboard_url,
                 host=_ray_host(address),
-                bind="0.0.0.0",
+                bind=os.environ.get(SERVICE_HOST_ENV) or AUTO,
                 port=int(os.environ.get(SERVICE_PORT_ENV) or DEFAULT_SERVICE_PORT),
                 python=python or os.environ.get(SERVICE_PYTHON_ENV) or "python",
                 token=token,
@@ -466,6 +469,8 @@ def service_for_ray_address(address: str, token: Optional[str], python: Optional
             return None
         answer = health(url, token) or {}
         _remember(dashboard_url, url)
+        if answer.get("exposed") and not answer.get("auth"):  # said when this client first finds it
+            logger.warning(OPEN_WARNING, url)
     assert url is not None
     check_version(f"the dstack-ray service at {url}", answer.get("version"), answer.get("api_version"), address)
     return url

@@ -8,13 +8,14 @@ already ended, which the dashboard then shows as FAILED).
 The API (JSON; run names or ids in paths): one route per operation of `models/api.py`
 (`OPERATIONS`: the cluster view, runs listed, submitted, read, waited for, stopped, deleted,
 their events, jobs and metrics), made by `Service._handler`, and four written here:
-  GET    /api/health                      {"service": "dstack-ray", "version", "api_version", "auth"} (no token needed)
+  GET    /api/health                      {"service": "dstack-ray", "version", "api_version", "auth", "exposed"} (no token needed)
   POST   /api/offers?catalog=             {"configuration": {...}} -> where it could run
   GET    /api/runs/{name}/logs?rank=&attempt=&offset=&follow=   the stored log records, streamed
                                           (`<timestamp> <text>` lines); with follow, until the job ended
   GET    /api/runs/{name}/ports/{port}    websocket: a TCP connection to that port on the run's rank-0 node
 Refusals are `{"error", "hint"}` with the status of their kind (`dstack_ray.errors`).
 With Ray's token authentication on, every request but health needs `Authorization: Bearer <token>`.
+What a web browser may not do, and where the service listens: `exposure.py`.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ from dstack_ray.errors import ApiError, Conflict, InvalidInput, NotFound, NotRea
 from dstack_ray.models.api import OPERATIONS, Operation
 from dstack_ray.runtime.controller import controller_handle
 from dstack_ray.runtime.settings import NAMESPACE, RuntimeSettings
-from dstack_ray.service import API_VERSION, DEFAULT_SERVICE_PORT, JOB_NAME, SERVICE_PORT_ENV
+from dstack_ray.service import API_VERSION, AUTO, DEFAULT_SERVICE_PORT, JOB_NAME, OPEN_WARNING, SERVICE_PORT_ENV
+from dstack_ray.service.exposure import allowed_host_names, bind_like_dashboard, browser_guard, dashboard_address, is_loopback
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +102,9 @@ async def _body(request: web.Request, *required: str) -> Dict[str, Any]:
 class Service:
     """The API's handlers: each is a thin call of the Controller."""
 
-    def __init__(self, controller: Any) -> None:
+    def __init__(self, controller: Any, exposed: bool = False) -> None:
         self.controller = controller
+        self.exposed = exposed  # listening beyond loopback
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -133,7 +136,7 @@ class Service:
             return _error(500, "the dstack-ray service failed on this request", "see the `dstack-ray` job's log in the Ray dashboard")
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[_token_auth(), self._errors], client_max_size=MAX_REQUEST)
+        app = web.Application(middlewares=[browser_guard(allowed_host_names()), _token_auth(), self._errors], client_max_size=MAX_REQUEST)
         app.add_routes(
             [
                 web.get("/api/health", self.health),
@@ -173,7 +176,9 @@ class Service:
         return run
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"service": JOB_NAME, "version": __version__, "api_version": API_VERSION, "auth": _token_auth_on()})
+        return web.json_response(
+            {"service": JOB_NAME, "version": __version__, "api_version": API_VERSION, "auth": _token_auth_on(), "exposed": self.exposed}
+        )
 
     async def offers(self, request: web.Request) -> web.Response:
         """{"configuration": a task configuration} -> the offers (`?catalog=1`: with the
@@ -288,7 +293,7 @@ def _retire_actors_of(version: Optional[str], timeout: float = 60) -> None:
 
 def main(argv: Optional[list] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dstack_ray.service", description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--host", default=AUTO, help="address to listen on (0.0.0.0: every interface; auto: where the dashboard listens)")
     parser.add_argument("--port", type=int, default=int(os.environ.get(SERVICE_PORT_ENV) or DEFAULT_SERVICE_PORT))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -306,8 +311,11 @@ def main(argv: Optional[list] = None) -> None:
             state.get("job_id"),
             job_id,
         )
-    logger.info("dstack-ray service %s on %s:%d (state in %s, token auth %s)", __version__, args.host, args.port, state["state_dir"], "on" if _token_auth_on() else "off")
-    app = Service(controller).app()
+    host = bind_like_dashboard(dashboard_address()) if args.host == AUTO else args.host
+    logger.info("dstack-ray service %s on %s:%d (state in %s, token auth %s)", __version__, host, args.port, state["state_dir"], "on" if _token_auth_on() else "off")
+    if not _token_auth_on() and not is_loopback(host):
+        logger.warning(OPEN_WARNING, f"{host}:{args.port}")
+    app = Service(controller, exposed=not is_loopback(host)).app()
     gcs_address = ray.get_runtime_context().gcs_address
 
     async def watch(app: web.Application) -> None:
@@ -315,7 +323,7 @@ def main(argv: Optional[list] = None) -> None:
 
     app.on_startup.append(watch)
     try:
-        web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
+        web.run_app(app, host=host, port=args.port, print=None, access_log=None)
     except OSError as e:
-        logger.error("cannot listen on %s:%d: %s (another dstack-ray service? set %s)", args.host, args.port, e, SERVICE_PORT_ENV)
+        logger.error("cannot listen on %s:%d: %s (another dstack-ray service? set %s)", host, args.port, e, SERVICE_PORT_ENV)
         sys.exit(1)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from dstack_ray.models import JobRecord, RunRecord, RunStatus
+from dstack_ray.models.secrets import public_spec
 from dstack_ray.paths import private_dir
 
 _SCHEMA = """
@@ -65,19 +66,6 @@ QUARANTINED = 2  # `runs.deleted` of a record that could not be read
 
 class StoreError(RuntimeError):
     """The state database cannot be used; the message says what to do."""
-
-
-def scrubbed_spec(spec: dict) -> dict:
-    """A run spec without secrets: env values and the registry password become `***`."""
-    spec = json.loads(json.dumps(spec))
-    configuration = spec.get("configuration") or {}
-    env = configuration.get("env")
-    if isinstance(env, dict):
-        configuration["env"] = {key: "***" for key in env}
-    auth = configuration.get("registry_auth")
-    if isinstance(auth, dict):
-        auth["password"] = "***"
-    return spec
 
 
 def utcnow() -> datetime:
@@ -163,7 +151,7 @@ class Store:
     def mark_deleted(self, run: RunRecord) -> None:
         """Hide a run from listings, keeping its history but not its secrets."""
         data = run.model_dump(mode="json", exclude={"jobs"})
-        data["spec"] = scrubbed_spec(data["spec"]) if data["spec"] else None
+        data["spec"] = public_spec(data["spec"]) if data["spec"] else None
         document = json.dumps(data)
         with self._lock:
             self._db.execute("UPDATE runs SET deleted = 1, record = ? WHERE id = ?", (document, run.id))

@@ -27,6 +27,7 @@ def settings(tmp_path_factory):
         scheduler_interval=0.5,
         clock_offset_file=str(tmp_path_factory.mktemp("clock") / "offset"),
         python_downloads=False,  # tests reach no Python build server
+        gpu_sampler="dstack_ray.metrics.fake:FakeSampler",  # scripted per job (DSTACK_RAY_FAKE_GPU): the nodes have no GPUs
     )
 
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import yaml
+
 from dstack_ray.models import JobStatus, JobTerminationReason, RunStatus
 from tests.helpers import local_torch_sources, no_leftovers, wait_for
-from tests.integration.test_policies import sampler_client, set_clock
+from tests.integration.test_policies import set_clock
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -62,9 +64,9 @@ def test_schedule_runs_nightly(client, settings):
 
 
 def test_utilization_policy_stops_an_idle_gpu_run(client, settings):
-    """The sampler reports 3% for the last 40 minutes (a fake; no NVML here)."""
-    idle = sampler_client(client, settings, "dstack_ray.metrics.fake:FakeSampler?utilization=3&history=2400")
-    run = idle.apply(EXAMPLES / "utilization-policy.dstack.yml")
+    """The sampler reports 3% for the last 40 minutes (the head's scripted fake; no NVML here)."""
+    example = yaml.safe_load((EXAMPLES / "utilization-policy.dstack.yml").read_text())
+    run = client.apply({**example, "env": {"DSTACK_RAY_FAKE_GPU": "utilization=3&history=2400"}})
     assert run.wait(90) == RunStatus.FAILED, run.events()
     assert run.jobs[0].termination_reason == JobTerminationReason.TERMINATED_DUE_TO_UTILIZATION_POLICY
     assert any("The job GPU utilization below 10% for 1800 seconds" in m for _, m in run.events())

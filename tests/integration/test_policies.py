@@ -89,10 +89,9 @@ def test_interruption_is_resubmitted_on_the_remaining_nodes(client, gpu_nodes, t
     assert no_leftovers("sleep 31350", timeout=30) == []
 
 
-def sampler_client(client, settings, sampler):
-    from dstack_ray import Client
-
-    return Client(settings=settings.model_copy(update={"gpu_sampler": sampler}))
+def gpu_task(name, commands, script, **extra):
+    """A one-GPU task whose GPUs the head's scripted sampler reports as `script` says."""
+    return task(name, commands, resources=GPU_TASK, env={"DSTACK_RAY_FAKE_GPU": script}, **extra)
 
 
 UTILIZATION = {"min_gpu_utilization": 30, "time_window": "5m"}
@@ -100,8 +99,7 @@ GPU_TASK = {**SMALL, "gpu": "H100:1"}
 
 
 def test_idle_gpus_terminate_the_run(client, settings):
-    idle = sampler_client(client, settings, "dstack_ray.metrics.fake:FakeSampler?utilization=5&history=600")
-    run = idle.apply(task("idle-gpu", ["echo training", "sleep 31351"], resources=GPU_TASK, utilization_policy=UTILIZATION))
+    run = client.apply(gpu_task("idle-gpu", ["echo training", "sleep 31351"], "utilization=5&history=600", utilization_policy=UTILIZATION))
     assert run.wait(60) == RunStatus.FAILED
     job = run.jobs[0]
     assert job.status == JobStatus.TERMINATED
@@ -114,21 +112,18 @@ def test_idle_gpus_terminate_the_run(client, settings):
 
 
 def test_busy_gpus_are_not_terminated(client, settings):
-    busy = sampler_client(client, settings, "dstack_ray.metrics.fake:FakeSampler?utilization=90&history=600")
-    run = busy.apply(task("busy-gpu", ["sleep 3", "echo done"], resources=GPU_TASK, utilization_policy=UTILIZATION))
+    run = client.apply(gpu_task("busy-gpu", ["sleep 3", "echo done"], "utilization=90&history=600", utilization_policy=UTILIZATION))
     assert run.wait(60) == RunStatus.DONE
     assert len(run.metrics()) > 10
 
 
 def test_too_few_samples_do_not_terminate(client, settings):
-    fresh = sampler_client(client, settings, "dstack_ray.metrics.fake:FakeSampler?utilization=0")
-    run = fresh.apply(task("fresh-gpu", ["sleep 3", "echo done"], resources=GPU_TASK, utilization_policy=UTILIZATION))
+    run = client.apply(gpu_task("fresh-gpu", ["sleep 3", "echo done"], "utilization=0", utilization_policy=UTILIZATION))
     assert run.wait(60) == RunStatus.DONE
 
 
 def test_no_gpu_metrics_is_reported_not_fatal(client, settings):
-    broken = sampler_client(client, settings, "dstack_ray.metrics.gpu:NvmlSampler")
-    run = broken.apply(task("no-nvml", ["sleep 1"], resources=GPU_TASK, utilization_policy=UTILIZATION))
+    run = client.apply(gpu_task("no-nvml", ["sleep 1"], "nvml=1", utilization_policy=UTILIZATION))
     assert run.wait(60) == RunStatus.DONE
     assert any("no GPU metrics" in m for _, m in run.events())
 

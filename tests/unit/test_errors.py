@@ -29,7 +29,7 @@ def test_an_error_keeps_its_hint_across_pickling_as_ray_carries_it_from_an_actor
 
 def test_an_invalid_spec_names_its_fields_and_never_their_values():
     with pytest.raises(ValidationError) as failed:
-        RunSpec.model_validate({"run_name": "x", "configuration": {"type": "task", "commands": ["true"], "env": {"API_KEY": 12}}, "args": "hunter2-secret"})
+        RunSpec.model_validate({"run_name": "xx", "configuration": {"type": "task", "commands": ["true"], "env": {"API_KEY": 12}}, "args": "hunter2-secret"})
     error = invalid_fields("run spec", failed.value.errors(include_input=False))
     assert isinstance(error, InvalidInput) and str(error).startswith("invalid run spec: ")
     assert "args" in str(error) and "hunter2-secret" not in str(error)

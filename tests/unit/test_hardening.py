@@ -29,7 +29,8 @@ from dstack_ray.exec.container import Container, ContainerSpec
 from dstack_ray.exec.prepare import staged_path
 from dstack_ray.exec.process import DetachedJob
 from dstack_ray.exec.records import parse_records
-from dstack_ray.exec.repo import RepoError, RepoPayload, materialize_repo, redact_url
+from dstack_ray.exec.repo import RepoError, RepoPayload, materialize_repo
+from dstack_ray.models.secrets import redact_url
 from dstack_ray.local_head import _head_processes, ensure_auth_token
 from dstack_ray.models import RunRecord, RunSpec, RunStatus
 from dstack_ray.runtime.settings import RuntimeSettings
@@ -111,7 +112,7 @@ def test_registry_credentials_are_removed_after_the_pull(tmp_path, recording_run
 
 def spec_with_secrets() -> dict:
     cfg = task(env={"TOKEN": SECRET}, image="img", registry_auth={"username": "u", "password": SECRET})
-    return RunSpec(run_name="r", configuration=parse_configuration(cfg).model_dump(mode="json", exclude_unset=True)).model_dump(mode="json")
+    return RunSpec(run_name="rr", configuration=parse_configuration(cfg).model_dump(mode="json", exclude_unset=True)).model_dump(mode="json")
 
 
 def record(run_id: str = "a" * 32) -> RunRecord:

@@ -16,7 +16,7 @@ from dstack_ray.runtime.lifecycle import IllegalTransition, apply_report, fire_s
 def _run(nodes: int = 2) -> RunRecord:
     cfg = parse_configuration({"type": "task", "name": "r", "nodes": nodes, "commands": ["true"], "resources": {"cpu": 1, "memory": "1GB"}})
     now = datetime.now(timezone.utc)
-    spec = RunSpec(run_name="r", configuration=cfg.model_dump(mode="json", exclude_unset=True))
+    spec = RunSpec(run_name="rr", configuration=cfg.model_dump(mode="json", exclude_unset=True))
     return RunRecord(id="run-1", name="r", status=RunStatus.SUBMITTED, submitted_at=now, last_processed_at=now, spec=spec, jobs=new_jobs("run-1", 0, cfg, now), version=7)
 
 
@@ -60,12 +60,12 @@ NOON = datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc)  # a Monday
 
 def _spec(**configuration) -> RunSpec:
     cfg = parse_configuration({"type": "task", "name": "s", "commands": ["true"], **configuration})
-    return RunSpec(run_name="s", configuration=cfg.model_dump(mode="json", exclude_unset=True))
+    return RunSpec(run_name="ss", configuration=cfg.model_dump(mode="json", exclude_unset=True))
 
 
 def test_a_submission_makes_a_submitted_run_with_its_first_jobs():
     run = submitted_run("id-1", _spec(nodes=3, priority=7), NOON, NOON)
-    assert (run.id, run.name, run.status, run.priority, run.wait_reason) == ("id-1", "s", RunStatus.SUBMITTED, 7, None)
+    assert (run.id, run.name, run.status, run.priority, run.wait_reason) == ("id-1", "ss", RunStatus.SUBMITTED, 7, None)
     assert [(j.rank, j.attempt, j.status) for j in run.jobs] == [(r, 0, JobStatus.SUBMITTED) for r in range(3)]
 
 

@@ -4,6 +4,7 @@ the supervisor)."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 
 import pytest
@@ -66,7 +67,7 @@ def test_a_run_finishes_and_ends_only_its_active_jobs(reason, status, job_status
 
 def test_the_run_spec_keeps_the_configuration_typed_and_as_written():
     cfg = parse_configuration({"type": "task", "commands": ["echo hi"], "nodes": 2, "env": {"A": "1"}, "resources": {"gpu": "H100:1..2"}})
-    spec = RunSpec(run_name="r", configuration=cfg.model_dump(mode="json", exclude_unset=True))
+    spec = RunSpec(run_name="rr", configuration=cfg.model_dump(mode="json", exclude_unset=True))
     assert isinstance(spec.configuration, TaskConfiguration)
     dumped = spec.model_dump(mode="json")
     assert "groups" not in dumped["configuration"] and dumped["configuration"]["nodes"] == 2  # only what was set
@@ -86,3 +87,27 @@ def test_wait_reasons_are_an_enum_and_old_free_text_still_loads():
     assert retrying.wait_text(datetime(2026, 1, 1, tzinfo=timezone.utc)) == "retrying in 30s"
     assert retrying.wait_text(datetime(2026, 1, 1, 0, 1, tzinfo=timezone.utc)) == "retrying"
     assert RunRecord(**record, wait_reason=WaitReason.AUTOSCALER).wait_text() == "waiting for the autoscaler"
+
+
+@pytest.mark.parametrize("name", ["../../../../tmp/x", "a/b", "..", "UPPER", "-x", "x" * 50, "bad name"])
+def test_the_head_refuses_run_names_that_are_not_names(name):
+    with pytest.raises(ValueError, match="run name must match"):
+        RunSpec(run_name=name, configuration={"type": "task", "commands": ["true"]})
+    assert RunSpec(run_name="", configuration={"type": "task", "commands": ["true"]}).run_name == ""  # the head names it
+    assert RunSpec(run_name="my-run-2", configuration={"type": "task", "commands": ["true"]}).run_name == "my-run-2"
+
+
+def test_answers_carry_the_spec_without_secrets():
+    configuration = {
+        "type": "task", "commands": ["true"], "image": "registry.example/x", "env": {"API_KEY": "hunter2-planted"},
+        "registry_auth": {"username": "me", "password": "pw-planted"},
+        "repos": [{"url": "https://ghp_planted@github.com/o/r.git"}],
+    }
+    run = RunRecord(id="r", name="r", status=RunStatus.RUNNING, submitted_at=NOW, last_processed_at=NOW,
+                    spec=RunSpec(run_name="rr", configuration=configuration))
+    public = run.public()
+    assert "planted" not in json.dumps(public) and "hunter2" not in json.dumps(public)
+    shown = RunRecord.model_validate(public).spec.configuration  # still a valid configuration for clients
+    assert shown.env.root == {"API_KEY": "***"} and shown.registry_auth.username == "me"
+    assert [r.url for r in shown.repos] == ["https://***@github.com/o/r.git"]
+    assert run.spec.configuration.env.root["API_KEY"] == "hunter2-planted"  # the record itself keeps them (for its nodes)

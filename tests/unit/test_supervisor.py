@@ -162,7 +162,7 @@ def install_fakes(monkeypatch, script: Script, started: List[tuple]) -> None:
 
 def run_record(config: Dict[str, Any], submitted_at: Optional[datetime] = None, submitted_jobs: bool = False) -> RunRecord:
     """As the Controller stores a new run (with its attempt-0 jobs when `submitted_jobs`)."""
-    cfg = parse_configuration({"type": "task", "name": "r", "resources": {"cpu": 1, "memory": "1GB"}, **config})
+    cfg = parse_configuration({"type": "task", "name": "rr", "resources": {"cpu": 1, "memory": "1GB"}, **config})
     now = submitted_at or datetime.now(timezone.utc)
     spec = RunSpec(run_name=cfg.name, configuration=cfg.model_dump(mode="json", exclude_unset=True))
     jobs = new_jobs("run-1", 0, cfg, now) if submitted_jobs else []
@@ -416,3 +416,24 @@ def test_log_store_offsets(tmp_path):
     assert store.read("r", 0, 0, 0, 6) == (b"a 1\n", 4)  # cut at the last whole line
     assert store.read("r", 0, 0, 12, 100) == (b"", 12)
     assert store.size("r", 0, 0) == 12 and store.size("r", 0, 1) == 0
+
+
+def test_the_gpu_sampler_is_the_heads_setting_never_the_clients(monkeypatch):
+    """A spec naming code for the node agent to import (the review's `subprocess:Popen?...`) is
+    read without that field: every node gets the head's sampler."""
+    settings = RuntimeSettings(retry_delays=[0.01], stop_grace_seconds=0.05, agent_start_timeout=5, gpu_sampler="dstack_ray.metrics.fake:FakeSampler")
+    host, started, samplers = FakeHost(settings), [], []
+    install_fakes(monkeypatch, lambda a, r: 0, started)
+    launch = sup.RunSupervisor._launch
+
+    async def recording(self, pg, bundle, assignment, payload, nodes_by_bundle):
+        samplers.append(assignment.gpu_sampler)
+        return await launch(self, pg, bundle, assignment, payload, nodes_by_bundle)
+
+    monkeypatch.setattr(sup.RunSupervisor, "_launch", recording)
+    record = run_record({"commands": ["x"], "nodes": 2}).model_dump(mode="json")
+    record["spec"]["gpu_sampler"] = "subprocess:Popen?args=touch /tmp/pwned&shell=1"
+    supervisor = sup.RunSupervisor(host, RunRecord.model_validate(record), resume_lost=False)
+    asyncio.run(asyncio.wait_for(supervisor.main(), timeout=20))
+    assert samplers == ["dstack_ray.metrics.fake:FakeSampler"] * 2
+    assert not hasattr(supervisor.spec, "gpu_sampler")
