@@ -31,6 +31,12 @@ class InvalidInput(ApiError):
     status = 400
 
 
+class Forbidden(ApiError):
+    """A request the API never grants (a port the run does not declare, say)."""
+
+    status = 403
+
+
 class NotFound(ApiError):
     status = 404
 
@@ -51,7 +57,7 @@ class NotReady(ApiError):
     status = 503
 
 
-API_ERRORS: Dict[int, Type[ApiError]] = {cls.status: cls for cls in (InvalidInput, NotFound, Conflict, TooLarge, NotReady)}
+API_ERRORS: Dict[int, Type[ApiError]] = {cls.status: cls for cls in (InvalidInput, Forbidden, NotFound, Conflict, TooLarge, NotReady)}
 
 
 def api_error(status: int, message: str, hint: Optional[str] = None) -> DstackRayError:

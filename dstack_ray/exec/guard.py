@@ -359,6 +359,51 @@ def _parse_order(line: bytes) -> tuple[str, float] | None:
     return None
 
 
+def _drain(fd: int, most: int = 1 << 20) -> bytes:
+    """What the FIFO holds now (up to `most` bytes): emptied at once, so that an order written
+    after a flood finds room. (The guard holds the FIFO open for writing too: it never ends.)"""
+    chunks: list[bytes] = []
+    size = 0
+    while size < most:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+class _Orders:
+    """Order lines as they arrive from the FIFO, in chunks. An order is a few bytes: a line
+    longer than MAX_LINE is dropped whole (up to its newline) rather than kept, and each chunk
+    is scanned once, so whatever a job writes into the FIFO costs it, not the guard."""
+
+    MAX_LINE = 64
+
+    def __init__(self) -> None:
+        self._partial = b""
+        self._dropping = False  # inside an over-long line: skip to its end
+
+    def feed(self, chunk: bytes) -> list[tuple[str, float]]:
+        orders = []
+        *complete, rest = chunk.split(b"\n")
+        for piece in complete:
+            line, self._partial = self._partial + piece, b""
+            if not self._dropping and len(line) <= self.MAX_LINE:
+                order = _parse_order(line)
+                if order is not None:  # not an order: ignored rather than fail with the command running
+                    orders.append(order)
+            self._dropping = False
+        if self._dropping or len(self._partial) + len(rest) > self.MAX_LINE:
+            self._partial, self._dropping = b"", True
+        else:
+            self._partial += rest
+        return orders
+
+
 def _supervise(argv: list[str], tty_fd: int, watch_pid: int | None, orders_fd: int, output: _Output) -> int:
     """Run the command to its end on the terminal `tty_fd`, following orders from `orders_fd`
     (the job's FIFO) and pumping the terminal's `output` into the job's log."""
@@ -369,7 +414,7 @@ def _supervise(argv: list[str], tty_fd: int, watch_pid: int | None, orders_fd: i
     os.close(tty_fd)
     pgid = child
     kill_at: float | None = None
-    orders = b""
+    orders = _Orders()
     orders_open = True
     terminal_open = True
     while True:
@@ -396,15 +441,7 @@ def _supervise(argv: list[str], tty_fd: int, watch_pid: int | None, orders_fd: i
             terminal_open = output.pump()
         if orders_fd not in ready:
             continue
-        try:
-            orders += os.read(orders_fd, 1024)  # (the guard holds the FIFO open for writing too: it never ends)
-        except BlockingIOError:
-            continue
-        while b"\n" in orders:
-            line, orders = orders.split(b"\n", 1)
-            order = _parse_order(line)
-            if order is None:
-                continue  # not an order: ignore it rather than fail with the command running
+        for order in orders.feed(_drain(orders_fd)):
             if order[0] == "stop":
                 _interrupt(pgid)
                 kill_at = time.monotonic() + order[1]

@@ -198,13 +198,22 @@ class DetachedJob:
             if exited is not None:
                 os.close(exited)
 
-    def _order(self, text: str) -> None:
-        if self._control is None or self.finished():
-            return  # the guard already exited
-        try:
-            os.write(self._control, text.encode() + b"\n")
-        except OSError:
-            pass
+    def _order(self, text: str, patience: float = 10.0) -> None:
+        """Write an order into the guard's FIFO. A full FIFO (the job can write into it too) is
+        waited on while the guard drains it, `patience` seconds at most: an order is not lost
+        to a flood."""
+        data = b"\n" + text.encode() + b"\n"  # the first newline ends whatever else was written into the FIFO
+        deadline = time.monotonic() + patience
+        while self._control is not None and not self.finished():  # else the guard already exited
+            try:
+                os.write(self._control, data)  # a few bytes: written whole or not at all (PIPE_BUF)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.002)
+            except OSError:
+                return
 
     def stop(self, grace_seconds: float) -> None:
         """SIGINT the command's process group; everything is killed after the grace period."""

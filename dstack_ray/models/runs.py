@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional, Set
 
 from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, field_serializer, field_validator
 
@@ -289,6 +289,15 @@ class RunRecord(Model):
             failed = [j for j in self.jobs if j.status in (JobStatus.FAILED,)]
             return (failed[0] if failed else self.jobs[0]).status_message
         return self.status_message or self.status.value
+
+
+def declared_ports(run: "RunRecord") -> Set[int]:
+    """The ports a run declares for its rank-0 node (`ports` of its first node group): the only
+    ones the service's relay reaches."""
+    if run.spec is None:
+        return set()
+    groups = run.spec.configuration.node_groups
+    return {mapping.container_port for mapping in groups[0].ports} if groups else set()
 
 
 class RunSpec(Model):

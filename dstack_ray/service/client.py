@@ -36,6 +36,10 @@ from dstack_ray.service import (
 
 logger = logging.getLogger(__name__)
 
+# What a client that starts the service passes on from its environment: the payload limit (the
+# service refuses larger requests) and the extra host names browsers may use.
+SERVICE_SETTINGS = ("DSTACK_RAY_PAYLOAD_LIMIT", "DSTACK_RAY_SERVICE_ALLOWED_HOSTS")
+
 DASHBOARD_PORT = 8265
 API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"  # Ray's own variable for its Jobs API (`ray job`)
 START_TIMEOUT = 120.0
@@ -271,6 +275,9 @@ def submit_service(
         "metadata": {"job_name": JOB_NAME, SERVICE_METADATA_KEY: str(port), "dstack_ray_version": __version__},
         "entrypoint_num_cpus": 0,
     }
+    settings = {name: os.environ[name] for name in SERVICE_SETTINGS if os.environ.get(name)}
+    if settings:  # the service's own settings, as this client has them
+        runtime_env = {**(runtime_env or {}), "env_vars": {**(runtime_env or {}).get("env_vars", {}), **settings}}
     if runtime_env:
         body["runtime_env"] = runtime_env
     dashboard.call("POST", "/api/jobs/", body=body)

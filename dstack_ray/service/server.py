@@ -37,8 +37,9 @@ from dstack_ray import __version__
 from dstack_ray.config import ConfigurationError, parse_configuration
 from dstack_ray.models.cluster import ClusterView
 from dstack_ray.plan.catalog import offers_for
-from dstack_ray.errors import ApiError, Conflict, InvalidInput, NotFound, NotReady, TooLarge, invalid_fields
+from dstack_ray.errors import ApiError, Conflict, Forbidden, InvalidInput, NotFound, NotReady, TooLarge, invalid_fields
 from dstack_ray.models.api import OPERATIONS, Operation
+from dstack_ray.models.runs import RunRecord, declared_ports
 from dstack_ray.runtime.controller import controller_handle
 from dstack_ray.runtime.settings import NAMESPACE, RuntimeSettings
 from dstack_ray.service import API_VERSION, AUTO, DEFAULT_SERVICE_PORT, JOB_NAME, OPEN_WARNING, SERVICE_PORT_ENV
@@ -48,7 +49,17 @@ logger = logging.getLogger(__name__)
 
 RELAY_CHUNK = 256 * 1024
 LOG_WAIT = 5.0  # seconds one read of a followed log waits for new lines
-MAX_REQUEST = 512 << 20  # an apply carries the run's packed files (64 MiB by default, as JSON)
+PAYLOAD_LIMIT_ENV = "DSTACK_RAY_PAYLOAD_LIMIT"  # as the client's: the files and repo one run may ship
+DEFAULT_PAYLOAD_LIMIT = 64 << 20
+NO_LIMIT_CAP = 1 << 30  # a limit of 0 ("none") still stops at 1 GiB
+
+
+def max_request(environ: Optional[Dict[str, str]] = None) -> int:
+    """The largest request the service reads: an apply's packed files (base64 in JSON: 4/3 of
+    the payload limit) and its spec."""
+    text = (environ if environ is not None else os.environ).get(PAYLOAD_LIMIT_ENV) or ""
+    limit = int(text) if text.strip().isdigit() else DEFAULT_PAYLOAD_LIMIT
+    return NO_LIMIT_CAP if limit == 0 else limit * 4 // 3 + (4 << 20)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -74,15 +85,19 @@ def _flag(value: Optional[str]) -> bool:
     return (value or "").lower() in ("1", "true", "yes")
 
 
-def _number(request: web.Request, name: str, kind: Callable[[str], Any] = int, default: Any = None) -> Any:
-    """A query parameter as a number; a malformed one is an InvalidInput naming it."""
+def _number(request: web.Request, name: str, kind: Callable[[str], Any] = int, default: Any = None, minimum: Optional[float] = None) -> Any:
+    """A query parameter as a number (at least `minimum`); a malformed one is an InvalidInput
+    naming it."""
     text = request.query.get(name)
     if not text:
         return default
     try:
-        return kind(text)
+        value = kind(text)
     except ValueError:
         raise InvalidInput(f"query parameter `{name}` must be a{'n integer' if kind is int else ' number'}") from None
+    if minimum is not None and value < minimum:
+        raise InvalidInput(f"query parameter `{name}` must be {minimum} or more")
+    return value
 
 
 async def _body(request: web.Request, *required: str) -> Dict[str, Any]:
@@ -105,6 +120,7 @@ class Service:
     def __init__(self, controller: Any, exposed: bool = False) -> None:
         self.controller = controller
         self.exposed = exposed  # listening beyond loopback
+        self.max_request = max_request()
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -114,7 +130,11 @@ class Service:
         try:
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:
-            return _error(TooLarge.status, f"the request is larger than the service takes ({MAX_REQUEST >> 20} MiB)", "ship fewer files with the run (.dstackignore)")
+            return _error(
+                TooLarge.status,
+                f"the request is larger than the service takes ({self.max_request >> 20} MiB)",
+                f"ship fewer files with the run (.dstackignore), or raise {PAYLOAD_LIMIT_ENV} where the service starts",
+            )
         except web.HTTPException:
             raise
         except ApiError as e:
@@ -136,7 +156,7 @@ class Service:
             return _error(500, "the dstack-ray service failed on this request", "see the `dstack-ray` job's log in the Ray dashboard")
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[browser_guard(allowed_host_names()), _token_auth(), self._errors], client_max_size=MAX_REQUEST)
+        app = web.Application(middlewares=[browser_guard(allowed_host_names()), _token_auth(), self._errors], client_max_size=self.max_request)
         app.add_routes(
             [
                 web.get("/api/health", self.health),
@@ -192,12 +212,13 @@ class Service:
         return web.json_response(offers_for(cfg, cluster, catalog=_flag(request.query.get("catalog"))).model_dump(mode="json"))
 
     async def logs(self, request: web.Request) -> web.StreamResponse:
+        rank = _number(request, "rank", int, 0, minimum=0)  # all checked before the answer starts
+        offset = _number(request, "offset", int, 0, minimum=0)
         run = await self._run(request)
-        query = request.query
-        rank = _number(request, "rank", int, 0)
-        attempt = _number(request, "attempt", int, run["attempt"])
-        offset = _number(request, "offset", int, 0)
-        follow = _flag(query.get("follow"))
+        attempt = _number(request, "attempt", int, run["attempt"], minimum=0)
+        if attempt > run["attempt"]:
+            raise InvalidInput(f"query parameter `attempt`: run {run['name']} has attempts 0 to {run['attempt']}")
+        follow = _flag(request.query.get("follow"))
         response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
         await response.prepare(request)
         while True:
@@ -211,19 +232,28 @@ class Service:
 
     async def relay(self, request: web.Request) -> web.StreamResponse:
         """One TCP connection to a port of the rank-0 node, carried in binary websocket
-        messages; a text message `eof` from the client closes its sending side."""
-        run = await self._run(request)
+        messages; a text message `eof` from the client closes its sending side. Only an active
+        run's declared ports (of rank 0's node group) are reached; anything else is refused
+        before connecting."""
         try:
             port = int(request.match_info["port"])
         except ValueError:
             raise InvalidInput("the port must be an integer") from None
-        jobs = run.get("jobs") or []
-        if not jobs or not jobs[0].get("node_ip"):
-            raise Conflict(f"run {run['name']} has no rank-0 node yet", "wait until it is running")
+        if not 1 <= port <= 65535:
+            raise InvalidInput(f"port {port} is not a TCP port (1-65535)")
+        run = RunRecord.model_validate(await self._run(request))
+        if run.status.is_finished():
+            raise Conflict(f"run {run.name} is {run.status.value}: its ports are closed", "only an active run's ports can be forwarded")
+        declared = declared_ports(run)
+        if port not in declared:
+            shown = ", ".join(map(str, sorted(declared))) or "none"
+            raise Forbidden(f"port {port} is not one of run {run.name}'s ports ({shown})", "add it to `ports` in the run's configuration")
+        if not run.jobs or not run.jobs[0].node_ip:
+            raise Conflict(f"run {run.name} has no rank-0 node yet", "wait until it is running")
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(jobs[0]["node_ip"], port), 10)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(run.jobs[0].node_ip, port), 10)
         except (OSError, asyncio.TimeoutError) as e:
-            return _error(502, f"cannot connect to port {port} of run {run['name']}: {e}")
+            return _error(502, f"cannot connect to port {port} of run {run.name}: {e}")
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
 

@@ -136,3 +136,39 @@ def test_a_fork_server_that_died_is_replaced(tmp_path):
     job = DetachedJob.start(tmp_path / "second", ["/bin/sh", "-c", "echo again"], env("j11"), None)
     assert job.wait(30) == 0 and lines_of(tmp_path / "second") == ["again"]
     assert _ForkServer._server.pid != old.pid
+
+
+def test_order_lines_are_bounded_and_read_once():
+    """The guard keeps at most an order's worth of bytes: an over-long line (the review wrote
+    2.7 MiB without a newline into the FIFO: 2.8 s of the guard's CPU, its memory doubled) is
+    dropped to its newline and the orders after it still work."""
+    from dstack_ray.exec.guard import _Orders
+
+    orders = _Orders()
+    assert orders.feed(b"sto") == [] and orders.feed(b"p 2\nkill\n") == [("stop", 2.0), ("kill", 0.0)]
+    assert orders.feed(b"x" * (1 << 20)) == [] and len(orders._partial) == 0
+    assert orders.feed(b"y" * (1 << 20)) == [] and len(orders._partial) == 0
+    assert orders.feed(b"kill\nstop 1\n") == [("stop", 1.0)]  # "…yyykill" was the over-long line's end
+    assert orders.feed(b"nonsense\n\nstop -1\nstop 3") == [] and orders.feed(b"\n") == [("stop", 3.0)]
+    assert orders.feed(b"stop " + b"0" * 80 + b"1\nkill\n") == [("kill", 0.0)]  # too long, even split over chunks
+
+
+def test_a_flood_of_bytes_into_the_fifo_does_not_stop_the_guard_obeying(tmp_path):
+    job = DetachedJob.start(tmp_path / "job", ["/bin/bash", "-c", "trap 'echo got-int; exit 5' INT; echo up; sleep 31502 & wait"], env("j9"), str(tmp_path))
+    assert wait_for(lambda: "up" in lines_of(tmp_path / "job"), 10)
+    fd = os.open(tmp_path / "job" / "control", os.O_WRONLY | os.O_NONBLOCK)
+    written, started = 0, time.monotonic()
+    try:
+        while written < (8 << 20) and time.monotonic() - started < 20:
+            try:
+                written += os.write(fd, b"z" * 65536)
+            except BlockingIOError:
+                time.sleep(0.001)
+    finally:
+        os.close(fd)
+    job.stop(5)
+    try:
+        assert job.wait(timeout=30) == 5 and written >= 8 << 20
+    finally:
+        job.kill()
+        assert no_leftovers("sleep 31502") == []
