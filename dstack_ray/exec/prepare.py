@@ -45,6 +45,7 @@ from dstack_ray.exec.container import (
 from dstack_ray.exec.pyenv import EnvironmentSetupError, VenvMaker, activation_env, find_nvcc, link_uv
 from dstack_ray.exec.repo import RepoError, RepoPayload, materialize_repo
 from dstack_ray.exec.ssh import HAS_SSHD_CHECK, RunKey, stage_container_sshd, with_sshd, write_client_files, write_wrappers
+from dstack_ray.exec.view import in_view, ray_token_dirs
 
 Report = Callable[[str], None]
 
@@ -96,6 +97,7 @@ class NodeContext:
     attempt: int
     ssh_key: Optional[RunKey] = None  # multi-node runs: the attempt's key pair
     ssh_ports: List[Optional[int]] = field(default_factory=list)  # per rank, from the start order
+    state_dir: Optional[Path] = None  # dstack-ray's state directory on this node (hidden from the job but for its own)
 
 
 def _apply_repo_and_files(payload: Optional[RunPayload], place: Callable[[str], Path], report: Report) -> Path:
@@ -233,6 +235,12 @@ def prepare_host(
     )
     system = {**dstack_variables(node.identity, node.cluster, paths), **extra}
     env = job_environment(base, system, spec.user_env, node.gpu_ids, home=str(layout.home))
+    if node.state_dir is not None:
+        viewed = in_view(argv, node.state_dir, node.run_dir, str(working_dir), shared=venvs.root, hide=ray_token_dirs())
+        if viewed is None:
+            report("no private mount namespace on this node: the job can see other runs' files (use `image:` to keep runs apart)")
+        else:
+            argv = viewed
     return Prepared(argv=argv, env=env, cwd=str(working_dir))
 
 

@@ -19,6 +19,7 @@ lost or shipped twice. Jobs do not hold a Ray worker process each: a running job
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import shutil
@@ -217,13 +218,18 @@ class SpoolShipper:
         self._thread.join(timeout)
 
 
+def run_dir_name(run_name: str, run_id: str) -> str:
+    """The name of a run's directory under `<state dir>/runs` on every node it ran on."""
+    name = f"{run_name}-{run_id[:8]}"
+    if os.path.basename(name) != name or name.startswith("."):  # the head checks names; never a path here either
+        raise ValueError(f"not a run name: {run_name!r}")
+    return name
+
+
 def _run_dir(assignment: NodeAssignment) -> Path:
     """This rank's private directory for the run on this node (kept after the run)."""
-    name = f"{assignment.run_name}-{assignment.run_id[:8]}"
-    if os.path.basename(name) != name or name.startswith("."):  # the head checks names; never a path here either
-        raise ValueError(f"not a run name: {assignment.run_name!r}")
     root = private_dir(private_dir(assignment.settings.resolved_state_dir()) / "runs")
-    run = root / name
+    run = root / run_dir_name(assignment.run_name, assignment.run_id)
     run.mkdir(exist_ok=True, mode=0o700)
     path = run / f"node-{assignment.rank}"
     path.mkdir(exist_ok=True, mode=0o700)
@@ -393,6 +399,18 @@ class NodeAgent:
     async def ping(self) -> Dict[str, Any]:
         return {"node_id": self.node_id, "pid": os.getpid()}
 
+    async def remove_run(self, run_name: str, run_id: str, state_dir: str) -> bool:
+        """Remove a deleted run's directories on this node (its jobs' output, working
+        directories, home and shipped files); False if it had none here."""
+        path = Path(state_dir) / "runs" / run_dir_name(run_name, run_id)
+        if not path.is_dir():
+            return False
+        await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(shutil.rmtree, path, ignore_errors=True))
+        if path.exists():
+            logger.warning("could not remove all of %s (files a container made under another user?)", path)
+        logger.info("removed the directories of deleted run %s", run_name)
+        return True
+
     async def run_job(
         self,
         assignment: NodeAssignment,
@@ -554,6 +572,7 @@ def _prepare(
         attempt=assignment.attempt,
         ssh_key=assignment.ssh_key,
         ssh_ports=list(order.ssh_ports),
+        state_dir=assignment.settings.resolved_state_dir(),
     )
 
     def report(message: str) -> None:

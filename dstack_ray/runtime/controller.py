@@ -9,6 +9,7 @@ everything from the store; running runs are not disturbed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -397,9 +398,34 @@ class Controller:
         run = self._require(name)
         if not run.status.is_finished():
             raise Conflict(f"run {name} is active ({run.status.value}); stop it before deleting", hint=f"`dstack-ray stop {name}`")
+        self._remove_node_copies([(run.name, run.id)])
         self._delete(run)
         self.store.delete_run(run.id)
         self.logs.delete_run(run.id)
+
+    def _remove_node_copies(self, runs: List[Tuple[str, str]]) -> None:
+        """Have the agent of every node a job of these runs (name, id) ran on remove their
+        directories there (in the background: `delete` does not wait for the nodes; a node
+        that is gone or whose agent is not running keeps its copy)."""
+        nodes: Dict[str, List[Tuple[str, str]]] = defaultdict(list)
+        for name, run_id in runs:
+            for node_id in {job.node_id for job in self.store.load_jobs(run_id) if job.node_id}:
+                nodes[node_id].append((name, run_id))
+        if nodes:
+            asyncio.ensure_future(self._tell_agents_to_remove(dict(nodes)))
+
+    async def _tell_agents_to_remove(self, nodes: Dict[str, List[Tuple[str, str]]]) -> None:
+        loop = asyncio.get_running_loop()
+        for node_id, runs in nodes.items():
+            try:
+                agent = await loop.run_in_executor(None, functools.partial(ray.get_actor, f"dstack:agent:{node_id}", namespace=NAMESPACE))
+            except ValueError:
+                continue  # no agent there (the node is gone): its copy, if any, stays
+            for name, run_id in runs:
+                try:
+                    await asyncio.wait_for(agent.remove_run.remote(name, run_id, self.settings.state_dir), 60)
+                except Exception as e:  # noqa: BLE001 - the node went away meanwhile
+                    logger.warning("could not remove run %s's directories on node %s: %s", name, node_id, e)
 
     async def events(self, name: str) -> List[Tuple[str, str]]:
         run = self._require(name)
@@ -549,6 +575,7 @@ class Controller:
             run = self.recent.pop(run_id, None) or self.store.find_run(run_id)
             if run is not None:
                 self.run_metrics.forget(run)
+        self._remove_node_copies(self.store.names(expired))
         self.store.delete_runs(expired)
         for run_id in expired:
             self.logs.delete_run(run_id)

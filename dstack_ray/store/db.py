@@ -206,6 +206,15 @@ class Store:
             )
         return found[0] if found else None
 
+    def names(self, run_ids: List[str]) -> List[Tuple[str, str]]:
+        """(name, id) of these runs, listed or not."""
+        with self._lock:
+            return [
+                (name, run_id)
+                for run_id in run_ids
+                for (name,) in self._db.execute("SELECT name FROM runs WHERE id = ?", (run_id,)).fetchall()
+            ]
+
     def find_submission(self, submission_id: str) -> Optional[RunRecord]:
         found = self._records("SELECT id, record FROM runs WHERE deleted = 0 AND submission_id = ?", (submission_id,))
         return found[0] if found else None

@@ -130,7 +130,7 @@ def test_three_nodes_ranks_hostfile_and_gpus(client):
             resources={**SMALL, "gpu": "H100:1"},
         )
     )
-    assert run.wait(90) == RunStatus.DONE
+    assert run.wait(90) == RunStatus.DONE, (run.events(), [j.termination_message for j in run.jobs])
     jobs = run.jobs
     assert [j.rank for j in jobs] == [0, 1, 2]
     assert len({j.node_id for j in jobs}) == 3  # STRICT_SPREAD: distinct nodes
@@ -399,8 +399,25 @@ def test_history_is_paged_and_finished_runs_stay_reachable_until_pruned(client, 
     for run in oldest:
         assert client.find_run(run.id) is None
         assert not (Path(settings.state_dir) / "logs" / run.id).exists()
+        assert wait_for(lambda: not (Path(settings.state_dir) / "runs" / f"{run.name}-{run.id[:8]}").exists(), 30)  # nodes' copies too
     assert [r.name for r in client.list_runs(limit=3)] == ["history-2", "history-1", "history-0"]
     assert len(list(client.iter_runs())) == len(everything) - 2
+
+
+def test_delete_removes_what_the_run_left_on_its_nodes(client, settings):
+    """A finished 2-node run's directories (output, working directory, home) are on its nodes
+    until `delete`, which has the nodes' agents remove them (the review found a secret the job
+    printed still on the node after delete)."""
+    from pathlib import Path
+
+    run = client.apply(task("delete-copies", ["echo the-secret-hunter2 > left-behind.txt", "echo printed-hunter2"], nodes=2))
+    assert run.wait(60) == RunStatus.DONE
+    copies = Path(settings.state_dir) / "runs" / f"delete-copies-{run.id[:8]}"
+    assert sorted(p.name for p in copies.iterdir()) == ["node-0", "node-1"]
+    assert any(b"hunter2" in p.read_bytes() for p in copies.rglob("*") if p.is_file() and not p.is_symlink())
+    run.delete()
+    assert wait_for(lambda: not copies.exists(), 30)
+    assert client.find_run(run.id) is None
 
 
 def test_following_a_big_log_streams_in_bounded_memory(client, cluster):

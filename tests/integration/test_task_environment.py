@@ -126,7 +126,9 @@ def test_python_version_and_a_fresh_venv_per_run(client):
     prefixes = set()
     for run in runs:
         assert run.wait(120) == RunStatus.DONE, run.events()
-        version, prefix, packages = list(run.logs())
+        lines = list(run.logs())
+        assert len(lines) == 3, lines
+        version, prefix, packages = lines
         assert version == wanted
         prefixes.add(prefix)
         assert packages.split() == ["pip"]  # nothing of Ray's environment
