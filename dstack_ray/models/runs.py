@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Literal, Optional, Set
+from typing import Any, Dict, List, Optional, Set
 
 from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, field_serializer, field_validator
 
@@ -308,7 +308,7 @@ class RunSpec(Model):
     configuration_path: Optional[str] = None
     args: List[str] = Field(default_factory=list)
     has_payload: bool = False  # files or a repo were shipped (the Controller keeps them)
-    container_runtime: Optional[Literal["podman", "docker"]] = None  # (Client settings)
+    container_runtime: Optional[str] = Field(None, pattern=r"^[a-z][a-z0-9-]*$")  # podman or docker (Client settings)
     default_image: Optional[str] = None  # the image for tasks without one (Client settings)
     submission_id: Optional[str] = None  # unique per `Client.apply` call: a retried submit is answered once
 

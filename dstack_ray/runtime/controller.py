@@ -179,7 +179,7 @@ class Controller:
         previous = self.host_incarnation
         self.host_incarnation = incarnation
         supervised = set(await self.host.active_runs.remote())
-        for run_id in supervised:
+        for run_id in supervised & set(self.runs):
             self.handed[run_id] = incarnation
         for run, lost in to_hand_over(list(self.runs.values()), supervised):
             if previous is not None or lost:

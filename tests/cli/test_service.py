@@ -182,3 +182,51 @@ def test_api_refusals_have_the_status_of_their_kind_and_no_traceback(cli):
     cli("stop", "-x", "cli-busy", "-y", check_rc=0)
     stopped = cli("stop", "no-such-run", "-y")
     assert stopped.returncode == 1 and "no-such-run" in stopped.stderr and "Traceback" not in stopped.stderr
+
+
+def test_no_answer_of_the_api_carries_a_secret(cli):
+    """Every route of the API (models/api.py's table and the hand-written ones) answers without
+    the run's env values, the `-e` values given on the command line or tokens in repo URLs;
+    the CLI's own output neither (the review got `"API_KEY": "hunter2…"` from GET /api/runs/{run})."""
+    url, token = _head(cli)["service"], _token(cli)
+    secrets = ("hunter2-planted-env", "hunter2-planted-cli", "ghp_planted_token")
+    write_task(
+        cli.cwd, "secret",
+        "type: task\nname: cli-secret\nenv:\n  - API_KEY=hunter2-planted-env\n  - FROM_CLI\n"
+        "commands:\n  - echo started\n  - sleep 2\n" + SMALL,
+    )
+    applied = cli("apply", "-f", "secret.dstack.yml", "-y", "-e", "FROM_CLI=hunter2-planted-cli")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    answers = {"apply": applied.stdout + applied.stderr}
+    run = _request(url + "/api/runs/cli-secret", token)[1]
+    env = run["spec"]["configuration"]["env"]
+    assert set(env) == {"API_KEY", "FROM_CLI"} and set(env.values()) == {"***"}, env
+    from dstack_ray.models.api import OPERATIONS
+
+    for op in OPERATIONS.values():
+        path = op.path.format(name="cli-secret", run_id=run["id"])
+        query = {"wait_run": "?version=0&timeout=0", "list_runs": "?limit=5", "metrics": ""}.get(op.name, "")
+        if op.name in ("submit", "delete_run"):
+            continue  # below: a submission's answer, and the delete at the end
+        body = {} if op.method == "POST" else None
+        answers[op.name] = json.dumps(_request(url + path + query, token, op.method, body))
+    answers["active"] = json.dumps(_request(url + "/api/runs?active=1", token))
+    answers["offers"] = json.dumps(_request(url + "/api/offers", token, "POST", {"configuration": {"type": "task", "commands": ["x"], "env": ["K=hunter2-planted-env"]}}))
+    answers["health"] = json.dumps(_request(url + "/api/health"))
+    logs = urllib.request.Request(url + "/api/runs/cli-secret/logs", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(logs, timeout=30) as response:
+        answers["logs"] = response.read().decode()
+    assert "started" in answers["logs"]
+    resubmitted = {"spec": {**run["spec"], "run_name": "cli-secret-2", "submission_id": None,
+                            "configuration": {"type": "task", "commands": ["true"], "env": {"K": "hunter2-planted-env"}, "resources": {"cpu": 1, "memory": "256MB"},
+                                              "repos": [{"url": "https://ghp_planted_token@127.0.0.1:9/r.git"}]}}}
+    answers["submit"] = json.dumps(_request(url + "/api/runs", token, "POST", resubmitted))
+    for verb in (("ps", "-a", "--json"), ("ps", "-a", "-v"), ("events", "cli-secret"), ("logs", "cli-secret")):
+        answers[" ".join(verb)] = cli(*verb).stdout
+    for route, text in answers.items():
+        assert not any(secret in text for secret in secrets), (route, text)
+    cli("stop", "cli-secret", "-y")
+    cli("stop", "cli-secret-2", "-y")
+    for name in ("cli-secret", "cli-secret-2"):
+        assert wait_for(lambda: cli("delete", name, "-y").returncode == 0, 60)
+    assert cli("delete", "no-such", "-y").returncode == 1

@@ -394,12 +394,17 @@ def test_history_is_paged_and_finished_runs_stay_reachable_until_pruned(client, 
     assert client.get_run("history-0").status == RunStatus.DONE and list(client.get_run("history-0").logs()) == ["echo history 0".split(" ", 1)[1]]
     assert runs[0].wait_change(30).status == RunStatus.DONE  # a finished run answers at once
     oldest = everything[-2:]  # finished runs of earlier tests: removed as the retention would
+    import ray
+
+    alive = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+    on_live_nodes = {r.id for r in oldest if {j.node_id for j in r.jobs_history() if j.node_id} <= alive}
     removed = client._controller._call(client._controller.handle.prune, None, len(everything) - 2)
     assert removed >= 2  # and runs replaced by a resubmission under their name, as old as those
     for run in oldest:
         assert client.find_run(run.id) is None
         assert not (Path(settings.state_dir) / "logs" / run.id).exists()
-        assert wait_for(lambda: not (Path(settings.state_dir) / "runs" / f"{run.name}-{run.id[:8]}").exists(), 30)  # nodes' copies too
+        if run.id in on_live_nodes:  # a node that is gone keeps its copy (README)
+            assert wait_for(lambda: not (Path(settings.state_dir) / "runs" / f"{run.name}-{run.id[:8]}").exists(), 30)
     assert [r.name for r in client.list_runs(limit=3)] == ["history-2", "history-1", "history-0"]
     assert len(list(client.iter_runs())) == len(everything) - 2
 
