@@ -232,3 +232,43 @@ def test_ssh_between_the_nodes_of_a_run(client, settings, gpu_nodes):
     assert no_leftovers(f"{run_dir}/ssh-nodes-") == []  # no sshd of the run is left
     assert not list(run_dir.glob("ssh-nodes-*/node-*/home/.ssh/dstack_job*"))
     assert not list(run_dir.glob("ssh-nodes-*/node-*/attempt-*/ssh/host_key"))
+
+
+def test_a_job_cannot_see_other_runs_or_the_heads_state(client, settings):
+    """The review's reproduction: a job read another run's `~/.ssh/dstack_job` (and could log in
+    to its sshd with it), wrote its control FIFO and read the head's database. In its view the
+    state directory holds only its own directory."""
+    from dstack_ray.exec.view import namespace_prefix
+
+    if namespace_prefix() is None:
+        pytest.skip("this machine gives no private mount namespace (the README says what jobs then see)")
+    victim = client.apply({"type": "task", "name": "victim", "nodes": 2, "commands": ["sleep 31360"], "resources": SMALL})
+    runs = Path(settings.state_dir) / "runs"
+    assert wait_for(lambda: list(runs.glob("victim-*/node-0/home/.ssh/dstack_job")), 60), victim.events()
+    key = next(runs.glob("victim-*/node-0/home/.ssh/dstack_job"))
+    control = next(runs.glob("victim-*/node-0/job-0/control"))
+    snoop = client.apply(
+        {
+            "type": "task",
+            "name": "snoop",
+            "commands": [
+                f"cat {key} 2>/dev/null && echo GOT-KEY || echo no-key",
+                f"(echo kill > {control}) 2>/dev/null && echo WROTE-FIFO || echo no-fifo",
+                f"cat {settings.state_dir}/state.db >/dev/null 2>&1 && echo GOT-DB || echo no-db",
+                f"ls {runs}",
+                "echo mine > $DSTACK_WORKING_DIR/mine.txt && cat $DSTACK_WORKING_DIR/mine.txt",
+            ],
+            "resources": SMALL,
+        }
+    )
+    try:
+        assert snoop.wait(60) == RunStatus.DONE, snoop.events()
+        lines = list(snoop.logs())
+        assert lines[:3] == ["no-key", "no-fifo", "no-db"], lines
+        assert [line for line in lines[3:-1]] == [f"snoop-{snoop.id[:8]}"], lines  # `ls` of the runs: only its own
+        assert lines[-1] == "mine"
+        assert victim.refresh().status == RunStatus.RUNNING  # the FIFO was out of reach: no kill order
+    finally:
+        victim.stop(abort=True)
+    assert victim.wait(60).is_finished()
+    assert no_leftovers("sleep 31360") == []
