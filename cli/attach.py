@@ -28,13 +28,18 @@ def show_status_until_running(run: Any) -> None:
 def attach(run: Any, ports: Optional[List[PortMapping]] = None, logs: bool = True, rank: Optional[int] = 0) -> int:
     """Follow the run until it ends (exit code 0 if it is done) or the user detaches.
     `rank=None`: the logs of every job, prefixed by rank."""
-    forwarder = _forwarder(run, ports) if ports else None
+    forwarder = None
     try:
         show_status_until_running(run)
-        if forwarder is not None and not run.status.is_finished():
+        if ports and not run.status.is_finished():
+            # Bound only now: where rank 0 runs on this machine, the job's port must stay free for it.
+            forwarder = _forwarder(run, ports)
+            for port in forwarder.direct:
+                err_console.print(f"[dim]Port {port} of the run is on this machine: http://127.0.0.1:{port}[/]")
             forwarder.start()
             for local, remote in forwarder.bound():
                 err_console.print(f"[dim]Forwarding 127.0.0.1:{local} -> rank 0:{remote}[/]")
+            forwarder.watch(lambda text: err_console.print(f"[dim]{escape(text.capitalize())}[/]"))
         if logs and rank is None:
             stream_all_logs(run)
         elif logs:
@@ -68,8 +73,9 @@ def print_outcome(run: Any) -> None:
 def _forwarder(run: Any, ports: List[PortMapping]) -> Any:
     from dstack_ray.forward import PortForwarder, PortInUseError
 
+    jobs = run.refresh().jobs
     try:
-        return PortForwarder(run, ports)
+        return PortForwarder(run, ports, node_ip=jobs[0].node_ip if jobs else None)
     except PortInUseError as e:
         raise CLIError(str(e), f"map it to another local port, e.g. `-p {e.port + 1}:{e.container_port}` or `-p *:{e.container_port}`") from None
 

@@ -3,14 +3,20 @@
 Each mapping listens on 127.0.0.1 only. A connection goes straight to `<rank-0 IP>:<port>` when
 that address answers from here; otherwise it is relayed by the dstack-ray service on the head
 (a websocket per connection), for clusters whose node addresses this machine cannot reach.
+
+Where rank 0 runs on this very machine (the embedded local head), the job's port is already
+here: a mapping to the same port binds nothing (binding it first would take the port from the
+job), and another local port is forwarded as usual. Until the port answers, connections are
+closed quietly; `watch` says once when it does, or that the run ended first.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import threading
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from dstack_ray.config.ports import PortMapping
 
@@ -18,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
 RELAY_ENV = "DSTACK_RAY_PORT_RELAY"  # "always": relay even when the node is reachable (tests)
+PROBE_TIMEOUT = 5.0
 
 
 class PortInUseError(Exception):
@@ -25,6 +32,23 @@ class PortInUseError(Exception):
         super().__init__(f"port {port} is already in use on this machine")
         self.port = port
         self.container_port = container_port
+
+
+def is_this_machine(ip: str) -> bool:
+    """Whether `ip` is one of this machine's own addresses (a socket can be bound to it)."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if address.is_loopback:
+        return True
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((ip, 0))
+        except OSError:
+            return False
+    return True
 
 
 def _reachable(host: str, port: int) -> bool:
@@ -36,14 +60,18 @@ def _reachable(host: str, port: int) -> bool:
 
 
 class PortForwarder:
-    """Listens on local ports and forwards each connection to the run's rank-0 node."""
+    """Listens on local ports and forwards each connection to the run's rank-0 node. Made once
+    the rank-0 node is known (`node_ip`): mappings whose port is already here are `direct`."""
 
-    def __init__(self, run: Any, mappings: List[PortMapping], relay: Optional[bool] = None) -> None:
+    def __init__(self, run: Any, mappings: List[PortMapping], node_ip: Optional[str] = None, relay: Optional[bool] = None) -> None:
         import os
 
         self._run = run
-        self._mappings = mappings
         self._force_relay = relay if relay is not None else os.environ.get(RELAY_ENV) == "always"
+        local = not self._force_relay and node_ip is not None and is_this_machine(node_ip)
+        # The job's own port on this machine: nothing to bind, nothing to forward.
+        self.direct = [m.container_port for m in mappings if local and m.local_port in (None, m.container_port)]
+        self._mappings = [m for m in mappings if m.container_port not in self.direct]
         self._listeners: List[Tuple[socket.socket, int, int]] = []
         self._stopped = threading.Event()
         self._bind()
@@ -68,6 +96,57 @@ class PortForwarder:
     def start(self) -> None:
         for sock, _, remote in self._listeners:
             threading.Thread(target=self._accept, args=(sock, remote), daemon=True, name="dstack-forward").start()
+
+    def answers(self, port: int) -> bool:
+        """Whether the run's `port` on rank 0 accepts a connection now (through the relay where
+        the node is out of reach)."""
+        try:
+            ip = self._target()
+        except Exception:  # noqa: BLE001 - not placed yet, or the service is restarting
+            return False
+        if not self._force_relay and _reachable(ip, port):
+            return True
+        if not self._force_relay and is_this_machine(ip):
+            return False
+        mine, theirs = socket.socketpair()
+        failed: List[BaseException] = []
+
+        def relay() -> None:
+            try:
+                self._run.relay_connection(port, theirs)
+            except Exception as e:  # noqa: BLE001 - refused upstream (502) or by the service
+                failed.append(e)
+
+        mine.shutdown(socket.SHUT_WR)  # nothing to send: the relay ends once the port closes
+        attempt = threading.Thread(target=relay, daemon=True)
+        attempt.start()
+        attempt.join(PROBE_TIMEOUT)  # still relaying then: it connected
+        mine.close()
+        theirs.close()
+        return not failed
+
+    def watch(self, say: Callable[[str], None], interval: float = 1.0) -> None:
+        """In the background: say once when each port answers, or that the run ended first."""
+
+        def follow() -> None:
+            waiting = [*self.direct, *(remote for _, _, remote in self._listeners)]
+            while waiting and not self._stopped.is_set():
+                for port in list(waiting):
+                    if self.answers(port):
+                        waiting.remove(port)
+                        say(f"port {port} answers: http://127.0.0.1:{self._local_of(port)}")
+                if not waiting:
+                    return
+                if self._run.refresh().status.is_finished():
+                    if not self._stopped.is_set():
+                        say(f"the run ended before port{'s' if len(waiting) > 1 else ''} {', '.join(map(str, waiting))} answered")
+                    return
+                self._stopped.wait(interval)
+
+        threading.Thread(target=follow, daemon=True, name="dstack-forward-watch").start()
+
+    def _local_of(self, port: int) -> int:
+        return next((local for _, local, remote in self._listeners if remote == port), port)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -100,8 +179,8 @@ class PortForwarder:
                 _pipe_sockets(client, upstream)
             else:
                 self._run.relay_connection(remote_port, client)
-        except Exception as e:
-            logger.warning("forwarding to port %s failed: %s", remote_port, e)
+        except Exception as e:  # not up yet, most often: `watch` says when it is
+            logger.debug("forwarding to port %s failed: %s", remote_port, e)
         finally:
             client.close()
 

@@ -46,6 +46,7 @@ from dstack_ray.exec.pyenv import EnvironmentSetupError, VenvMaker, activation_e
 from dstack_ray.exec.repo import RepoError, RepoPayload, materialize_repo
 from dstack_ray.exec.ssh import HAS_SSHD_CHECK, RunKey, stage_container_sshd, with_sshd, write_client_files, write_wrappers
 from dstack_ray.exec.view import in_view, ray_token_dirs
+from dstack_ray.models.runs import JobTerminationReason
 
 Report = Callable[[str], None]
 
@@ -73,9 +74,11 @@ class NodeSpec(BaseModel):
 
 
 class SetupFailure(Exception):
-    def __init__(self, reason: str, message: str) -> None:
+    """The node cannot set the job up; `reason` is how the job ends."""
+
+    def __init__(self, reason: JobTerminationReason, message: str) -> None:
         super().__init__(message)
-        self.reason = reason  # a JobTerminationReason value
+        self.reason = reason
         self.message = message
 
 
@@ -109,12 +112,12 @@ def _apply_repo_and_files(payload: Optional[RunPayload], place: Callable[[str], 
             target = place(payload.repo.path)
             repo_dir = materialize_repo(payload.repo.model_copy(update={"path": str(target)}), target.parent, report)
         except (RepoError, ValueError) as e:
-            raise SetupFailure("container_exited_with_error", str(e)) from None
+            raise SetupFailure(JobTerminationReason.CONTAINER_EXITED_WITH_ERROR, str(e)) from None
     for packed in payload.files if payload else []:
         try:
             unpack(packed.data, place(packed.path))
         except (OSError, ValueError, tarfile.TarError) as e:
-            raise SetupFailure("executor_error", f"Failed to set up the files ({packed.path}): {e}") from None
+            raise SetupFailure(JobTerminationReason.EXECUTOR_ERROR, f"Failed to set up the files ({packed.path}): {e}") from None
     return repo_dir
 
 
@@ -208,7 +211,7 @@ def prepare_host(
         working_dir = host_working_dir(spec, layout)
         working_dir.mkdir(parents=True, exist_ok=True)
     except (OSError, ValueError) as e:
-        raise SetupFailure("executor_error", f"working_dir: {e}") from None
+        raise SetupFailure(JobTerminationReason.EXECUTOR_ERROR, f"working_dir: {e}") from None
 
     repo_dir = _apply_repo_and_files(payload, lambda path: layout.confine(path, working_dir), report)
     layout.hostfile.write_text(mpi_hostfile(node.cluster.ips, node.cluster.gpus_per_node))
@@ -222,7 +225,7 @@ def prepare_host(
             report(f"nvcc: {version}")
             extra["PATH"] = f"{extra['PATH']}:{nvcc.parent}"
     except (EnvironmentSetupError, OSError, subprocess.SubprocessError) as e:
-        raise SetupFailure("executor_error", str(e)) from None
+        raise SetupFailure(JobTerminationReason.EXECUTOR_ERROR, str(e)) from None
     if node.ssh_key is not None and any(node.ssh_ports):
         write_client_files(layout.home, node.ssh_key, node.cluster.ips, node.ssh_ports)
         write_wrappers(layout.bin, layout.home)
@@ -283,7 +286,7 @@ def prepare_container(
                 container.forget_credentials()
         image = container.inspect()
     except ContainerError as e:
-        raise SetupFailure("creating_container_error", str(e)) from None
+        raise SetupFailure(JobTerminationReason.CREATING_CONTAINER_ERROR, str(e)) from None
     wanted = [f.path for f in (payload.files if payload else [])] + [spec.working_dir or ""]
     rank = node.identity.rank
     ssh_port = node.ssh_ports[rank] if node.ssh_key is not None and rank < len(node.ssh_ports) else None
@@ -321,7 +324,7 @@ def prepare_container(
             container.copy_in(staging)
         except ContainerError as e:
             container.remove()
-            raise SetupFailure("creating_container_error", str(e)) from None
+            raise SetupFailure(JobTerminationReason.CREATING_CONTAINER_ERROR, str(e)) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     guard_env = host_base_environment(os.environ, keep_python=True)

@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 logger = logging.getLogger(__name__)
 
@@ -130,18 +130,52 @@ def make_relocatable(venv: Path) -> None:
             script.write_text(_RELOCATABLE_SHEBANG + "\n".join(lines[3:]))  # sh runs the python its 2nd line names
 
 
-def python_on_path(version: str) -> Optional[str]:
-    """`python<version>` on PATH that runs (pyenv's shims for versions that are not selected exit 127)."""
-    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
-        candidate = os.path.join(directory, f"python{version}")
-        if not os.access(candidate, os.X_OK):
-            continue
-        try:
-            if subprocess.run([candidate, "-c", "pass"], capture_output=True, timeout=30).returncode == 0:
-                return candidate
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-    return None
+def _runs_as(candidate: str, version: str) -> bool:
+    """Whether `candidate` runs and is Python `version` (pyenv's shims for versions that are not
+    selected exit 127; a `python3` may be another minor version)."""
+    try:
+        result = subprocess.run(
+            [candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0 and result.stdout.strip() == version
+
+
+def python_candidates(version: str, managed: Sequence[Path] = ()) -> List[str]:
+    """Where an installed Python `version` ("3.12") may be, in the order they are tried: PATH,
+    pyenv's installed versions (past its shims), the system's and /usr/local's, uv-managed ones
+    (`managed` directories, and uv's default under ~/.local/share/uv/python)."""
+    name = f"python{version}"
+    found = [os.path.join(d, name) for d in os.environ.get("PATH", os.defpath).split(os.pathsep) if d]
+    pyenv_root = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+    patterns = [(pyenv_root / "versions", f"{version}*/bin/{name}")]
+    for root in [*managed, Path.home() / ".local" / "share" / "uv" / "python"]:
+        patterns.append((root, f"cpython-{version}.*/bin/{name}"))
+    for root, pattern in patterns:
+        found += [str(p) for p in sorted(root.glob(pattern), key=lambda p: _patch_of(p.parts[-3]), reverse=True)]
+    found += [f"/usr/bin/{name}", f"/usr/local/bin/{name}"]
+    unique: List[str] = []
+    for candidate in found:
+        if candidate not in unique and os.access(candidate, os.X_OK):
+            unique.append(candidate)
+    return unique
+
+
+def _patch_of(directory: str) -> Tuple[int, ...]:
+    """`3.12.4` or `cpython-3.12.4-linux-x86_64-gnu` -> (3, 12, 4): the newest patch release first."""
+    numbers = directory.split("-")[1] if directory.startswith("cpython-") else directory
+    return tuple(int(part) for part in numbers.split(".") if part.isdigit())
+
+
+def find_python(version: str, managed: Sequence[Path] = ()) -> Tuple[Optional[str], List[str]]:
+    """The first installed Python `version` that runs, and every candidate tried before it."""
+    tried: List[str] = []
+    for candidate in python_candidates(version, managed):
+        if _runs_as(candidate, version):
+            return candidate, tried
+        tried.append(candidate)
+    return None, tried
 
 
 def _last_line(text: str) -> str:
@@ -191,6 +225,13 @@ class VenvMaker:
             return self._create_without_uv(version, target, node)
         python = version or sys.executable
         tried: List[str] = []
+        if version:
+            # An installed interpreter found here first: uv's own search stops at the first
+            # `python3.X` on PATH, even a pyenv shim that cannot run it.
+            installed, failed = find_python(version, [self.root / "python"])
+            python = installed or version
+            if failed:
+                tried.append("not runnable: " + ", ".join(failed))
         attempts = [False, True] if version and self.downloads else [False]
         for downloads in attempts:
             result = subprocess.run(
@@ -214,11 +255,12 @@ class VenvMaker:
     def _create_without_uv(self, version: Optional[str], target: Path, node: str) -> Path:
         """The same with the standard library's `venv` (pip from the interpreter's ensurepip):
         ~3 s of CPU instead of ~0.3, once per node and version (jobs get copies)."""
-        python = python_on_path(version) if version else sys.executable
+        python, failed = find_python(version, [self.root / "python"]) if version else (sys.executable, [])
         if python is None:
+            tried = f" (tried: {', '.join(failed)})" if failed else " (none installed on PATH, pyenv or /usr)"
             raise EnvironmentSetupError(
                 f"Python {version} is not available on node {node}: it has no uv to fetch it and no"
-                f" python{version} on PATH; install uv or python{version} there, or use an `image` with it"
+                f" runnable python{version}{tried}; install uv or python{version} there, or use an `image` with it"
             )
         env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
         result = subprocess.run(

@@ -362,3 +362,31 @@ def test_apply_profile_flags_are_checked_and_noted_in_the_plan(cli):
     plan = result.stdout
     assert "Max price" in plan and "$1.5" in plan, plan
     assert "backends is used for offers only" in plan and "max_price is used for offers only" in plan, plan
+
+
+def test_an_attached_apply_leaves_the_jobs_port_to_the_job_on_this_machine(cli):
+    """dstack's http.server example on the embedded head: the job binds its port on this very
+    machine, so apply binds nothing there (it used to, first: `Address already in use`), says so,
+    says once when the port answers, and prints no warning while the app starts."""
+    port = free_port()
+    write_task(cli.cwd, "cli-web", f"type: task\nname: cli-web\nports:\n  - {port}\ncommands:\n  - sleep 2\n  - python3 -m http.server {port}\n" + SMALL)
+    apply = subprocess.Popen([*CLI, "apply", "-f", "cli-web.dstack.yml", "-y"], env=cli.env, cwd=cli.cwd,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    said: list = []
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and not any("answers" in line for line in said):
+            line = apply.stderr.readline()
+            if not line:
+                break
+            said.append(line)
+        assert any(f"Port {port} of the run is on this machine" in line for line in said), said
+        assert any(f"Port {port} answers: http://127.0.0.1:{port}" in line for line in said), said
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as response:
+            assert response.status == 200
+    finally:
+        apply.send_signal(signal.SIGINT)
+        out, err = apply.communicate(input="y\n", timeout=120)
+    said.append(err)
+    assert not any("WARNING" in line or "Address already in use" in line for line in said), said
+    assert "Address already in use" not in out

@@ -216,3 +216,44 @@ def test_the_first_uses_of_pip_at_once_all_work(tmp_path):
         assert code == 0 and out.startswith("pip"), (out, err)
     assert all(str(job) in out for (out, _), _ in results[:3])
     assert "dstack-ray" not in (job / "lib").joinpath(next(job.glob("lib/python3.*")).name, "site-packages", "pip", "__init__.py").read_text()
+
+
+def test_python_is_found_past_a_pyenv_shim_that_cannot_run_it(tmp_path, monkeypatch):
+    """The review's node: `python3.12` on PATH is pyenv's shim, which exits 127 for a version that
+    is not selected, while 3.12.1 is installed under pyenv's versions/. uv stopped at the shim."""
+    from dstack_ray.exec.pyenv import find_python
+
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    shim = shims / f"python{version}"
+    shim.write_text(f"#!/bin/sh\necho 'pyenv: python{version}: command not found' >&2\nexit 127\n")
+    shim.chmod(0o755)
+    installed = tmp_path / "pyenv" / "versions" / f"{version}.1" / "bin"
+    installed.mkdir(parents=True)
+    (installed / f"python{version}").symlink_to(sys.executable)
+    older = tmp_path / "pyenv" / "versions" / f"{version}.0" / "bin"
+    older.mkdir(parents=True)
+    (older / f"python{version}").symlink_to(sys.executable)
+    monkeypatch.setenv("PATH", str(shims))
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "pyenv"))
+    found, tried = find_python(version)
+    assert found == str(installed / f"python{version}")  # the newest patch release, past the shim
+    assert tried == [str(shim)]
+    venv = VenvMaker(tmp_path / "envs", downloads=False).create(version, tmp_path / "venv", "node")
+    assert python_version(venv) == version
+
+
+def test_no_runnable_python_names_what_was_tried(tmp_path, monkeypatch):
+    from dstack_ray.exec import pyenv
+
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    (shims / "python3.13").write_text("#!/bin/sh\nexit 127\n")
+    (shims / "python3.13").chmod(0o755)
+    monkeypatch.setenv("PATH", str(shims))
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "no-pyenv"))
+    monkeypatch.setattr(pyenv, "find_uv", lambda: None)  # the node has no uv: our search is all there is
+    with pytest.raises(EnvironmentSetupError) as info:
+        VenvMaker(tmp_path / "envs", downloads=False).create("3.13", tmp_path / "venv", "10.0.0.7")
+    assert f"tried: {shims}/python3.13" in str(info.value), str(info.value)
