@@ -12,6 +12,7 @@ from dstack_ray.config.errors import ConfigIssue, ConfigurationError
 from dstack_ray.config.gpus import AcceleratorVendor, CPUArchitecture, requested_gpu_vendors
 from dstack_ray.config.loader import parse_path
 from dstack_ray.config.interpolate import check_groups_refs, contains_groups_ref
+from dstack_ray.config.layout import as_host_path
 from dstack_ray.config.profiles import ProfileRetry
 from dstack_ray.config.resources import GPUSpec, ResourcesSpec
 from dstack_ray.config.task import RUN_NAME_RE, TaskConfiguration
@@ -85,7 +86,9 @@ def check_submittable(cfg: TaskConfiguration) -> None:
 
 def _outside_run(path: str) -> Optional[str]:
     """Why `path` (as written in the task) would land outside the run's directories on the
-    host, or None: relative paths stay in the working directory, `~/...` in the run's home."""
+    host, or None: relative paths and `/workflow/...` stay in the working directory, `~/...`
+    and `/root/...` in the run's home."""
+    path = as_host_path(path)
     if path.startswith("~") and not (path == "~" or path.startswith("~/")):
         return "`~user` paths are not supported"
     rest = path[2:] if path.startswith("~/") else ("" if path == "~" else path)
@@ -110,7 +113,8 @@ def check_host_paths(cfg: TaskConfiguration) -> None:
             issues.append(
                 ConfigIssue(
                     f"{path}: {why}; without `image` the task runs on the Ray node and may only"
-                    " write below its working directory or `~` (the run's private home)",
+                    " write below its working directory (`/workflow` in dstack's layout) or `~`"
+                    " (the run's private home; `/root` in dstack's layout)",
                     path=where,
                     hint="use a relative path or `~/...`, or set `image:` to run in a container,"
                     " where any path is allowed",

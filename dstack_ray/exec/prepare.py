@@ -18,6 +18,7 @@ from typing import Callable, Dict, List, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dstack_ray.config.layout import as_host_path
 from dstack_ray.exec.archive import PackedFile, resolve_destination, unpack
 from dstack_ray.exec.commands import (
     NON_INTERACTIVE,
@@ -168,11 +169,14 @@ class HostLayout:
         return activation_env(self.venv, f"{self.bin}:{base_path}")
 
     def confine(self, path: str, working_dir: Path) -> Path:
-        """A path as written in the task (`files`, `repos[].path`, `working_dir`): `~/x` in the
-        run's home, relative in `working_dir`. Anything landing outside the home and the
+        """A path as written in the task (`files`, `repos[].path`, `working_dir`): `~/x` and
+        dstack's `/root/x` in the run's home, relative and dstack's `/workflow/x` in
+        `working_dir`. Anything landing outside the home and the
         workflow directory (absolute, `..`, `~user`) is refused; the client refuses it before
         submission, this is the node's own check."""
-        target = resolve_destination(path, working_dir, self.home)
+        host = as_host_path(path)
+        base = self.workflow if host != path and not host.startswith("~") else working_dir  # /workflow/x: not the working_dir's
+        target = resolve_destination(host, base, self.home)
         if _inside(target, self.workflow) or _inside(target, self.home):
             return target
         raise ValueError(f"{path}: outside the run's directories (the working directory and `~`); use `image:` to write there")

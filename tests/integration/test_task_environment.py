@@ -194,12 +194,12 @@ resources:
 
 def test_targets_outside_the_run_are_refused_before_submission(client, tmp_path):
     (tmp_path / "key").write_text("secret\n")
-    config = write_config(tmp_path, "outside", "type: task\nname: outside\nfiles:\n  - key:/root/.ssh/id_rsa\ncommands: [\"true\"]\n")
+    config = write_config(tmp_path, "outside", "type: task\nname: outside\nfiles:\n  - key:/etc/ssh/id_rsa\ncommands: [\"true\"]\n")
     count = len(client.list_runs())
     with pytest.raises(ConfigurationError) as info:
         client.apply(config)
     (issue,) = info.value.issues
-    assert issue.path == "files[0]" and issue.line == 4 and "/root/.ssh/id_rsa" in issue.message
+    assert issue.path == "files[0]" and issue.line == 4 and "/etc/ssh/id_rsa" in issue.message
     assert "`image:`" in issue.hint
     with pytest.raises(ConfigurationError, match="working_dir"):
         client.apply({"type": "task", "name": "outside-wd", "working_dir": "/srv/app", "commands": ["true"]})
@@ -272,3 +272,21 @@ def test_a_job_cannot_see_other_runs_or_the_heads_state(client, settings):
         victim.stop(abort=True)
     assert victim.wait(60).is_finished()
     assert no_leftovers("sleep 31360") == []
+
+
+def test_dstacks_container_paths_work_in_host_mode(client, tmp_path):
+    """The seed's `files` example — `~/.ssh/id_rsa:/root/.ssh/id_rsa` and a target under
+    `/workflow` — runs without an image: dstack's home is the run's home, `/workflow` the job's
+    working directory (it used to be refused before submission)."""
+    (tmp_path / "key").write_text("the-key\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "readme.txt").write_text("hello\n")
+    config = write_config(
+        tmp_path, "dstack-paths",
+        "type: task\nname: dstack-paths\nfiles:\n  - key:/root/.ssh/id_rsa\n  - data:/workflow/examples\n"
+        "commands:\n  - cat ~/.ssh/id_rsa\n  - cat $DSTACK_WORKING_DIR/examples/readme.txt\n  - test \"$HOME\" != /root && echo own-home\n",
+    )
+    run = client.apply(config)
+    assert run.wait(60) == RunStatus.DONE, run.events()
+    assert list(run.logs()) == ["the-key", "hello", "own-home"]
+    assert not Path("/root/.ssh/id_rsa").exists() or Path("/root/.ssh/id_rsa").read_text() != "the-key\n"  # never the node's

@@ -860,15 +860,16 @@ class TestSubmission:
 class TestHostPaths:
     """Without `image`, targets outside the run's directories are refused before submission."""
 
-    @pytest.mark.parametrize("target", ["x", "./x/y", "~", "~/x", "~/.ssh/id_rsa", "a/../b"])
+    @pytest.mark.parametrize("target", ["x", "./x/y", "~", "~/x", "~/.ssh/id_rsa", "a/../b", "/root/.ssh/id_rsa", "/workflow/examples", "/workflow", "/root"])
     def test_inside_the_run_is_accepted(self, target):
         check_host_paths(parse_configuration(task(files=[f"local:{target}"], working_dir=target)))
 
     @pytest.mark.parametrize(
         ("target", "why"),
         [
-            ("/root/.ssh/id_rsa", "absolute path"),
             ("/etc/x", "absolute path"),
+            ("/rootfs/x", "absolute path"),
+            ("/workflow/../etc", "`..` leads outside"),
             ("/", "absolute path"),
             ("../x", "`..` leads outside"),
             ("~/../x", "`..` leads outside"),

@@ -112,7 +112,7 @@ def test_spares_make_later_jobs_fast_and_never_shared(tmp_path):
 # --- confinement ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/etc/passwd", "../x", "~/../x", "/", "x/../../../y", "~root"])
+@pytest.mark.parametrize("path", ["/etc/passwd", "../x", "~/../x", "/", "x/../../../y", "~root", "/workflow/../x", "/root/../etc", "/rootkit/x", "/workflows"])
 def test_layout_confines_every_target(tmp_path, path):
     layout = HostLayout(tmp_path / "node-0", 0)
     with pytest.raises(ValueError, match="outside the run's directories|`~username` paths are not supported"):
@@ -125,6 +125,19 @@ def test_layout_places_home_and_relative_targets(tmp_path):
     assert layout.confine("~", layout.workflow) == layout.home
     assert layout.confine("data/x", layout.workflow) == layout.workflow / "data" / "x"
     assert layout.confine("x", layout.home / "work") == layout.home / "work" / "x"
+
+
+
+def test_dstacks_container_paths_map_to_the_jobs_directories(tmp_path):
+    """The seed's `files` example (`~/.ssh/id_rsa:/root/.ssh/id_rsa`, `.:examples`) and dstack's
+    `/workflow` paths: where dstack's container has them, the job's directories are."""
+    layout = HostLayout(tmp_path / "node-0", 0)
+    work = layout.workflow / "sub"
+    assert layout.confine("/root/.ssh/id_rsa", work) == layout.home / ".ssh" / "id_rsa"
+    assert layout.confine("/root", work) == layout.home
+    assert layout.confine("/workflow/examples", work) == layout.workflow / "examples"  # not the working_dir's
+    assert layout.confine("/workflow", work) == layout.workflow
+    assert layout.confine("examples", work) == work / "examples"
 
 
 # --- SSH ----------------------------------------------------------------------------------------------
