@@ -40,7 +40,7 @@ def test_without_uv_a_python_version_comes_from_path_or_is_a_clear_error(tmp_pat
     (shims / "python3.99").write_text("#!/bin/sh\nexit 127\n")  # pyenv's shim of a version that is not selected
     (shims / "python3.99").chmod(0o755)
     monkeypatch.setenv("PATH", f"{shims}:/usr/bin:/bin")
-    with pytest.raises(pyenv.EnvironmentSetupError, match=r"Python 3\.99 is not available on node n: it has no uv .* no python3\.99 on PATH"):
+    with pytest.raises(pyenv.EnvironmentSetupError, match=r"Python 3\.99 is not available on node n: it has no uv .* no runnable python3\.99 \(tried: .*shims/python3\.99\)"):
         pyenv.VenvMaker(tmp_path / "envs", downloads=True).create("3.99", tmp_path / "v", "n")
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:/usr/bin:/bin")
