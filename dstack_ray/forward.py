@@ -104,10 +104,10 @@ class PortForwarder:
             ip = self._target()
         except Exception:  # noqa: BLE001 - not placed yet, or the service is restarting
             return False
+        if not self._force_relay and is_this_machine(ip):  # an app may listen on loopback only
+            return _reachable("127.0.0.1", port) or _reachable(ip, port)
         if not self._force_relay and _reachable(ip, port):
             return True
-        if not self._force_relay and is_this_machine(ip):
-            return False
         mine, theirs = socket.socketpair()
         failed: List[BaseException] = []
 
@@ -173,6 +173,8 @@ class PortForwarder:
     def _serve(self, client: socket.socket, remote_port: int) -> None:
         try:
             ip = self._target()
+            if not self._force_relay and is_this_machine(ip) and _reachable("127.0.0.1", remote_port):
+                ip = "127.0.0.1"  # the job is here: an app may listen on loopback only
             if not self._force_relay and _reachable(ip, remote_port):
                 upstream = socket.create_connection((ip, remote_port), timeout=10)
                 upstream.settimeout(None)

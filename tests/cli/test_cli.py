@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -370,23 +372,36 @@ def test_an_attached_apply_leaves_the_jobs_port_to_the_job_on_this_machine(cli):
     says once when the port answers, and prints no warning while the app starts."""
     port = free_port()
     write_task(cli.cwd, "cli-web", f"type: task\nname: cli-web\nports:\n  - {port}\ncommands:\n  - sleep 2\n  - python3 -m http.server {port}\n" + SMALL)
+    output = open(cli.cwd / "apply.out", "w")  # the job's log: a file, so that a full pipe never blocks apply
     apply = subprocess.Popen([*CLI, "apply", "-f", "cli-web.dstack.yml", "-y"], env=cli.env, cwd=cli.cwd,
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdin=subprocess.PIPE, stdout=output, stderr=subprocess.PIPE, text=True)
+    lines: "queue.Queue[str]" = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in apply.stderr], daemon=True).start()
     said: list = []
     try:
         deadline = time.time() + 90
         while time.time() < deadline and not any("answers" in line for line in said):
-            line = apply.stderr.readline()
-            if not line:
-                break
-            said.append(line)
+            try:
+                said.append(lines.get(timeout=1))
+            except queue.Empty:
+                if apply.poll() is not None:
+                    break
         assert any(f"Port {port} of the run is on this machine" in line for line in said), said
         assert any(f"Port {port} answers: http://127.0.0.1:{port}" in line for line in said), said
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as response:
             assert response.status == 200
     finally:
         apply.send_signal(signal.SIGINT)
-        out, err = apply.communicate(input="y\n", timeout=120)
-    said.append(err)
+        try:
+            apply.stdin.write("y\n")
+            apply.stdin.close()
+            apply.wait(timeout=120)
+        except (OSError, subprocess.TimeoutExpired):
+            apply.kill()
+            apply.wait()
+        output.close()
+    time.sleep(0.5)
+    while not lines.empty():
+        said.append(lines.get())
     assert not any("WARNING" in line or "Address already in use" in line for line in said), said
-    assert "Address already in use" not in out
+    assert "Address already in use" not in (cli.cwd / "apply.out").read_text()

@@ -262,7 +262,7 @@ def test_a_job_cannot_see_other_runs_or_the_heads_state(client, settings):
         }
     )
     try:
-        assert snoop.wait(60) == RunStatus.DONE, snoop.events()
+        assert snoop.wait(60) == RunStatus.DONE, [m for _, m in snoop.events()]
         lines = list(snoop.logs())
         assert lines[:3] == ["no-key", "no-fifo", "no-db"], lines
         assert [line for line in lines[3:-1]] == [f"snoop-{snoop.id[:8]}"], lines  # `ls` of the runs: only its own
@@ -284,9 +284,10 @@ def test_dstacks_container_paths_work_in_host_mode(client, tmp_path):
     config = write_config(
         tmp_path, "dstack-paths",
         "type: task\nname: dstack-paths\nfiles:\n  - key:/root/.ssh/id_rsa\n  - data:/workflow/examples\n"
-        "commands:\n  - cat ~/.ssh/id_rsa\n  - cat $DSTACK_WORKING_DIR/examples/readme.txt\n  - test \"$HOME\" != /root && echo own-home\n",
+        "commands:\n  - cat ~/.ssh/id_rsa\n  - cat $DSTACK_WORKING_DIR/examples/readme.txt\n  - test \"$HOME\" != /root && echo own-home\n"
+        "resources:\n  cpu: 1\n  memory: 256MB\n",
     )
     run = client.apply(config)
-    assert run.wait(60) == RunStatus.DONE, run.events()
+    assert run.wait(60) == RunStatus.DONE, ([m for _, m in run.events()], list(run.logs()))
     assert list(run.logs()) == ["the-key", "hello", "own-home"]
     assert not Path("/root/.ssh/id_rsa").exists() or Path("/root/.ssh/id_rsa").read_text() != "the-key\n"  # never the node's
