@@ -96,22 +96,29 @@ def test_cli_from_this_machine_through_the_gcs_address_runs_on_three_hosts(three
     (tmp_path / "gcs.dstack.yml").write_text(yaml.safe_dump(config))
     applied = cli(three_hosts, "apply", "-f", str(tmp_path / "gcs.dstack.yml"), "-y", "-d", address=address, timeout=300)
     assert applied.returncode == 0, applied.stdout + applied.stderr
-    assert wait_for(lambda: len(three_hosts.processes_of("mh-gcs")) == 3, 120), cli(three_hosts, "ps", "-a", address=address).stdout
-    for host, processes in three_hosts.processes_of("mh-gcs").items():
-        servers = three_hosts.exec(host, sys.executable, "-c", FORK_SERVERS)
-        assert servers.stdout.strip() and all("/runtime_resources/" in line for line in servers.stdout.splitlines()), (host, servers.stdout)
-    listed = cli(three_hosts, "ps", address=address)
-    assert listed.returncode == 0 and "mh-gcs" in listed.stdout and "running" in listed.stdout, listed.stdout + listed.stderr
-    hosts_seen, masters = set(), set()
-    for rank in range(3):
-        logs = cli(three_hosts, "logs", "mh-gcs", "--job", str(rank), address=address)
-        assert logs.returncode == 0, logs.stderr
-        first = logs.stdout.splitlines()[0]
-        assert first.startswith(f"rank={rank} of 3 master="), first
-        masters.add(first.split("master=")[1].split()[0])
-        hosts_seen.add(first.rsplit("host=", 1)[1])
-        assert logs.stdout.splitlines()[1].startswith("uv "), logs.stdout
-    assert hosts_seen == {HEAD, *WORKERS} and len(masters) == 1 and masters <= set(three_hosts.ips.values())
+    try:
+        assert wait_for(lambda: len(three_hosts.processes_of("mh-gcs")) == 3, 120), cli(three_hosts, "ps", "-a", address=address).stdout
+        for host, processes in three_hosts.processes_of("mh-gcs").items():
+            servers = three_hosts.exec(host, sys.executable, "-c", FORK_SERVERS)
+            assert servers.stdout.strip() and all("/runtime_resources/" in line for line in servers.stdout.splitlines()), (host, servers.stdout)
+        listed = cli(three_hosts, "ps", address=address)
+        assert listed.returncode == 0 and "mh-gcs" in listed.stdout and "running" in listed.stdout, listed.stdout + listed.stderr
+        hosts_seen, masters = set(), set()
+        for rank in range(3):
+            # The job printed both lines before its `sleep`; they reach the head within a moment.
+            shown = lambda: cli(three_hosts, "logs", "mh-gcs", "--job", str(rank), address=address)  # noqa: E731
+            assert wait_for(lambda: len(shown().stdout.splitlines()) >= 2, 60), shown().stdout + shown().stderr
+            logs = shown()
+            assert logs.returncode == 0, logs.stderr
+            first = logs.stdout.splitlines()[0]
+            assert first.startswith(f"rank={rank} of 3 master="), first
+            masters.add(first.split("master=")[1].split()[0])
+            hosts_seen.add(first.rsplit("host=", 1)[1])
+            assert logs.stdout.splitlines()[1].startswith("uv "), logs.stdout
+        assert hosts_seen == {HEAD, *WORKERS} and len(masters) == 1 and masters <= set(three_hosts.ips.values())
+    except BaseException:
+        cli(three_hosts, "stop", "-x", "mh-gcs", "-y", address=address)  # a failure here must not leave it holding the hosts
+        raise
     stopped = cli(three_hosts, "stop", "mh-gcs", "-y", address=address)
     assert stopped.returncode == 0, stopped.stderr
     assert wait_for(lambda: three_hosts.processes_of("mh-gcs") == {}, 60)
