@@ -33,11 +33,10 @@ from dstack_ray.plan.offers import Offers
 from dstack_ray.plan.planner import RunPlan, build_plan
 from dstack_ray.models import JobRecord, RunRecord, RunSpec, RunStatus, RunTerminationReason
 from dstack_ray.runtime.settings import NAMESPACE, RuntimeSettings, named_controller
+from dstack_ray.service import PAYLOAD_LIMIT_ENV, payload_limit
 
 logger = logging.getLogger(__name__)
 
-PAYLOAD_LIMIT_ENV = "DSTACK_RAY_PAYLOAD_LIMIT"
-DEFAULT_PAYLOAD_LIMIT = 64 << 20
 LIST_PAGE = 500  # runs per call when a listing walks the whole history
 
 ConfigurationInput = Union[str, os.PathLike, TaskConfiguration, Mapping[str, Any]]
@@ -307,7 +306,7 @@ def pack_payload(cfg: TaskConfiguration) -> Optional[RunPayload]:
     total = sum(len(f.data) for f in payload.files)
     if repo is not None:
         total += len(repo.diff) + len(repo.tree or b"")
-    limit = int(os.environ.get(PAYLOAD_LIMIT_ENV) or DEFAULT_PAYLOAD_LIMIT)
+    limit = payload_limit()
     if limit and total > limit:
         raise ConfigurationError(
             f"`files` and `repos` add up to {total} bytes, over the limit of {limit} bytes per run"

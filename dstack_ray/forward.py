@@ -104,10 +104,10 @@ class PortForwarder:
             ip = self._target()
         except Exception:  # noqa: BLE001 - not placed yet, or the service is restarting
             return False
-        if not self._force_relay and is_this_machine(ip):  # an app may listen on loopback only
-            return _reachable("127.0.0.1", port) or _reachable(ip, port)
-        if not self._force_relay and _reachable(ip, port):
+        if self._direct(ip, port) is not None:
             return True
+        if not self._force_relay and is_this_machine(ip):
+            return False  # the job is here: nothing for the relay to reach either
         mine, theirs = socket.socketpair()
         failed: List[BaseException] = []
 
@@ -145,6 +145,14 @@ class PortForwarder:
 
         threading.Thread(target=follow, daemon=True, name="dstack-forward-watch").start()
 
+    def _direct(self, ip: str, port: int) -> Optional[str]:
+        """The address to reach rank 0's `port` at straight from here, or None (relay it)."""
+        if self._force_relay:
+            return None
+        if is_this_machine(ip) and _reachable("127.0.0.1", port):
+            return "127.0.0.1"  # the job is here: an app may listen on loopback only
+        return ip if _reachable(ip, port) else None
+
     def _local_of(self, port: int) -> int:
         return next((local for _, local, remote in self._listeners if remote == port), port)
 
@@ -172,11 +180,9 @@ class PortForwarder:
 
     def _serve(self, client: socket.socket, remote_port: int) -> None:
         try:
-            ip = self._target()
-            if not self._force_relay and is_this_machine(ip) and _reachable("127.0.0.1", remote_port):
-                ip = "127.0.0.1"  # the job is here: an app may listen on loopback only
-            if not self._force_relay and _reachable(ip, remote_port):
-                upstream = socket.create_connection((ip, remote_port), timeout=10)
+            address = self._direct(self._target(), remote_port)
+            if address is not None:
+                upstream = socket.create_connection((address, remote_port), timeout=10)
                 upstream.settimeout(None)
                 _pipe_sockets(client, upstream)
             else:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import queue
+import signal
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -119,3 +124,66 @@ def local_torch_sources() -> dict:
             f"(found: {links or 'none'}) and a local `file://` index for its dependencies (found: {indexes or 'none'})"
         )
     return {"UV_FIND_LINKS": wheel_dirs[0], "UV_INDEX_URL": local_indexes[0]}
+
+
+CLI = [sys.executable, "-m", "dstack_ray_cli.main"]
+
+
+def embedded_head(home: Path, name: str):
+    """The CLI's environment with the embedded local head started in a private `home` (4 CPUs,
+    token auth on), for a package-scoped fixture: yields the environment, stops the head."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(
+        HOME=str(home),
+        DSTACK_RAY_STATE_DIR=str(home / ".dstack-ray"),
+        DSTACK_RAY_TEMP_DIR=f"/tmp/dstack-ray-{name}-{os.getpid()}",
+        COLUMNS="200",
+        RAY_USAGE_STATS_ENABLED="0",
+    )
+    started = subprocess.run([*CLI, "server", "start", "--num-cpus", "4"], env=env, capture_output=True, text=True, timeout=180)
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        yield env
+    finally:
+        subprocess.run([*CLI, "server", "stop"], env=env, capture_output=True, text=True, timeout=120)
+
+
+class AttachedApply:
+    """`dstack-ray apply ARGS` left attached, as a user runs it: its stdout (the job's log) goes
+    to `out` (a file, so a full pipe never blocks it), its stderr lines are read as they come."""
+
+    def __init__(self, args: List[str], env: dict, cwd: Path, out: Path) -> None:
+        self._output = open(out, "w")
+        self.out = out
+        self.process = subprocess.Popen([*CLI, "apply", *args], env=env, cwd=cwd, stdin=subprocess.PIPE,
+                                        stdout=self._output, stderr=subprocess.PIPE, text=True)
+        self._lines: "queue.Queue[str]" = queue.Queue()
+        threading.Thread(target=lambda: [self._lines.put(line) for line in self.process.stderr], daemon=True).start()
+        self.said: List[str] = []
+
+    def wait_for_line(self, text: str, timeout: float) -> bool:
+        """Whether apply printed a line holding `text` within `timeout` (False once it exited)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline and not any(text in line for line in self.said):
+            try:
+                self.said.append(self._lines.get(timeout=1))
+            except queue.Empty:
+                if self.process.poll() is not None:
+                    break
+        return any(text in line for line in self.said)
+
+    def stop_the_run(self, timeout: float = 180) -> str:
+        """Ctrl+C, then "y" to "Stop the run before detaching?"; what apply wrote to stdout."""
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.stdin.write("y\n")
+            self.process.stdin.close()
+            self.process.wait(timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired):
+            self.process.kill()
+            self.process.wait()
+        self._output.close()
+        time.sleep(0.5)
+        while not self._lines.empty():
+            self.said.append(self._lines.get())
+        return self.out.read_text()

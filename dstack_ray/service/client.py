@@ -22,12 +22,14 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 from dstack_ray import __version__
 from dstack_ray.errors import DstackRayError, api_error
 from dstack_ray.service import (
+    ALLOWED_HOSTS_ENV,
     API_VERSION,
     AUTO,
     OPEN_WARNING,
     SERVICE_HOST_ENV,
     DEFAULT_SERVICE_PORT,
     JOB_NAME,
+    PAYLOAD_LIMIT_ENV,
     SERVICE_METADATA_KEY,
     SERVICE_PORT_ENV,
     SERVICE_PYTHON_ENV,
@@ -38,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 # What a client that starts the service passes on from its environment: the payload limit (the
 # service refuses larger requests) and the extra host names browsers may use.
-SERVICE_SETTINGS = ("DSTACK_RAY_PAYLOAD_LIMIT", "DSTACK_RAY_SERVICE_ALLOWED_HOSTS")
+SERVICE_SETTINGS = (PAYLOAD_LIMIT_ENV, ALLOWED_HOSTS_ENV)
 
 DASHBOARD_PORT = 8265
 API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"  # Ray's own variable for its Jobs API (`ray job`)

@@ -28,10 +28,11 @@ from typing import Any, Awaitable, Callable, Iterable, List, Optional, Set
 
 from aiohttp import hdrs, web
 
+from dstack_ray.service import ALLOWED_HOSTS_ENV
+
 
 logger = logging.getLogger(__name__)
 
-ALLOWED_HOSTS_ENV = "DSTACK_RAY_SERVICE_ALLOWED_HOSTS"  # service side: more names browsers may use
 WRITES = {"POST", "PUT", "PATCH", "DELETE"}
 _BROWSER_HEADERS = (
     "Origin",
@@ -92,21 +93,22 @@ def browser_guard(names: Set[str]) -> Any:
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if is_browser_request(request.headers):
             if not host_allowed(request.host, names):
-                return _refused(
+                return json_error(
                     403,
                     f"a browser request named the service as {request.host!r}, which is not one of its addresses",
                     f"open it by IP address or localhost, or add the name to {ALLOWED_HOSTS_ENV} on the service",
                 )
             if request.method in WRITES or request.headers.get(hdrs.UPGRADE, "").lower() == "websocket":
-                return _refused(405, f"'{request.method}' is not allowed for browser traffic", "use the dstack-ray CLI or Python API")
+                return json_error(405, f"'{request.method}' is not allowed for browser traffic", "use the dstack-ray CLI or Python API")
         if request.method in WRITES and request.can_read_body and request.content_type != "application/json":
-            return _refused(415, "a request that changes something must carry JSON (Content-Type: application/json)", None)
+            return json_error(415, "a request that changes something must carry JSON (Content-Type: application/json)", None)
         return await handler(request)
 
     return guard
 
 
-def _refused(status: int, message: str, hint: Optional[str]) -> web.Response:
+def json_error(status: int, message: str, hint: Optional[str] = None) -> web.Response:
+    """A refusal as the whole API answers one: `{"error", "hint"}` with its status."""
     return web.json_response({"error": message, "hint": hint}, status=status)
 
 

@@ -42,30 +42,23 @@ from dstack_ray.models.api import OPERATIONS, Operation
 from dstack_ray.models.runs import RunRecord, declared_ports
 from dstack_ray.runtime.controller import controller_handle
 from dstack_ray.runtime.settings import NAMESPACE, RuntimeSettings
-from dstack_ray.service import API_VERSION, AUTO, DEFAULT_SERVICE_PORT, JOB_NAME, OPEN_WARNING, SERVICE_PORT_ENV
-from dstack_ray.service.exposure import allowed_host_names, bind_like_dashboard, browser_guard, dashboard_address, is_loopback
+from dstack_ray.service import API_VERSION, AUTO, DEFAULT_SERVICE_PORT, JOB_NAME, OPEN_WARNING, PAYLOAD_LIMIT_ENV, SERVICE_PORT_ENV, payload_limit
+from dstack_ray.service.exposure import allowed_host_names, bind_like_dashboard, browser_guard, dashboard_address, is_loopback, json_error
 
 logger = logging.getLogger(__name__)
 
 RELAY_CHUNK = 256 * 1024
 LOG_WAIT = 5.0  # seconds one read of a followed log waits for new lines
-PAYLOAD_LIMIT_ENV = "DSTACK_RAY_PAYLOAD_LIMIT"  # as the client's: the files and repo one run may ship
-DEFAULT_PAYLOAD_LIMIT = 64 << 20
 NO_LIMIT_CAP = 1 << 30  # a limit of 0 ("none") still stops at 1 GiB
 
 
 def max_request(environ: Optional[Dict[str, str]] = None) -> int:
     """The largest request the service reads: an apply's packed files (base64 in JSON: 4/3 of
     the payload limit) and its spec."""
-    text = (environ if environ is not None else os.environ).get(PAYLOAD_LIMIT_ENV) or ""
-    limit = int(text) if text.strip().isdigit() else DEFAULT_PAYLOAD_LIMIT
+    limit = payload_limit(environ)
     return NO_LIMIT_CAP if limit == 0 else limit * 4 // 3 + (4 << 20)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _error(status: int, message: str, hint: Optional[str] = None) -> web.Response:
-    return web.json_response({"error": message, "hint": hint}, status=status)
 
 
 def _token_auth() -> Any:
@@ -130,7 +123,7 @@ class Service:
         try:
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:
-            return _error(
+            return json_error(
                 TooLarge.status,
                 f"the request is larger than the service takes ({self.max_request >> 20} MiB)",
                 f"ship fewer files with the run (.dstackignore), or raise {PAYLOAD_LIMIT_ENV} where the service starts",
@@ -138,22 +131,22 @@ class Service:
         except web.HTTPException:
             raise
         except ApiError as e:
-            return _error(e.status, str(e), e.hint)
+            return json_error(e.status, str(e), e.hint)
         except ray.exceptions.RayTaskError as e:
             cause = getattr(e, "cause", None)
             if isinstance(cause, ApiError):
-                return _error(cause.status, str(cause), cause.hint)
+                return json_error(cause.status, str(cause), cause.hint)
             logger.error("the controller failed on %s %s: %s", request.method, request.path, e)
-            return _error(500, "the dstack-ray controller failed on this request", "see the `dstack-ray` job's log in the Ray dashboard")
+            return json_error(500, "the dstack-ray controller failed on this request", "see the `dstack-ray` job's log in the Ray dashboard")
         except ray.exceptions.RayActorError:
             # Restarting (Ray retries), or gone for good (killed): then a new one is made from
             # the store, as the first service of a cluster makes it.
             logger.warning("the controller did not answer; looking it up again")
             self.controller = await asyncio.get_running_loop().run_in_executor(None, controller_handle, RuntimeSettings())
-            return _error(NotReady.status, "the dstack-ray controller is restarting", "try again in a few seconds")
+            return json_error(NotReady.status, "the dstack-ray controller is restarting", "try again in a few seconds")
         except Exception:
             logger.exception("the service failed on %s %s", request.method, request.path)
-            return _error(500, "the dstack-ray service failed on this request", "see the `dstack-ray` job's log in the Ray dashboard")
+            return json_error(500, "the dstack-ray service failed on this request", "see the `dstack-ray` job's log in the Ray dashboard")
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[browser_guard(allowed_host_names()), _token_auth(), self._errors], client_max_size=self.max_request)
@@ -253,7 +246,7 @@ class Service:
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(run.jobs[0].node_ip, port), 10)
         except (OSError, asyncio.TimeoutError) as e:
-            return _error(502, f"cannot connect to port {port} of run {run.name}: {e}")
+            return json_error(502, f"cannot connect to port {port} of run {run.name}: {e}")
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
 

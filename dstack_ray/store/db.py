@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from dstack_ray.models import JobRecord, RunRecord, RunStatus
-from dstack_ray.models.secrets import public_spec
 from dstack_ray.paths import private_dir
 
 _SCHEMA = """
@@ -150,8 +149,8 @@ class Store:
 
     def mark_deleted(self, run: RunRecord) -> None:
         """Hide a run from listings, keeping its history but not its secrets."""
-        data = run.model_dump(mode="json", exclude={"jobs"})
-        data["spec"] = public_spec(data["spec"]) if data["spec"] else None
+        data = run.public()
+        data.pop("jobs", None)
         document = json.dumps(data)
         with self._lock:
             self._db.execute("UPDATE runs SET deleted = 1, record = ? WHERE id = ?", (document, run.id))

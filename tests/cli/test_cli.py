@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import queue
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tests.cli.conftest import CLI, write_task
-from tests.helpers import no_leftovers, wait_for
+from tests.helpers import AttachedApply, no_leftovers, wait_for
 
 SMALL = "resources:\n  cpu: 1\n  memory: 256MB\n"
 
@@ -372,36 +370,14 @@ def test_an_attached_apply_leaves_the_jobs_port_to_the_job_on_this_machine(cli):
     says once when the port answers, and prints no warning while the app starts."""
     port = free_port()
     write_task(cli.cwd, "cli-web", f"type: task\nname: cli-web\nports:\n  - {port}\ncommands:\n  - sleep 2\n  - python3 -m http.server {port}\n" + SMALL)
-    output = open(cli.cwd / "apply.out", "w")  # the job's log: a file, so that a full pipe never blocks apply
-    apply = subprocess.Popen([*CLI, "apply", "-f", "cli-web.dstack.yml", "-y"], env=cli.env, cwd=cli.cwd,
-                             stdin=subprocess.PIPE, stdout=output, stderr=subprocess.PIPE, text=True)
-    lines: "queue.Queue[str]" = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in apply.stderr], daemon=True).start()
-    said: list = []
+    apply = AttachedApply(["-f", "cli-web.dstack.yml", "-y"], cli.env, cli.cwd, cli.cwd / "apply.out")
     try:
-        deadline = time.time() + 90
-        while time.time() < deadline and not any("answers" in line for line in said):
-            try:
-                said.append(lines.get(timeout=1))
-            except queue.Empty:
-                if apply.poll() is not None:
-                    break
-        assert any(f"Port {port} of the run is on this machine" in line for line in said), said
-        assert any(f"Port {port} answers: http://127.0.0.1:{port}" in line for line in said), said
+        apply.wait_for_line("answers", 90)
+        assert any(f"Port {port} of the run is on this machine" in line for line in apply.said), apply.said
+        assert any(f"Port {port} answers: http://127.0.0.1:{port}" in line for line in apply.said), apply.said
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as response:
             assert response.status == 200
     finally:
-        apply.send_signal(signal.SIGINT)
-        try:
-            apply.stdin.write("y\n")
-            apply.stdin.close()
-            apply.wait(timeout=120)
-        except (OSError, subprocess.TimeoutExpired):
-            apply.kill()
-            apply.wait()
-        output.close()
-    time.sleep(0.5)
-    while not lines.empty():
-        said.append(lines.get())
-    assert not any("WARNING" in line or "Address already in use" in line for line in said), said
-    assert "Address already in use" not in (cli.cwd / "apply.out").read_text()
+        out = apply.stop_the_run(timeout=120)
+    assert not any("WARNING" in line or "Address already in use" in line for line in apply.said), apply.said
+    assert "Address already in use" not in out

@@ -7,14 +7,12 @@ stopped after the package."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-CLI = [sys.executable, "-m", "dstack_ray_cli.main"]
+from tests.helpers import embedded_head
+
 EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "dstack-examples"
 
 
@@ -22,19 +20,7 @@ EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "dstack-examples"
 def head_env(tmp_path_factory):
     if not EXAMPLES.is_dir():
         pytest.skip(f"dstack's examples are not available at {EXAMPLES} (../shared is absent)")
-    home = tmp_path_factory.mktemp("home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "DSTACK_RAY_"))}
-    env.update(
-        HOME=str(home),
-        DSTACK_RAY_STATE_DIR=str(home / ".dstack-ray"),
-        DSTACK_RAY_TEMP_DIR=f"/tmp/dstack-ray-examples-{os.getpid()}",
-        COLUMNS="200",
-        RAY_USAGE_STATS_ENABLED="0",
-    )
-    started = subprocess.run([*CLI, "server", "start", "--num-cpus", "4"], env=env, capture_output=True, text=True, timeout=180)
-    assert started.returncode == 0, started.stdout + started.stderr
-    yield env
-    subprocess.run([*CLI, "server", "stop"], env=env, capture_output=True, text=True, timeout=120)
+    yield from embedded_head(tmp_path_factory.mktemp("home"), "examples")
 
 
 def local_package_sources() -> list:

@@ -9,18 +9,15 @@ multi-node examples)."""
 
 from __future__ import annotations
 
-import queue
-import signal
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
-from typing import List
 
 import pytest
 
-from tests.dstack_examples.conftest import CLI, EXAMPLES, local_package_sources, local_wheel
+from tests.dstack_examples.conftest import EXAMPLES, local_package_sources, local_wheel
+from tests.helpers import CLI, AttachedApply
 
 BATCH = {
     "007-examples-misc-airflow-dags-dstack-repo-task-dstack.dstack.yml": ["Running dstack task via Airflow", "Finished"],
@@ -57,23 +54,10 @@ def test_a_server_example_answers_on_its_port_while_attached(head_env, name, tmp
     wheel = NEEDS_WHEEL.get(name)
     if wheel and not local_wheel(wheel):
         pytest.skip(f"this machine's local package index has no {wheel}: the example cannot install offline (it runs where pip reaches PyPI)")
-    output = open(tmp_path / "stdout.txt", "w")  # the job's log: a file, so that a full pipe never blocks apply
-    apply = subprocess.Popen(
-        [*CLI, "apply", "-f", str(EXAMPLES / name), "-y", *local_package_sources(), *extra],
-        env=head_env, cwd=tmp_path, stdin=subprocess.PIPE, stdout=output, stderr=subprocess.PIPE, text=True,
-    )
-    said: "queue.Queue[str]" = queue.Queue()
-    threading.Thread(target=lambda: [said.put(line) for line in apply.stderr], daemon=True).start()
-    lines: List[str] = []
+    apply = AttachedApply(["-f", str(EXAMPLES / name), "-y", *local_package_sources(), *extra], head_env, tmp_path, tmp_path / "stdout.txt")
     try:
-        deadline = time.time() + 300  # jupyterlab's install from the local index takes a while on 2 cores
-        while time.time() < deadline and not any(f"Port {port} answers" in line for line in lines):
-            try:
-                lines.append(said.get(timeout=1))
-            except queue.Empty:
-                if apply.poll() is not None:
-                    break
-        assert any(f"Port {port} answers" in line for line in lines), "".join(lines)
+        # jupyterlab's install from the local index takes a while on 2 cores
+        assert apply.wait_for_line(f"Port {port} answers", 300), "".join(apply.said)
         status = None
         for _ in range(60):  # it listens; its first page may take a moment more
             try:
@@ -87,18 +71,6 @@ def test_a_server_example_answers_on_its_port_while_attached(head_env, name, tmp
                 time.sleep(1)
         assert status is not None and status < 500, status
     finally:
-        apply.send_signal(signal.SIGINT)
-        try:
-            apply.stdin.write("y\n")
-            apply.stdin.close()
-            apply.wait(timeout=180)
-        except (OSError, subprocess.TimeoutExpired):
-            apply.kill()
-            apply.wait()
-        output.close()
-    out = (tmp_path / "stdout.txt").read_text()
-    time.sleep(0.5)
-    while not said.empty():
-        lines.append(said.get())
-    assert "Stop the run before detaching?" in out + "".join(lines)
-    assert not any("WARNING" in line or "Address already in use" in line for line in lines), "".join(lines)
+        out = apply.stop_the_run(timeout=180)
+    assert "Stop the run before detaching?" in out + "".join(apply.said)
+    assert not any("WARNING" in line or "Address already in use" in line for line in apply.said), "".join(apply.said)

@@ -53,12 +53,17 @@ def test_the_jobs_own_port_on_this_machine_is_left_to_the_job():
         forwarder.stop()
 
 
-def test_a_port_is_announced_once_when_it_answers_and_nothing_before():
-    port = free_port()
-    run = FakeRun("127.0.0.1")
+def watching(run: FakeRun, port: int):
+    """A forwarder of `port` (the job's own, here) whose watcher says into the list returned."""
     said: List[str] = []
     forwarder = PortForwarder(run, [PortMapping(local_port=port, container_port=port)], node_ip="127.0.0.1")
     forwarder.watch(said.append, interval=0.05)
+    return forwarder, said
+
+
+def test_a_port_is_announced_once_when_it_answers_and_nothing_before():
+    port = free_port()
+    forwarder, said = watching(FakeRun("127.0.0.1"), port)
     time.sleep(0.5)
     assert said == []  # the app is still starting: quiet
     server = socket.socket()
@@ -79,9 +84,7 @@ def test_a_port_is_announced_once_when_it_answers_and_nothing_before():
 def test_the_run_ending_first_is_said_once():
     port = free_port()
     run = FakeRun("127.0.0.1")
-    said: List[str] = []
-    forwarder = PortForwarder(run, [PortMapping(local_port=port, container_port=port)], node_ip="127.0.0.1")
-    forwarder.watch(said.append, interval=0.05)
+    forwarder, said = watching(run, port)
     threading.Timer(0.3, lambda: setattr(run, "finished", True)).start()
     time.sleep(1.0)
     forwarder.stop()
