@@ -78,6 +78,8 @@ def print_plan(cfg: TaskConfiguration, plan: RunPlan, client: Any, path: Optiona
     if len(plan.bundles) > 4:
         bundles += f"; … ({len(plan.bundles)} nodes)"
     rows.append(("Ray bundles", f"{bundles} ({plan.strategy})"))
+    if plan.layout:
+        rows.append(("Layout", plan.layout))
     console.print(properties_table(rows))
     console.print()
     offers = client.offers(cfg)

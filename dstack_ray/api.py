@@ -398,20 +398,23 @@ class Client:
 
     def plan(self, cfg: TaskConfiguration) -> RunPlan:
         cluster = self.cluster_view()
-        self._check_host_mode(cfg, cluster.default_image)
+        self._check_host_mode(cfg, cluster)
         return build_plan(cfg, cluster)
 
     @functools.cached_property
-    def _default_image(self) -> Optional[str]:
-        """The image tasks without one run in (this client's setting, else the cluster's)."""
-        return self.cluster_view().default_image
+    def _cluster(self) -> ClusterView:
+        """The cluster as first seen by this client (its image for tasks without one, which
+        nodes give jobs a private view)."""
+        return self.cluster_view()
 
     @staticmethod
-    def _check_host_mode(cfg: TaskConfiguration, default_image: Optional[str]) -> None:
+    def _check_host_mode(cfg: TaskConfiguration, cluster: ClusterView) -> None:
         """A task that will run on the Ray node itself (no `image`, no cluster default image)
-        may only write inside its own directories: refuse other targets before submission."""
-        if cfg.image is None and not cfg.docker and default_image is None:
-            check_host_paths(cfg)
+        may only write inside its own directories or, on nodes that give jobs a private view,
+        elsewhere in that view: refuse other targets before submission."""
+        if cfg.image is None and not cfg.docker and cluster.default_image is None:
+            views = cluster.autoscaling or any(n.job_view is not False for n in cluster.alive_nodes)
+            check_host_paths(cfg, views=views)
 
     def offers(self, configuration: ConfigurationInput, catalog: bool = True) -> Offers:
         """Where the task could run: this cluster's nodes and autoscaler node types that fit a
@@ -485,7 +488,7 @@ class Client:
     def submit(self, cfg: TaskConfiguration, args: Sequence[str] = (), *, replace: bool = False) -> "Run":
         """Submit a configuration that `prepare` made ready (it is not prepared again: dstack
         undoes `$${{` escapes once), as `apply` does; `args` are recorded with the run."""
-        self._check_host_mode(cfg, self._default_image)
+        self._check_host_mode(cfg, self._cluster)
         if replace and cfg.name:
             existing = self.find_run(cfg.name)
             if existing is not None and not existing.status.is_finished():

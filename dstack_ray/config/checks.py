@@ -12,7 +12,7 @@ from dstack_ray.config.errors import ConfigIssue, ConfigurationError
 from dstack_ray.config.gpus import AcceleratorVendor, CPUArchitecture, requested_gpu_vendors
 from dstack_ray.config.loader import parse_path
 from dstack_ray.config.interpolate import check_groups_refs, contains_groups_ref
-from dstack_ray.config.layout import as_host_path
+from dstack_ray.config.layout import as_host_path, check_target
 from dstack_ray.config.profiles import ProfileRetry
 from dstack_ray.config.resources import GPUSpec, ResourcesSpec
 from dstack_ray.config.task import RUN_NAME_RE, TaskConfiguration
@@ -84,31 +84,33 @@ def check_submittable(cfg: TaskConfiguration) -> None:
         raise ConfigurationError(located, file=cfg.source_file)
 
 
-def _outside_run(path: str) -> Optional[str]:
+def _outside_run(path: str, views: bool) -> Optional[str]:
     """Why `path` (as written in the task) would land outside the run's directories on the
     host, or None: relative paths and `/workflow/...` stay in the working directory, `~/...`
-    and `/root/...` in the run's home."""
+    and `/root/...` in the run's home; with `views` (nodes give jobs a private view) other
+    absolute paths are mounted in the job's view."""
     path = as_host_path(path)
     if path.startswith("~") and not (path == "~" or path.startswith("~/")):
         return "`~user` paths are not supported"
     rest = path[2:] if path.startswith("~/") else ("" if path == "~" else path)
     if PurePosixPath(rest).is_absolute():
-        return "it is an absolute path outside the run's directories"
+        return check_target(rest) if views else "it is an absolute path outside the run's directories and no node of the cluster gives jobs a private view"
     if posixpath.normpath(rest or ".").split("/")[0] == "..":
         return "`..` leads outside the run's directories"
     return None
 
 
-def check_host_paths(cfg: TaskConfiguration) -> None:
+def check_host_paths(cfg: TaskConfiguration, views: bool = False) -> None:
     """Without an image, a task runs on the Ray node in directories of its own: a `files`
-    target, repo path or `working_dir` outside them is refused before submission."""
+    target, repo path or `working_dir` outside them is refused before submission (`views`:
+    some node may give jobs a private view, where other absolute paths are mounted)."""
     issues: List[ConfigIssue] = []
     wanted = [(f"files[{i}]", f.path) for i, f in enumerate(cfg.files)]
     wanted += [(f"repos[{i}].path", r.path) for i, r in enumerate(cfg.repos)]
     if cfg.working_dir is not None:
         wanted.append(("working_dir", cfg.working_dir))
     for where, path in wanted:
-        why = _outside_run(path)
+        why = _outside_run(path, views)
         if why:
             issues.append(
                 ConfigIssue(

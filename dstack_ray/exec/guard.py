@@ -2,11 +2,12 @@
 
 Started as
 `python -m dstack_ray.exec.guard --job-dir D [--log-limit BYTES] [--watch-pid P]
-[--cleanup JSON-ARGV] COMMAND...` with the command's environment as its own, or forked in that
-state by `python -m dstack_ray.exec.guard --fork-server` (how node agents start them: see
+[--cleanup JSON-ARGV] [--view JSON] COMMAND...` with the command's environment as its own, or
+forked in that state by `python -m dstack_ray.exec.guard --fork-server` (how node agents start them: see
 `_fork_server`). The guard
 - becomes a child subreaper, so every descendant (even ones that daemonize) stays below it;
 - starts the command in a new session on a terminal of its own (a pty, like dstack's runner);
+- with `--view`, runs the command in the job's view of its node (exec/view.py, mountns.py);
 - with `--watch-pid`, treats the end of that process (the node's raylet) like the end of the
   node: everything is killed at once;
 - is independent of whoever started it, so that a job outlives a restart of its node agent:
@@ -34,6 +35,7 @@ import sys
 import termios
 import time
 
+from dstack_ray.exec import mountns
 from dstack_ray.exec.proc import descendants, process_table, sigkill
 from dstack_ray.exec.records import format_records
 
@@ -111,7 +113,7 @@ def _reap() -> None:
         _exit_statuses[pid] = wait_status
 
 
-def _spawn(argv: list[str], tty_fd: int) -> int:
+def _spawn(argv: list[str], tty_fd: int, view: dict | None = None) -> int:
     pid = os.fork()
     if pid == 0:
         try:
@@ -135,6 +137,12 @@ def _spawn(argv: list[str], tty_fd: int) -> int:
                     except (OSError, ValueError):
                         pass
             signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            if view is not None:
+                try:
+                    mountns.enter(view)
+                except OSError as e:
+                    os.write(2, f"dstack-ray: cannot make the job's view of its node: {e}\n".encode())
+                    os._exit(127)
             os.execvpe(argv[0], argv, os.environ)
         except BaseException as e:  # exec failed: say why on the output the agent reads
             try:
@@ -166,7 +174,8 @@ def main(argv: list[str]) -> int:
     job_dir: str | None = None
     log_limit = 0
     cleanup: list[str] = []
-    options = ("--watch-pid", "--cleanup", "--job-dir", "--log-limit")
+    view: dict | None = None
+    options = ("--watch-pid", "--cleanup", "--job-dir", "--log-limit", "--view")
     while argv[:1] and argv[0] in options and len(argv) > 1:
         if argv[0] == "--watch-pid":
             watch_pid = int(argv[1])
@@ -177,12 +186,15 @@ def main(argv: list[str]) -> int:
         else:
             import json
 
-            cleanup = json.loads(argv[1])
+            if argv[0] == "--view":
+                view = json.loads(argv[1])
+            else:
+                cleanup = json.loads(argv[1])
         argv = argv[2:]
     if job_dir is None or not argv:
-        print("usage: python -m dstack_ray.exec.guard --job-dir D [--log-limit BYTES] [--watch-pid P] [--cleanup ARGV] COMMAND...", file=sys.stderr)
+        print("usage: python -m dstack_ray.exec.guard --job-dir D [--log-limit BYTES] [--watch-pid P] [--cleanup ARGV] [--view JSON] COMMAND...", file=sys.stderr)
         return 2
-    return _run_job(argv, job_dir, watch_pid, cleanup, log_limit)
+    return _run_job(argv, job_dir, watch_pid, cleanup, log_limit, view)
 
 
 class _Output:
@@ -245,14 +257,14 @@ def quiet_tty(fd: int) -> None:
     termios.tcsetattr(fd, termios.TCSANOW, attrs)
 
 
-def _run_job(argv: list[str], job_dir: str, watch_pid: int | None, cleanup: list[str], log_limit: int) -> int:
+def _run_job(argv: list[str], job_dir: str, watch_pid: int | None, cleanup: list[str], log_limit: int, view: dict | None = None) -> int:
     master, slave = pty.openpty()
     quiet_tty(slave)
     control = os.open(os.path.join(job_dir, "control"), os.O_RDWR | os.O_NONBLOCK)
     output = _Output(master, os.path.join(job_dir, "output"), log_limit)
     code = 255
     try:
-        code = _supervise(argv, slave, watch_pid, orders_fd=control, output=output)
+        code = _supervise(argv, slave, watch_pid, orders_fd=control, output=output, view=view)
     except BaseException:
         _kill_all(None)
         raise
@@ -404,13 +416,13 @@ class _Orders:
         return orders
 
 
-def _supervise(argv: list[str], tty_fd: int, watch_pid: int | None, orders_fd: int, output: _Output) -> int:
+def _supervise(argv: list[str], tty_fd: int, watch_pid: int | None, orders_fd: int, output: _Output, view: dict | None = None) -> int:
     """Run the command to its end on the terminal `tty_fd`, following orders from `orders_fd`
     (the job's FIFO) and pumping the terminal's `output` into the job's log."""
     _become_subreaper()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    child = _spawn(argv, tty_fd)
+    child = _spawn(argv, tty_fd, view)
     os.close(tty_fd)
     pgid = child
     kill_at: float | None = None

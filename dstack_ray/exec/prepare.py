@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Callable, Dict, List, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dstack_ray.config.layout import as_host_path
+from dstack_ray.config.layout import as_host_path, check_target
 from dstack_ray.exec.archive import PackedFile, resolve_destination, unpack
 from dstack_ray.exec.commands import (
     NON_INTERACTIVE,
@@ -46,7 +47,7 @@ from dstack_ray.exec.container import (
 from dstack_ray.exec.pyenv import EnvironmentSetupError, VenvMaker, activation_env, find_nvcc, link_uv
 from dstack_ray.exec.repo import RepoError, RepoPayload, materialize_repo
 from dstack_ray.exec.ssh import HAS_SSHD_CHECK, RunKey, stage_container_sshd, with_sshd, write_client_files, write_wrappers
-from dstack_ray.exec.view import in_view, ray_token_dirs
+from dstack_ray.exec.view import JobView, node_layout, ray_token_dirs, tools_in_home
 from dstack_ray.models.runs import JobTerminationReason
 
 Report = Callable[[str], None]
@@ -89,6 +90,7 @@ class Prepared:
     env: Dict[str, str]
     cwd: str
     cleanup: Optional[List[str]] = None
+    view: Optional[dict] = None  # the job's view of its node (`JobView.spec`), None: the node as it is
 
 
 @dataclass
@@ -101,7 +103,6 @@ class NodeContext:
     attempt: int
     ssh_key: Optional[RunKey] = None  # multi-node runs: the attempt's key pair
     ssh_ports: List[Optional[int]] = field(default_factory=list)  # per rank, from the start order
-    state_dir: Optional[Path] = None  # dstack-ray's state directory on this node (hidden from the job but for its own)
 
 
 def _apply_repo_and_files(payload: Optional[RunPayload], place: Callable[[str], Path], report: Report) -> Path:
@@ -168,18 +169,35 @@ class HostLayout:
         and of SSH sessions into the node."""
         return activation_env(self.venv, f"{self.bin}:{base_path}")
 
-    def confine(self, path: str, working_dir: Path) -> Path:
+    @property
+    def placed(self) -> Path:
+        """Where absolute targets of a job's view are staged (mounted at their paths in the view)."""
+        return self.attempt_dir / "view"
+
+    def confine(self, path: str, working_dir: Path, placed: Optional[Dict[str, Path]] = None) -> Path:
         """A path as written in the task (`files`, `repos[].path`, `working_dir`): `~/x` and
         dstack's `/root/x` in the run's home, relative and dstack's `/workflow/x` in
-        `working_dir`. Anything landing outside the home and the
-        workflow directory (absolute, `..`, `~user`) is refused; the client refuses it before
-        submission, this is the node's own check."""
+        `working_dir`. With a view (`placed` given), another absolute path is staged below
+        `self.placed` and noted in `placed` (target -> staged path) for the view to mount.
+        Anything else landing outside the home and the workflow directory (absolute without a
+        view, `..`, `~user`) is refused; the client refuses it before submission where it
+        knows, this is the node's own check."""
         host = as_host_path(path)
         base = self.workflow if host != path and not host.startswith("~") else working_dir  # /workflow/x: not the working_dir's
         target = resolve_destination(host, base, self.home)
         if _inside(target, self.workflow) or _inside(target, self.home):
             return target
-        raise ValueError(f"{path}: outside the run's directories (the working directory and `~`); use `image:` to write there")
+        if placed is not None and host.startswith("/"):
+            clean = os.path.normpath(host)
+            why = check_target(clean)
+            if why:
+                raise ValueError(f"{path}: {why}")
+            placed[clean] = self.placed / clean.lstrip("/")
+            return placed[clean]
+        raise ValueError(
+            f"{path}: outside the run's directories (the working directory and `~`)"
+            " and this node gives jobs no private view; use `image:` to write there"
+        )
 
     def create(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -193,31 +211,48 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or str(path).startswith(f"{root}/")
 
 
-def host_working_dir(spec: "NodeSpec", layout: HostLayout) -> Path:
-    """`working_dir` on the host: unset = the attempt's workflow directory; `~/x` in the home;
-    relative (dstack's legacy form) joined to the workflow directory."""
-    if not spec.working_dir:
-        return layout.workflow
-    return layout.confine(spec.working_dir, layout.workflow)
+@dataclass
+class Staged:
+    """A host-mode job's directories, repo and files on its node, made before its sshd starts
+    (so that the sshd's sessions get the same view as the job)."""
+
+    layout: HostLayout
+    working_dir: Path
+    repo_dir: Path
+    view: Optional[JobView]  # None: the node gives jobs no view (today's layout)
+
+    def view_spec(self) -> Optional[dict]:
+        return self.view.spec(self.working_dir) if self.view is not None else None
+
+    def home(self) -> str:
+        """HOME as the job sees it."""
+        return "/root" if self.view is not None else str(self.layout.home)
 
 
-def prepare_host(
-    spec: NodeSpec,
-    payload: Optional[RunPayload],
-    node: NodeContext,
-    report: Report,
-    venvs: VenvMaker,
-) -> Prepared:
-    """Run on the node itself, in the job's own directories, Python and home."""
-    layout = HostLayout(node.run_dir, node.attempt)
+def stage_host(spec: NodeSpec, payload: Optional[RunPayload], run_dir: Path, attempt: int, state_dir: Optional[Path], shared: Optional[Path], report: Report) -> Staged:
+    """The job's directories with its repo and files, and its view where the node allows one."""
+    layout = HostLayout(run_dir, attempt)
     layout.create()
+    found = node_layout() if state_dir is not None else None
+    view = None
+    if found is not None and found.view:
+        keep = tools_in_home(host_base_environment(os.environ), sys.base_prefix)
+        view = JobView(state_dir, run_dir, layout.workflow, layout.home, user=found.user, shared=shared, hide=ray_token_dirs(), keep=keep)
+    elif found is not None:
+        report(f"layout: {found.describe()}; the job can see other runs' files (use `image:` to keep runs apart)")
+    placed = view.placed if view is not None else None
     try:
-        working_dir = host_working_dir(spec, layout)
+        working_dir = layout.confine(spec.working_dir, layout.workflow, placed) if spec.working_dir else layout.workflow
         working_dir.mkdir(parents=True, exist_ok=True)
     except (OSError, ValueError) as e:
         raise SetupFailure(JobTerminationReason.EXECUTOR_ERROR, f"working_dir: {e}") from None
+    repo_dir = _apply_repo_and_files(payload, lambda path: layout.confine(path, working_dir, placed), report)
+    return Staged(layout, working_dir, repo_dir, view)
 
-    repo_dir = _apply_repo_and_files(payload, lambda path: layout.confine(path, working_dir), report)
+
+def prepare_host(spec: NodeSpec, staged: Staged, payload: Optional[RunPayload], node: NodeContext, report: Report, venvs: VenvMaker) -> Prepared:
+    """Run on the node itself, in the job's own directories, Python and home (its view)."""
+    layout, working_dir, view = staged.layout, staged.working_dir, staged.view
     layout.hostfile.write_text(mpi_hostfile(node.cluster.ips, node.cluster.gpus_per_node))
     base = host_base_environment(os.environ)
     try:
@@ -234,21 +269,16 @@ def prepare_host(
         write_client_files(layout.home, node.ssh_key, node.cluster.ips, node.ssh_ports)
         write_wrappers(layout.bin, layout.home)
     argv = command_argv(spec.shell, spec.commands, spec.entrypoint)
+    seen = view.path if view is not None else str
     paths = JobPaths(
-        working_dir=str(working_dir),
-        repo_dir=str(repo_dir),
+        working_dir=seen(working_dir),
+        repo_dir=seen(staged.repo_dir),
         hostfile=str(layout.hostfile),
         repo_id=_repo_id(payload),
     )
     system = {**dstack_variables(node.identity, node.cluster, paths), **extra}
-    env = job_environment(base, system, spec.user_env, node.gpu_ids, home=str(layout.home))
-    if node.state_dir is not None:
-        viewed = in_view(argv, node.state_dir, node.run_dir, str(working_dir), shared=venvs.root, hide=ray_token_dirs())
-        if viewed is None:
-            report("no private mount namespace on this node: the job can see other runs' files (use `image:` to keep runs apart)")
-        else:
-            argv = viewed
-    return Prepared(argv=argv, env=env, cwd=str(working_dir))
+    env = job_environment(base, system, spec.user_env, node.gpu_ids, home=staged.home())
+    return Prepared(argv=argv, env=env, cwd=str(working_dir), view=staged.view_spec())
 
 
 def _repo_id(payload: Optional[RunPayload]) -> str:

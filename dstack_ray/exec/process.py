@@ -125,6 +125,7 @@ class DetachedJob:
         watch_pid: Optional[int] = None,
         cleanup: Optional[List[str]] = None,
         log_limit: int = 0,
+        view: Optional[dict] = None,
     ) -> "DetachedJob":
         job_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         control = job_dir / "control"
@@ -136,6 +137,8 @@ class DetachedJob:
             options += ["--watch-pid", str(watch_pid)]
         if cleanup:
             options += ["--cleanup", json.dumps(cleanup)]
+        if view is not None:  # (paths only: the guard's command line is in `ps`)
+            options += ["--view", json.dumps(view)]
         pid = _ForkServer.spawn(options + list(argv), env, cwd, job_dir / "guard.log")
         (job_dir / "guard.pid").write_text(str(pid))
         job_id = env.get("DSTACK_JOB_ID")

@@ -119,7 +119,7 @@ class NodeSshd:
         self.port: Optional[int] = None
         self._process: Optional[DetachedJob] = None
 
-    def start(self, session_env: Dict[str, str], watch_pid: Optional[int]) -> Optional[int]:
+    def start(self, session_env: Dict[str, str], watch_pid: Optional[int], view: Optional[dict] = None) -> Optional[int]:
         """Start sshd and return its port; None where the node has no sshd. It runs under a
         detached guard (like the job's command), so it outlives a restart of the node agent."""
         sshd = find_sshd()
@@ -139,7 +139,7 @@ class NodeSshd:
             config = self.directory / "sshd_config"
             _write_private(config, self._config(port, session_env))
             job_dir = self.directory / f"sshd-{attempt}"
-            process = DetachedJob.start(job_dir, [sshd, "-D", "-e", "-f", str(config)], {"PATH": os.defpath}, str(self.directory), watch_pid=watch_pid)
+            process = DetachedJob.start(job_dir, [sshd, "-D", "-e", "-f", str(config)], {"PATH": os.defpath}, str(self.directory), watch_pid=watch_pid, view=view)
             # Our own sshd says it listens (another one may hold the port: two ranks of a run on
             # one host can pick the same free port at the same moment, and only one binds it).
             listening = f"Server listening on 0.0.0.0 port {port}.".encode()

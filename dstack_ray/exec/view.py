@@ -1,16 +1,22 @@
-"""A host-mode job's view of its node: other runs' directories and the cluster's secrets hidden.
+"""A host-mode job's view of its node: dstack's layout, other runs and the cluster's secrets hidden.
 
-Jobs on the host run as the Ray worker's user, so file permissions cannot keep one run from
-another: without more, a job could read another run's SSH key (and log in to its sshd), write
-its control FIFO, or read the head's database and Ray token. Where the node allows a private
-mount namespace (the worker runs as root, or unprivileged user namespaces are on), each job
-runs in one where
-- dstack-ray's state directory is an empty tmpfs except for the job's own directory (its
-  working directory, home, venv, shipped files, output) and, read-only, the node's Python
-  templates its venv copies pip from: the database, stored logs, payloads and every other run
-  are out of sight;
+dstack runs every job in a container whose working directory is `/workflow` and whose home is
+`/root`; configs are written against those paths. Jobs on a Ray node run as the Ray worker's
+user, so neither can exist on the node, and file permissions cannot keep one run from another.
+Where the node allows a private mount namespace (the worker runs as root, or unprivileged user
+namespaces are on), each job — and its sshd with every SSH session — runs in a view where
+- `/workflow` is its working directory and `/root` its private home (`HOME=/root`);
+- absolute `files` targets elsewhere (`/opt/data/x`) are there, staged in the job's directory
+  and mounted in the view only: the node's tree is never written;
+- dstack-ray's state directory is empty except for the job's own directory (its venv, shipped
+  files, output) and, read-only, the node's Python templates its venv copies pip from: the
+  database, stored logs, payloads and every other run are out of sight;
 - Ray's token file (`~/.ray`, or RAY_AUTH_TOKEN_PATH's directory) is hidden;
 - everything else of the node — its tools, drivers, /dev, /tmp, the network — is as it was.
+
+Where it allows none (a non-root pod without user namespaces), jobs get today's layout: the
+working directory and home are directories of the run, `/workflow/x` and `/root/x` targets land
+there, other absolute targets are refused (`node_layout()` says which and why; the plan shows it).
 
 This hides; it is not a boundary against a job that runs as root and means harm: root can
 leave the namespace (`nsenter`) or read other processes through /proc. Runs that must not
@@ -22,65 +28,45 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional
+
+from dstack_ray.config.layout import DSTACK_HOME, DSTACK_WORKFLOW
+from dstack_ray.exec import mountns
 
 logger = logging.getLogger(__name__)
 
-# Run by `unshare` in the job's new mount namespace, then replaced by the job's command.
-# $1 state directory, $2 the job's directory in it, $3 read-only directory in it ("" for none),
-# $4 the working directory, then directories to hide up to "--", then the command.
-SETUP = r"""
-set -e
-state=$1 own=$2 shared=$3 cwd=$4
-shift 4
-exec 8<"$own"
-if [ -n "$shared" ] && [ -d "$shared" ]; then exec 7<"$shared"; fi
-mount -t tmpfs -o mode=0700,size=1m dstack-ray-hidden "$state"
-mkdir -p "$own"
-mount --no-canonicalize --bind /proc/self/fd/8 "$own"
-exec 8<&-
-if [ -n "$shared" ] && [ -d /proc/self/fd/7 ]; then
-  mkdir -p "$shared"
-  mount --no-canonicalize --bind /proc/self/fd/7 "$shared"
-  mount -o remount,bind,ro "$shared"
-  exec 7<&-
-fi
-while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do
-  if [ -d "$1" ]; then mount -t tmpfs -o mode=0700,size=64k dstack-ray-hidden "$1"; fi
-  shift
-done
-shift
-cd "$cwd"
-exec "$@"
-"""
-
 OFF_ENV = "DSTACK_RAY_NO_JOB_VIEW"  # "1" in the node's environment: jobs see the node as their user does
-NAMESPACE_COMMANDS = (
-    # As root: a mount namespace of its own (mounts in it never reach the node's).
-    ("unshare", "--mount", "--propagation", "private"),
-)
+
+
+@dataclass(frozen=True)
+class NodeLayout:
+    """How host-mode jobs see this node."""
+
+    view: bool  # dstack's layout in a private view; False: the run's directories on the node
+    user: bool = False  # the view needs a user namespace (the Ray worker is not root)
+    why: str = ""
+
+    def describe(self) -> str:
+        if self.view:
+            how = "a user namespace" if self.user else "a private mount namespace"
+            return f"dstack's layout (/workflow, /root) in {how}"
+        return f"the run's directories on the node ({self.why})"
 
 
 @functools.lru_cache(maxsize=None)
-def namespace_prefix() -> Optional[tuple]:
-    """The command that gives a process a private mount namespace on this node, or None where
-    the node allows none (probed once per process: a mount in a namespace of its own)."""
+def node_layout() -> NodeLayout:
+    """What this node allows (probed once per process, in a child: a namespace and a mount)."""
     if os.environ.get(OFF_ENV) == "1":
-        return None  # the node's operator turned views off (measurements, nodes that forbid mounts)
-    if os.geteuid() != 0:
-        return None  # (unprivileged user namespaces would change the job's uid: not used)
-    for command in NAMESPACE_COMMANDS:
-        probe = [*command, "/bin/sh", "-c", "mount -t tmpfs -o size=4k probe /mnt 2>/dev/null || mount -t tmpfs -o size=4k probe /tmp"]
-        try:
-            result = subprocess.run(probe, stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if result.returncode == 0:
-            return command
-        logger.info("no private mount namespace on this node (%s): %s", " ".join(command), result.stderr.decode(errors="replace").strip()[:200])
-    return None
+        return NodeLayout(False, why=f"{OFF_ENV}=1 on the node")
+    user = os.geteuid() != 0
+    why = mountns.probe(user)
+    if not why:
+        return NodeLayout(True, user=user)
+    kind = "user namespaces are off" if user else "no private mount namespace"
+    logger.info("host-mode jobs get no view on this node (%s): %s", kind, why)
+    return NodeLayout(False, why=f"{kind}: {why}")
 
 
 def ray_token_dirs(environ: Optional[dict] = None) -> List[str]:
@@ -92,17 +78,64 @@ def ray_token_dirs(environ: Optional[dict] = None) -> List[str]:
     return sorted(dirs)
 
 
-def in_view(
-    argv: Sequence[str], state_dir: Path, own: Path, cwd: str, shared: Optional[Path] = None, hide: Sequence[str] = ()
-) -> Optional[List[str]]:
-    """`argv` wrapped to run in the job's view, or None where the node gives no namespace (the
-    job then runs as before, seeing the node's files as its user does)."""
-    prefix = namespace_prefix()
-    if prefix is None:
-        return None
-    state, mine = os.path.realpath(state_dir), os.path.realpath(own)
-    if not mine.startswith(state + os.sep):
-        raise ValueError(f"{own} is not inside the state directory {state_dir}")
-    kept = os.path.realpath(shared) if shared is not None else ""
-    hidden = [d for d in hide if not d.startswith(state + os.sep) and not (state + os.sep).startswith(d.rstrip("/") + os.sep)]
-    return [*prefix, "/bin/sh", "-c", SETUP, "dstack-ray-view", state, mine, kept, cwd, *hidden, "--", *argv]
+@dataclass
+class JobView:
+    """One job's view: what `mountns.enter` makes in the job's process (and in its sshd's)."""
+
+    state: Path  # dstack-ray's state directory: hidden but for `own` and `shared`
+    own: Path  # the job's directory in it (per run and rank)
+    workflow: Path  # -> /workflow
+    home: Path  # -> /root
+    user: bool = False
+    shared: Optional[Path] = None  # read-only in the view (the node's Python templates)
+    hide: List[str] = field(default_factory=list)
+    placed: Dict[str, Path] = field(default_factory=dict)  # other absolute targets -> where staged
+    keep: List[str] = field(default_factory=list)  # the node's tools under /root (read-only in the view)
+
+    def path(self, host: Path) -> str:
+        """Where a path of the node's is in the view."""
+        host = Path(os.path.realpath(host))
+        for root, view in ((self.workflow, DSTACK_WORKFLOW), (self.home, DSTACK_HOME)):
+            real = Path(os.path.realpath(root))
+            if host == real or real in host.parents:
+                rest = host.relative_to(real).as_posix()
+                return view if rest == "." else f"{view}/{rest}"
+        for target, staged in self.placed.items():
+            real = Path(os.path.realpath(staged))
+            if host == real or real in host.parents:
+                rest = host.relative_to(real).as_posix()
+                return target if rest == "." else f"{target}/{rest}"
+        return str(host)
+
+    def spec(self, cwd: Path) -> dict:
+        """The view as the guard takes it (`--view JSON`): plain paths, no secrets."""
+        state, own = os.path.realpath(self.state), os.path.realpath(self.own)
+        if not own.startswith(state + os.sep):
+            raise ValueError(f"{self.own} is not inside the state directory {self.state}")
+        hidden = [d for d in self.hide if not d.startswith(state + os.sep) and not (state + os.sep).startswith(d.rstrip("/") + os.sep)]
+        binds = [[DSTACK_WORKFLOW, os.path.realpath(self.workflow)], [DSTACK_HOME, os.path.realpath(self.home)]]
+        binds += [[target, os.path.realpath(staged)] for target, staged in sorted(self.placed.items())]
+        return {
+            "user": self.user,
+            "state": state,
+            "own": own,
+            "shared": os.path.realpath(self.shared) if self.shared is not None else "",
+            "hide": hidden,
+            "binds": binds,
+            "keep": self.keep,
+            "cwd": self.path(cwd),
+        }
+
+
+def tools_in_home(environ: Dict[str, str], python_prefix: str) -> List[str]:
+    """The node's directories under dstack's home (`/root`, which the view gives the job) that
+    jobs still need: its Python (`python_prefix`, pyenv's versions) and its PATH entries there."""
+    wanted = [python_prefix, os.path.expanduser("~/.pyenv")]
+    wanted += [p for p in environ.get("PATH", "").split(":") if p]
+    kept: List[str] = []
+    for path in sorted({os.path.realpath(p) for p in wanted}):
+        if (path == DSTACK_HOME or not path.startswith(DSTACK_HOME + "/")) or not os.path.isdir(path):
+            continue
+        if not any(path.startswith(k + "/") for k in kept):
+            kept.append(path)
+    return kept

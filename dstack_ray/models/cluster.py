@@ -64,6 +64,10 @@ class NodeView(NodeShape):
     alive: bool = True
     is_head: bool = False
     available: Dict[str, float] = Field(default_factory=dict)
+    # How host-mode jobs see this node (exec/view.py `NodeLayout.describe`), once probed there;
+    # job_view: whether they get dstack's layout in a private view (None: not probed yet).
+    layout: Optional[str] = None
+    job_view: Optional[bool] = None
 
 
 class NodeType(NodeShape):

@@ -59,6 +59,7 @@ class RunPlan(BaseModel):
     notes: List[str] = Field(default_factory=list)
     no_capacity: Optional[str] = None  # why nothing in the cluster can ever hold the run
     needs_new_nodes: bool = False  # fits only on nodes the autoscaler would add
+    layout: Optional[str] = None  # how host-mode jobs see their nodes (None: in a container)
 
     @property
     def nodes_num(self) -> int:
@@ -231,6 +232,22 @@ def _label_selector(cfg: TaskConfiguration, cluster: ClusterView) -> Dict[str, s
     return selector
 
 
+def host_layout(cfg: TaskConfiguration, cluster: ClusterView) -> Optional[str]:
+    """Which layout a host-mode run gets on the cluster's nodes, and why (from what each node's
+    probe found: exec/view.py); None for a run in a container."""
+    if cfg.image is not None or cfg.docker or cluster.default_image is not None:
+        return None
+    counts: Dict[str, int] = {}
+    for node in cluster.alive_nodes:
+        text = node.layout or "decided on the node when a job starts there (not probed yet)"
+        counts[text] = counts.get(text, 0) + 1
+    if cluster.autoscaling:
+        counts.setdefault("decided on each node the autoscaler adds", 0)
+    if len(counts) == 1:
+        return next(iter(counts))
+    return "; ".join(f"{text} ({n} node{'s' if n != 1 else ''})" if n else text for text, n in counts.items())
+
+
 def build_plan(cfg: TaskConfiguration, cluster: ClusterView) -> RunPlan:
     """Resolve each node's bundle and judge whether the cluster can ever hold the run."""
     alive: List[NodeShape] = list(cluster.alive_nodes)
@@ -259,7 +276,7 @@ def build_plan(cfg: TaskConfiguration, cluster: ClusterView) -> RunPlan:
             needs.append(need)
             rank += 1
     distinct = len(bundles) > 1
-    plan = RunPlan(bundles=bundles, strategy="STRICT_SPREAD" if distinct else "PACK", notes=_notes(cfg))
+    plan = RunPlan(bundles=bundles, strategy="STRICT_SPREAD" if distinct else "PACK", notes=_notes(cfg), layout=host_layout(cfg, cluster))
     if "CUDA_VISIBLE_DEVICES" in cfg.env and cfg.image is None and not cfg.docker:
         plan.notes.append("CUDA_VISIBLE_DEVICES in `env` is replaced by the GPUs Ray assigns to each node")
     if "stop_duration" in cfg.model_fields_set:

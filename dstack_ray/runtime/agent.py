@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import os
 import shutil
@@ -42,16 +43,20 @@ from dstack_ray.exec.prepare import (
     Prepared,
     RunPayload,
     SetupFailure,
+    Staged,
     prepare_container,
     prepare_host,
+    stage_host,
 )
 from dstack_ray.exec.proc import tree_usage
 from dstack_ray.exec.process import DetachedJob
 from dstack_ray.exec.records import LineEcho
 from dstack_ray.models.messages import NodeOutcome, StartOrder, StopOrder
 from dstack_ray.models.runs import JobTerminationReason
-from dstack_ray.exec.pyenv import venv_maker
+from dstack_ray.exec.pyenv import VenvMaker, venv_maker
 from dstack_ray.exec.ssh import NodeSshd, RunKey, forget_keys, free_port
+from dstack_ray.exec.view import node_layout
+from dstack_ray.plan.live import LAYOUT_KV_PREFIX
 from dstack_ray.runtime.settings import NAMESPACE, SUPERVISOR_NAME, RuntimeSettings, named_controller
 from dstack_ray.paths import private_dir
 
@@ -317,19 +322,18 @@ def _sample_gpus(host: Any, assignment: NodeAssignment, gpu_ids: List[str], done
         done.wait(assignment.settings.metrics_interval)
 
 
-def _start_sshd(assignment: NodeAssignment, raylet: int) -> Tuple[Optional[NodeSshd], Optional[int]]:
+def _start_sshd(assignment: NodeAssignment, raylet: int, staged: Optional[Staged]) -> Tuple[Optional[NodeSshd], Optional[int]]:
     """The node's sshd for a multi-node host-mode run (before the node reports ready, so its
-    port goes out with the start order); (None, None) where there is none. A container runs the
-    image's sshd itself (host networking): only its port is chosen here."""
+    port goes out with the start order), in the job's view; (None, None) where there is none. A
+    container runs the image's sshd itself (host networking): only its port is chosen here."""
     if assignment.ssh_key is None:
         return None, None
-    if assignment.spec.container is not None:
+    if staged is None:
         return None, free_port()
-    layout = HostLayout(_run_dir(assignment), assignment.attempt)
-    layout.create()
+    layout = staged.layout
     session = {
         **layout.activation(host_base_environment(os.environ).get("PATH", "")),
-        "HOME": str(layout.home),
+        "HOME": staged.home(),
         "DSTACK_RUN_NAME": assignment.run_name,
         "DSTACK_RUN_ID": assignment.run_id,
         "DSTACK_NODE_RANK": str(assignment.rank),
@@ -339,7 +343,7 @@ def _start_sshd(assignment: NodeAssignment, raylet: int) -> Tuple[Optional[NodeS
     NodeSshd.stop_started(layout.ssh)  # one an agent started before it restarted
     sshd = NodeSshd(layout.ssh, assignment.ssh_key)
     try:
-        port = sshd.start(session, raylet)
+        port = sshd.start(session, raylet, view=staged.view_spec())
     except OSError as e:
         logger.warning("%s", e)
         return None, None
@@ -377,6 +381,25 @@ def bundle_probe() -> Tuple[str, List[str]]:
     return ray.get_runtime_context().get_node_id(), [str(g) for g in ray.get_gpu_ids()]
 
 
+def publish_layout() -> None:
+    """Probe how host-mode jobs see this node (exec/view.py) and publish it for plans."""
+    found = node_layout()
+    try:
+        from ray.experimental import internal_kv
+
+        node_id = ray.get_runtime_context().get_node_id()
+        value = json.dumps({"layout": found.describe(), "job_view": found.view})
+        internal_kv._internal_kv_put(LAYOUT_KV_PREFIX + node_id, value, overwrite=True, namespace=NAMESPACE)
+    except Exception:  # a private API: plans then say the layout is decided on the node
+        logger.debug("could not publish this node's layout", exc_info=True)
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def probe_layout() -> None:
+    """Run on a node no job has run on yet (the Controller starts it once per node)."""
+    publish_layout()
+
+
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=10000)
 class NodeAgent:
     """Runs the jobs placed on its node; one per node, started by the first job there.
@@ -392,6 +415,7 @@ class NodeAgent:
         # Our parent is the node's raylet: if it dies, the node is gone and so must the commands be.
         self.raylet = os.getppid()
         self._pool = ThreadPoolExecutor(max_workers=4096, thread_name_prefix="dstack-job")
+        publish_layout()
 
     def __repr__(self) -> str:
         return f"NodeAgent({self.ip})"  # the Ray dashboard's name for this actor's log lines
@@ -437,9 +461,14 @@ class NodeAgent:
         if started is not None:
             logger.info("%s rank %d: following the job started before this agent restarted", assignment.run_name, assignment.rank)
             return self._follow(assignment, controller, host, started, gpu_ids, cleanup_sshd=True)
-        sshd, ssh_port = _start_sshd(assignment, self.raylet)
         try:
-            return self._run(assignment, controller, host, payload, gpu_ids, ssh_port)
+            staged = _stage(assignment, payload, host)
+        except SetupFailure as e:
+            _forget_job_files(assignment)
+            return NodeOutcome(error=e.message, error_reason=e.reason)
+        sshd, ssh_port = _start_sshd(assignment, self.raylet, staged)
+        try:
+            return self._run(assignment, controller, host, payload, gpu_ids, ssh_port, staged)
         finally:
             if sshd is not None:
                 sshd.stop()
@@ -453,6 +482,7 @@ class NodeAgent:
         payload: Optional[RunPayload],
         gpu_ids: List[str],
         ssh_port: Optional[int],
+        staged: Optional[Staged],
     ) -> NodeOutcome:
         key = (assignment.run_id, assignment.attempt, assignment.rank)
         host.agent_ready.remote(*key, self.ip, self.node_id, gpu_ids, ssh_port)
@@ -463,7 +493,7 @@ class NodeAgent:
         if order is None:
             return NodeOutcome(stopped=True)
         try:
-            prepared = _prepare(assignment, payload, order, self.ip, gpu_ids, host)
+            prepared = _prepare(assignment, payload, order, self.ip, gpu_ids, host, staged)
             job = DetachedJob.start(
                 job_dir(assignment),
                 prepared.argv,
@@ -472,6 +502,7 @@ class NodeAgent:
                 watch_pid=self.raylet,
                 cleanup=prepared.cleanup,
                 log_limit=_spool_limit(assignment.settings),
+                view=prepared.view,
             )
         except SetupFailure as e:
             return NodeOutcome(error=e.message, error_reason=e.reason)
@@ -554,8 +585,8 @@ def _prepare(
     ip: str,
     gpu_ids: List[str],
     host: Any,
+    staged: Optional[Staged],
 ) -> Prepared:
-    key = (assignment.run_id, assignment.attempt, assignment.rank)
     groups, start = [], 0
     for size in assignment.group_sizes or [assignment.nodes_num]:
         groups.append(order.ips[start : start + size])
@@ -572,16 +603,12 @@ def _prepare(
         attempt=assignment.attempt,
         ssh_key=assignment.ssh_key,
         ssh_ports=list(order.ssh_ports),
-        state_dir=assignment.settings.resolved_state_dir(),
     )
 
-    def report(message: str) -> None:
-        host.agent_event.remote(*key, message)
-
-    if spec.container is None:
-        settings = assignment.settings
-        venvs = venv_maker(settings.resolved_state_dir() / "python-envs", settings.python_downloads)
-        return prepare_host(spec, payload, node, report, venvs)
+    report = _reporter(assignment, host)
+    if staged is not None:
+        return prepare_host(spec, staged, payload, node, report, _venvs(assignment.settings))
+    key = (assignment.run_id, assignment.attempt, assignment.rank)
     return prepare_container(
         spec,
         payload,
@@ -590,3 +617,20 @@ def _prepare(
         assignment.container_runtime,
         on_pulling=lambda: host.agent_pulling.remote(*key),
     )
+
+
+def _reporter(assignment: NodeAssignment, host: Any) -> Callable[[str], None]:
+    key = (assignment.run_id, assignment.attempt, assignment.rank)
+    return lambda message: host.agent_event.remote(*key, message)
+
+
+def _venvs(settings: RuntimeSettings) -> VenvMaker:
+    return venv_maker(settings.resolved_state_dir() / "python-envs", settings.python_downloads)
+
+
+def _stage(assignment: NodeAssignment, payload: Optional[RunPayload], host: Any) -> Optional[Staged]:
+    """A host-mode job's directories, repo, files and view (None for a container job)."""
+    if assignment.spec.container is not None:
+        return None
+    state_dir = assignment.settings.resolved_state_dir()
+    return stage_host(assignment.spec, payload, _run_dir(assignment), assignment.attempt, state_dir, _venvs(assignment.settings).root, _reporter(assignment, host))

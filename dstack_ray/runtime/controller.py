@@ -27,7 +27,7 @@ from dstack_ray import __version__
 from dstack_ray.errors import Conflict, InvalidInput, NotFound, invalid_fields
 from dstack_ray.metrics.runs import RunMetrics
 from dstack_ray.plan.capacity import Released, free_capacity, place, still_counted
-from dstack_ray.plan.live import live_cluster_view
+from dstack_ray.plan.live import live_cluster_view, with_layouts
 from dstack_ray.models.cluster import ClusterView
 from dstack_ray.plan.planner import RunPlan, build_plan
 from dstack_ray.runtime.admission import admission_pass
@@ -130,6 +130,7 @@ class Controller:
         # collection in it): the wall time also counts waiting for a CPU on a busy head
         self.admission_passes: "deque[Tuple[float, int, float, float, int, float]]" = deque(maxlen=20_000)
         self.plans_made = 0
+        self._layout_probed: set = set()  # node ids asked how host-mode jobs see them
         self.clock = Clock(self.settings.clock_offset_file)
         self.wakeup: Optional[asyncio.Event] = None
         self.host: Any = None
@@ -438,7 +439,26 @@ class Controller:
     async def cluster_view(self) -> Dict[str, Any]:
         view = live_cluster_view()
         view.default_image = self.settings.resolved_default_image()
+        if await self._probe_layouts(view):
+            view.nodes = with_layouts(view.nodes)
         return view.model_dump(mode="json")
+
+    async def _probe_layouts(self, view: ClusterView, wait: float = 2.0) -> bool:
+        """Ask each node no job has run on yet how host-mode jobs would see it (once per node),
+        waiting up to `wait` seconds for the answers (later plans get the slower ones)."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from dstack_ray.runtime.agent import probe_layout
+
+        asked = []
+        for node in view.alive_nodes:
+            if node.job_view is None and node.node_id not in self._layout_probed:
+                self._layout_probed.add(node.node_id)
+                asked.append(probe_layout.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False)).remote())
+        if not asked:
+            return False
+        await asyncio.wait([asyncio.ensure_future(ref) for ref in asked], timeout=wait)
+        return True
 
     # -- scheduling: priority queue, capacity, cron ---------------------------------------------------
 

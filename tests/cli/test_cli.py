@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -12,6 +13,10 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import pytest
+
+from dstack_ray.exec.view import node_layout
 
 from tests.cli.conftest import CLI, write_task
 from tests.helpers import AttachedApply, no_leftovers, wait_for
@@ -35,6 +40,31 @@ def test_apply_prints_the_plan_and_streams_the_output(cli):
     assert "Retry policy" in result.stdout and "cpu=x86:1 mem=0.25GB" in result.stdout
     assert "hello from the cli\nsecond line\n" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_the_seed_files_block_runs_in_dstacks_layout_without_an_image(cli):
+    """The seed's `files` block — `.:examples` and `~/.ssh/id_rsa:/root/.ssh/id_rsa` (a stand-in
+    key in the CLI's HOME) — and an absolute target elsewhere, on a node that gives jobs a view:
+    the job starts in `/workflow`, its home is `/root`, the plan says which layout it gets, and
+    the node's own `/root` and `/opt` are untouched (these used to be refused before submission)."""
+    if not node_layout().view:
+        pytest.skip("this machine gives no private mount namespace: tests/unit/test_view.py covers the fallback")
+    home = Path(cli.env["HOME"])
+    (home / ".ssh").mkdir(exist_ok=True)
+    (home / ".ssh" / "id_rsa").write_text("STAND-IN KEY\n")
+    (cli.cwd / "readme.txt").write_text("hello\n")
+    (cli.cwd / "app.conf").write_text("conf\n")
+    write_task(
+        cli.cwd, "seed",
+        "type: task\nname: seed-files\nfiles:\n  - .:examples\n  - ~/.ssh/id_rsa:/root/.ssh/id_rsa\n  - app.conf:/opt/dstack-ray-seed/app.conf\n"
+        "commands:\n  - pwd\n  - echo $HOME\n  - cat /root/.ssh/id_rsa\n  - cat /workflow/examples/readme.txt\n  - cat /opt/dstack-ray-seed/app.conf\n"
+        + SMALL,
+    )
+    node_root = sorted(os.listdir("/root"))
+    result = cli("apply", "-f", "seed.dstack.yml", "-y", check_rc=0)
+    assert "Layout" in result.stdout and "dstack's layout (/workflow, /root)" in result.stdout
+    assert "/workflow\n/root\nSTAND-IN KEY\nhello\nconf\n" in result.stdout
+    assert sorted(os.listdir("/root")) == node_root and not os.path.exists("/opt/dstack-ray-seed")
 
 
 def test_apply_exit_code_follows_the_run(cli):
@@ -244,7 +274,8 @@ def test_hostile_configurations_get_clear_errors_and_the_head_keeps_working(cli)
     assert outcomes["env-multiline"]["logs"] == ["2"]
     assert outcomes["files-home"]["logs"] == ["data"]
     assert outcomes["working-dir-relative"]["logs"][0].endswith("/workflow/sub")
-    assert outcomes["working-dir-home"]["logs"][0].endswith("/home/w")
+    home = "/root" if node_layout().view else "/home"  # dstack's home in the job's view, else the run's `home/`
+    assert outcomes["working-dir-home"]["logs"][0].endswith(f"{home}/w")
     assert outcomes["dollar-dollar"]["logs"] == ["pid-ok"]
     assert outcomes["cuda-in-env"]["logs"] == ["none"]  # Ray assigned no GPU: none is visible
     assert outcomes["unicode-env"]["logs"] == ["héllo ✓"]

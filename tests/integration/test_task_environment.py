@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from dstack_ray.config import ConfigurationError
+from dstack_ray.exec.view import node_layout
 from dstack_ray.models import RunStatus
 from tests.helpers import no_leftovers, wait_for
 
@@ -181,28 +182,32 @@ resources:
         assert lines[0] == "hello"
         out = dict(line.split("=", 1) for line in lines[1:])
         home = out["home"]
-        homes.add(home)
-        assert home.startswith(str(Path(settings.state_dir) / "runs") + "/") and home.endswith(f"node-{rank}/home")
+        on_node = next(Path(settings.state_dir, "runs").glob(f"home-files-*/node-{rank}/home"))
+        homes.add(on_node)
+        assert home == ("/root" if node_layout().view else str(on_node))  # dstack's home in the job's view
+        assert (on_node / "notes" / "notes.txt").read_text() == "hello\n"
         assert out["mode"] == "700"
         assert out["pwd"] == home + "/work"
         assert out["wd"] == out["pwd"] and out["data"] == "hello"  # relative files: in the working dir
         assert out["repo-id"] == "none"
-        assert out["hostfile"].startswith(home.rsplit("/", 1)[0])
+        assert out["hostfile"].startswith(str(on_node.parent))
     assert len(homes) == 2
     assert not (real_home / "notes").exists() and not (real_home / "work").exists()
 
 
 def test_targets_outside_the_run_are_refused_before_submission(client, tmp_path):
+    """Where no view can hold them (the kernel's directories; any absolute path where no node
+    gives views: tests/unit/test_task_configuration.py)."""
     (tmp_path / "key").write_text("secret\n")
-    config = write_config(tmp_path, "outside", "type: task\nname: outside\nfiles:\n  - key:/etc/ssh/id_rsa\ncommands: [\"true\"]\n")
+    config = write_config(tmp_path, "outside", "type: task\nname: outside\nfiles:\n  - key:/proc/dstack/id_rsa\ncommands: [\"true\"]\n")
     count = len(client.list_runs())
     with pytest.raises(ConfigurationError) as info:
         client.apply(config)
     (issue,) = info.value.issues
-    assert issue.path == "files[0]" and issue.line == 4 and "/etc/ssh/id_rsa" in issue.message
+    assert issue.path == "files[0]" and issue.line == 4 and "/proc/dstack/id_rsa" in issue.message
     assert "`image:`" in issue.hint
     with pytest.raises(ConfigurationError, match="working_dir"):
-        client.apply({"type": "task", "name": "outside-wd", "working_dir": "/srv/app", "commands": ["true"]})
+        client.apply({"type": "task", "name": "outside-wd", "working_dir": "../app", "commands": ["true"]})
     assert len(client.list_runs()) == count  # nothing was submitted
 
 
@@ -226,7 +231,10 @@ def test_ssh_between_the_nodes_of_a_run(client, settings, gpu_nodes):
     ranks = [line.split()[0] for line in lines if line.startswith("rank=")]
     assert ranks == ["rank=0", "rank=1", "rank=2"], lines
     homes = [line.split("home=")[1] for line in lines if "home=" in line]
-    assert [h.rsplit("/", 2)[-2] for h in homes] == ["node-0", "node-1", "node-2"]
+    if node_layout().view:
+        assert homes == ["/root"] * 3  # each session in its job's view
+    else:
+        assert [h.rsplit("/", 2)[-2] for h in homes] == ["node-0", "node-1", "node-2"]
     assert "by-ip" in lines
     run_dir = Path(settings.state_dir) / "runs"
     assert no_leftovers(f"{run_dir}/ssh-nodes-") == []  # no sshd of the run is left
@@ -238,9 +246,7 @@ def test_a_job_cannot_see_other_runs_or_the_heads_state(client, settings):
     """The review's reproduction: a job read another run's `~/.ssh/dstack_job` (and could log in
     to its sshd with it), wrote its control FIFO and read the head's database. In its view the
     state directory holds only its own directory."""
-    from dstack_ray.exec.view import namespace_prefix
-
-    if namespace_prefix() is None:
+    if not node_layout().view:
         pytest.skip("this machine gives no private mount namespace (the README says what jobs then see)")
     victim = client.apply({"type": "task", "name": "victim", "nodes": 2, "commands": ["sleep 31360"], "resources": SMALL})
     runs = Path(settings.state_dir) / "runs"
@@ -272,22 +278,3 @@ def test_a_job_cannot_see_other_runs_or_the_heads_state(client, settings):
         victim.stop(abort=True)
     assert victim.wait(60).is_finished()
     assert no_leftovers("sleep 31360") == []
-
-
-def test_dstacks_container_paths_work_in_host_mode(client, tmp_path):
-    """The seed's `files` example — `~/.ssh/id_rsa:/root/.ssh/id_rsa` and a target under
-    `/workflow` — runs without an image: dstack's home is the run's home, `/workflow` the job's
-    working directory (it used to be refused before submission)."""
-    (tmp_path / "key").write_text("the-key\n")
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "readme.txt").write_text("hello\n")
-    config = write_config(
-        tmp_path, "dstack-paths",
-        "type: task\nname: dstack-paths\nfiles:\n  - key:/root/.ssh/id_rsa\n  - data:/workflow/examples\n"
-        "commands:\n  - cat ~/.ssh/id_rsa\n  - cat $DSTACK_WORKING_DIR/examples/readme.txt\n  - test \"$HOME\" != /root && echo own-home\n"
-        "resources:\n  cpu: 1\n  memory: 256MB\n",
-    )
-    run = client.apply(config)
-    assert run.wait(60) == RunStatus.DONE, ([m for _, m in run.events()], list(run.logs()))
-    assert list(run.logs()) == ["the-key", "hello", "own-home"]
-    assert not Path("/root/.ssh/id_rsa").exists() or Path("/root/.ssh/id_rsa").read_text() != "the-key\n"  # never the node's

@@ -214,3 +214,16 @@ def test_the_node_table_is_read_again_only_when_the_nodes_change(monkeypatch):
     monkeypatch.setattr(live._NodeTable, "at", live._NodeTable.at - live.NODE_TABLE_MAX_AGE - 1)
     live.live_cluster_view()
     assert len(reads) == 4  # too old
+
+
+def test_the_plan_says_which_layout_host_mode_jobs_get_and_why():
+    task = parse_configuration({"type": "task", "commands": ["x"]})
+    viewed = dict(layout="dstack's layout (/workflow, /root) in a private mount namespace", job_view=True)
+    plain = dict(layout="the run's directories on the node (no private mount namespace: unshare: Operation not permitted)", job_view=False)
+    one = ClusterView(nodes=[NodeView(node_id="a", ip="10.0.0.1", cpus=4, **viewed)])
+    assert build_plan(task, one).layout == viewed["layout"]
+    mixed = ClusterView(nodes=[NodeView(node_id=n, ip="10.0.0.1", cpus=4, **kind) for n, kind in (("a", viewed), ("b", plain), ("c", plain), ("d", {}))])
+    text = build_plan(task, mixed).layout
+    assert f"{viewed['layout']} (1 node)" in text and f"{plain['layout']} (2 nodes)" in text
+    assert "decided on the node when a job starts there (not probed yet) (1 node)" in text
+    assert build_plan(parse_configuration({"type": "task", "commands": ["x"], "image": "ubuntu"}), one).layout is None

@@ -869,7 +869,7 @@ class TestHostPaths:
         [
             ("/etc/x", "absolute path"),
             ("/rootfs/x", "absolute path"),
-            ("/workflow/../etc", "`..` leads outside"),
+            ("/workflow/../etc", "absolute path"),
             ("/", "absolute path"),
             ("../x", "`..` leads outside"),
             ("~/../x", "`..` leads outside"),
@@ -890,6 +890,21 @@ class TestHostPaths:
             assert issue.path == field
             assert target in issue.message and why in issue.message
             assert "`image:`" in issue.hint
+
+    @pytest.mark.parametrize("target", ["/etc/x.conf", "/opt/data", "/rootfs/x", "/workflow/../etc"])
+    def test_other_absolute_targets_are_accepted_where_nodes_give_views(self, target):
+        check_host_paths(parse_configuration(task(files=[f"local:{target}"], working_dir=target)), views=True)
+
+    @pytest.mark.parametrize(("target", "why"), [("/", "root directory"), ("/proc/x", "/proc is the node kernel's"), ("/dev/shm/x", "/dev"), ("../x", "`..` leads outside")])
+    def test_what_no_view_can_hold_is_refused(self, target, why):
+        with pytest.raises(ConfigurationError) as info:
+            check_host_paths(parse_configuration(task(files=[f"local:{target}"])), views=True)
+        assert why in info.value.issues[0].message
+
+    def test_the_refusal_says_no_node_gives_a_view(self):
+        with pytest.raises(ConfigurationError) as info:
+            check_host_paths(parse_configuration(task(files=["local:/etc/x.conf"])))
+        assert "no node of the cluster gives jobs a private view" in info.value.issues[0].message
 
     def test_line_of_the_entry_is_named(self, tmp_path):
         path = tmp_path / "t.dstack.yml"
