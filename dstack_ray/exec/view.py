@@ -95,16 +95,12 @@ class JobView:
     def path(self, host: Path) -> str:
         """Where a path of the node's is in the view."""
         host = Path(os.path.realpath(host))
-        for root, view in ((self.workflow, DSTACK_WORKFLOW), (self.home, DSTACK_HOME)):
-            real = Path(os.path.realpath(root))
+        mounted = [(self.workflow, DSTACK_WORKFLOW), (self.home, DSTACK_HOME)] + [(staged, target) for target, staged in self.placed.items()]
+        for source, seen in mounted:
+            real = Path(os.path.realpath(source))
             if host == real or real in host.parents:
                 rest = host.relative_to(real).as_posix()
-                return view if rest == "." else f"{view}/{rest}"
-        for target, staged in self.placed.items():
-            real = Path(os.path.realpath(staged))
-            if host == real or real in host.parents:
-                rest = host.relative_to(real).as_posix()
-                return target if rest == "." else f"{target}/{rest}"
+                return seen if rest == "." else f"{seen}/{rest}"
         return str(host)
 
     def spec(self, cwd: Path) -> dict:

@@ -183,10 +183,10 @@ def test_a_directory_outside_the_state_directory_is_refused(tmp_path):
 
 
 def test_the_probe_says_why_where_no_namespace_is_allowed():
-    code = "import os; from dstack_ray.exec import mountns; mountns._c(); os.setgid(65534); os.setuid(65534); print(mountns.probe(False))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, env={**os.environ, "PYTHONPATH": REPO})
     if os.geteuid() != 0:
         pytest.skip("needs root to drop to another user")
+    code = "import os; from dstack_ray.exec import mountns; mountns._c(); os.setgid(65534); os.setuid(65534); print(mountns.probe(False))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, env={**os.environ, "PYTHONPATH": REPO})
     assert "unshare" in result.stdout and "Operation not permitted" in result.stdout  # a mount namespace without a user namespace: refused to non-root
 
 
